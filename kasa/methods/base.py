@@ -1,0 +1,415 @@
+"""Shared machinery of every PEFT method: registry, injection, freezing, merge, adapter state dicts.
+
+A method is a :class:`PeftMethod` subclass registered under a name. Methods that add a low-rank (or any
+other) branch to existing layers subclass :class:`AdapterLayer`, which keeps the wrapped ``base_layer``
+and only has to define its extra parameters, its forward delta and (when mergeable) its delta weight.
+The public face (see DESIGN.md, "Contracts") is::
+
+    method = build_method("kasa", r=8, alpha=16, target_modules=["query", "value"])
+    model = method.apply(model)               # in place
+    loss = task_loss + method.regularization_loss(model)
+    method.merge(model); method.unmerge(model)
+    sd = method.adapter_state_dict(model); method.load_adapter_state_dict(fresh, sd)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator
+
+import torch
+from torch import nn
+
+try:  # GPT-2 stores its projections as Conv1D (weight is in x out)
+    from transformers.pytorch_utils import Conv1D
+except ImportError:  # pragma: no cover
+    Conv1D = ()  # type: ignore[assignment]
+
+REGISTRY: dict[str, type["PeftMethod"]] = {}
+
+# Preset targets per architecture (``model.config.model_type``), as in the papers' setups.
+TARGET_PRESETS: dict[str, list[str]] = {
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "xlm-roberta": ["query", "value"],
+    "deberta-v2": ["query_proj", "value_proj"],
+    "deberta": ["in_proj"],
+    "gpt2": ["c_attn"],
+    "llama": ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
+    "gemma": ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
+}
+# Task heads that train with the adapter (new, randomly initialised layers).
+HEAD_PRESETS: dict[str, list[str]] = {
+    "deberta-v2": ["classifier", "pooler"],
+    "default": ["classifier", "score"],
+}
+
+
+class MethodError(ValueError):
+    """Bad method configuration: unknown name, impossible shape, target matching nothing, ..."""
+
+
+def register(name: str):
+    """Class decorator adding a :class:`PeftMethod` subclass to the registry under ``name``."""
+
+    def deco(cls: type[PeftMethod]) -> type[PeftMethod]:
+        if name in REGISTRY:
+            raise MethodError(f"method name '{name}' registered twice")
+        cls.name = name
+        REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def build_method(name: str, **kwargs: Any) -> "PeftMethod":
+    """Instantiate a registered method; unknown names and unknown hyper-parameters raise :class:`MethodError`."""
+    cls = REGISTRY.get(name)
+    if cls is None:
+        raise MethodError(f"unknown method '{name}'; known methods: {' '.join(sorted(REGISTRY))}")
+    cfg_cls = cls.config_cls
+    known = {f.name for f in dataclasses.fields(cfg_cls)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise MethodError(f"method '{name}' has no hyper-parameter(s) {unknown}; it takes {sorted(known)}")
+    return cls(cfg_cls(**kwargs))
+
+
+# ----------------------------------------------------------------------------------------------------
+# weights of wrapped layers
+def is_linear_like(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or (bool(Conv1D) and isinstance(module, Conv1D))
+
+
+def layer_shape(module: nn.Module) -> tuple[int, int]:
+    """``(out_features, in_features)`` of an ``nn.Linear`` or a GPT-2 ``Conv1D``."""
+    if isinstance(module, nn.Linear):
+        return module.out_features, module.in_features
+    if Conv1D and isinstance(module, Conv1D):
+        return module.weight.shape[1], module.weight.shape[0]
+    raise MethodError(f"cannot wrap layer type {type(module).__name__}: expected nn.Linear or Conv1D")
+
+
+def get_weight(module: nn.Module) -> torch.Tensor:
+    """The weight as an ``(out, in)`` tensor (a transposed view for Conv1D)."""
+    w = module.weight
+    return w.T if (Conv1D and isinstance(module, Conv1D)) else w
+
+
+@torch.no_grad()
+def set_weight(module: nn.Module, w_out_in: torch.Tensor) -> None:
+    """Overwrite the weight from an ``(out, in)`` tensor, keeping the layer's dtype, device and layout."""
+    target = module.weight
+    src = w_out_in.T if (Conv1D and isinstance(module, Conv1D)) else w_out_in
+    target.copy_(src.to(dtype=target.dtype, device=target.device))
+
+
+def match_target(name: str, targets: list[str] | str) -> bool:
+    """HF PEFT's rule: a string is a full-match regex; a list matches names equal to or ending in '.' + entry."""
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def model_type(model: nn.Module) -> str:
+    cfg = getattr(model, "config", None)
+    return getattr(cfg, "model_type", "") or ""
+
+
+def preset_targets(model: nn.Module) -> list[str]:
+    mt = model_type(model)
+    if mt not in TARGET_PRESETS:
+        raise MethodError(
+            f"no preset target modules for architecture '{mt or type(model).__name__}'; "
+            f"pass target_modules=[...] (presets exist for {sorted(TARGET_PRESETS)})"
+        )
+    return list(TARGET_PRESETS[mt])
+
+
+def preset_heads(model: nn.Module) -> list[str]:
+    return HEAD_PRESETS.get(model_type(model), HEAD_PRESETS["default"])
+
+
+# ----------------------------------------------------------------------------------------------------
+class AdapterLayer(nn.Module):
+    """A wrapped linear layer: ``y = base_layer(x) + delta(x)``, with merge/unmerge of ``delta_weight()``.
+
+    Subclasses create their parameters in ``__init__`` (names listed in ``adapter_names`` are what
+    :meth:`PeftMethod.adapter_state_dict` saves besides trainable parameters) and implement
+    :meth:`delta` and, when mergeable, :meth:`delta_weight` (out x in, in float32 or the layer dtype).
+    """
+
+    mergeable: ClassVar[bool] = True
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__()
+        self.base_layer = base_layer
+        self.out_features, self.in_features = layer_shape(base_layer)
+        self.merged = False
+        self.disabled = False
+
+    @property
+    def weight(self) -> torch.Tensor:  # lets code that reads `.weight` of a target keep working
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return getattr(self.base_layer, "bias", None)
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def delta_weight(self) -> torch.Tensor:
+        raise MethodError(f"{type(self).__name__} cannot be merged into the base weight")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)
+        if self.merged or self.disabled:
+            return y
+        return y + self.delta(x).to(y.dtype)
+
+    @torch.no_grad()
+    def merge(self, safe: bool = False) -> None:
+        if self.merged:
+            return
+        if not self.mergeable:
+            raise MethodError(f"{type(self).__name__} is not mergeable")
+        w = get_weight(self.base_layer)
+        new = w.float() + self.delta_weight().float()
+        if safe and not torch.isfinite(new).all():
+            raise MethodError("safe merge refused: the merged weight has non-finite values")
+        set_weight(self.base_layer, new)
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if not self.merged:
+            return
+        w = get_weight(self.base_layer)
+        set_weight(self.base_layer, w.float() - self.delta_weight().float())
+        self.merged = False
+
+
+@dataclass
+class MethodConfig:
+    """Hyper-parameters every method shares; subclasses add their own fields."""
+
+    target_modules: list[str] | str | None = None  # None: the architecture's preset
+    modules_to_save: list[str] | None = None  # None: the task head preset (classifier/score/...)
+
+
+@dataclass
+class LoraConfigBase(MethodConfig):
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    use_rslora: bool = False  # scaling alpha/sqrt(r) instead of alpha/r
+
+
+class PeftMethod:
+    """Base of every method. Subclasses set ``config_cls`` and override :meth:`wrap` (or :meth:`apply`)."""
+
+    name: ClassVar[str] = ""
+    config_cls: ClassVar[type[MethodConfig]] = MethodConfig
+    # Whether the method wraps target layers (False: FFT, BitFit, ... override apply / select params).
+    wraps_targets: ClassVar[bool] = True
+
+    def __init__(self, config: MethodConfig):
+        self.config = config
+        self.validate()
+
+    # -- hooks for subclasses ---------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check hyper-parameters that need no model (raise :class:`MethodError`)."""
+
+    def wrap(self, name: str, module: nn.Module) -> AdapterLayer:
+        raise NotImplementedError
+
+    def regularization_loss(self, model: nn.Module) -> torch.Tensor:
+        """The method's auxiliary loss (a scalar tensor; zero for methods with none)."""
+        return _zero(model)
+
+    def on_train_step(self, model: nn.Module, step: int, total_steps: int | None = None) -> None:
+        """Called by the training loop after each optimiser step (AdaLoRA rank allocation, ...)."""
+
+    def on_before_forward(self, model: nn.Module, step: int) -> None:
+        """Called by the training loop before each training forward (DyLoRA rank sampling, ...)."""
+
+    # -- the public API ---------------------------------------------------------------------------
+    def targets(self, model: nn.Module) -> list[str] | str:
+        return self.config.target_modules if self.config.target_modules is not None else preset_targets(model)
+
+    def heads(self, model: nn.Module) -> list[str]:
+        return self.config.modules_to_save if self.config.modules_to_save is not None else preset_heads(model)
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Freeze ``model``, wrap the target layers in place, unfreeze the head; returns ``model``."""
+        if any(isinstance(m, AdapterLayer) for m in model.modules()):
+            raise MethodError("model already has adapters applied; build a fresh model for another method")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if self.wraps_targets:
+            targets = self.targets(model)
+            names = [n for n, _ in model.named_modules() if n and match_target(n, targets)]
+            if not names:
+                raise MethodError(
+                    f"target_modules={targets!r} match no module of {type(model).__name__} "
+                    f"(linear layers include: {_sample_linear_names(model)})"
+                )
+            for n in names:
+                module = model.get_submodule(n)
+                if not is_linear_like(module):
+                    raise MethodError(
+                        f"method '{self.name}' cannot wrap '{n}' of type {type(module).__name__}; "
+                        "it wraps nn.Linear and Conv1D layers"
+                    )
+            self.before_wrap(model, names)
+            for n in names:
+                parent_name, _, child = n.rpartition(".")
+                parent = model.get_submodule(parent_name) if parent_name else model
+                setattr(parent, child, self.wrap(n, model.get_submodule(n)))
+        self.mark_trainable(model)
+        return model
+
+    def before_wrap(self, model: nn.Module, names: list[str]) -> None:
+        """Hook run once with every target name before wrapping (batched SVDs, calibration, ...)."""
+
+    def mark_trainable(self, model: nn.Module) -> None:
+        """Unfreeze the adapter parameters and the task head."""
+        for layer in self.adapter_layers(model):
+            for pname, p in layer.named_parameters():
+                if not pname.startswith("base_layer."):
+                    p.requires_grad_(True)
+        heads = self.heads(model)
+        for n, m in model.named_modules():
+            if n and match_target(n, heads) and not isinstance(m, AdapterLayer):
+                for p in m.parameters():
+                    p.requires_grad_(True)
+
+    def adapter_layers(self, model: nn.Module) -> Iterator[AdapterLayer]:
+        return (m for m in model.modules() if isinstance(m, AdapterLayer))
+
+    def merge(self, model: nn.Module, safe: bool = False) -> nn.Module:
+        """Fold every adapter into its base weight (``safe``: refuse non-finite results, change nothing)."""
+        layers = list(self.adapter_layers(model))
+        if safe:
+            # Check everything before touching anything, so a refusal leaves the model as it was.
+            for layer in layers:
+                if not layer.mergeable:
+                    raise MethodError(f"method '{self.name}' is not mergeable ({type(layer).__name__})")
+                if not layer.merged:
+                    new = get_weight(layer.base_layer).float() + layer.delta_weight().float()
+                    if not torch.isfinite(new).all():
+                        raise MethodError("safe merge refused: a merged weight has non-finite values")
+        for layer in layers:
+            layer.merge()
+        return model
+
+    def unmerge(self, model: nn.Module) -> nn.Module:
+        for layer in self.adapter_layers(model):
+            layer.unmerge()
+        return model
+
+    def set_adapter_enabled(self, model: nn.Module, enabled: bool) -> None:
+        for layer in self.adapter_layers(model):
+            layer.disabled = not enabled
+
+    def extra_state_keys(self, model: nn.Module) -> list[str]:
+        """Non-trainable tensors the adapter needs besides its trainable ones (e.g. KaSA's removed part)."""
+        keys = []
+        for lname, layer in model.named_modules():
+            if isinstance(layer, AdapterLayer):
+                for bname, _ in layer.named_buffers(recurse=False):
+                    keys.append(f"{lname}.{bname}")
+        return keys
+
+    def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Trainable parameters (adapter + head) and the adapter's buffers, detached and cloned."""
+        sd = model.state_dict()
+        keys = {n for n, p in model.named_parameters() if p.requires_grad}
+        keys.update(self.extra_state_keys(model))
+        return {k: sd[k].detach().clone() for k in sorted(keys) if k in sd}
+
+    def load_adapter_state_dict(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+        """Load what :meth:`adapter_state_dict` saved into a model that :meth:`apply` prepared."""
+        expected = set(self.adapter_state_dict_keys(model))
+        missing = sorted(expected - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(model.state_dict()))
+        if missing or unexpected:
+            raise MethodError(
+                f"adapter state dict does not fit this model: missing {missing[:5]}"
+                f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+            )
+        merged = [layer for layer in self.adapter_layers(model) if layer.merged]
+        for layer in merged:
+            layer.unmerge()
+        self.before_load(model, state_dict)
+        model.load_state_dict(state_dict, strict=False)
+        for layer in merged:
+            layer.merge()
+        return model
+
+    def adapter_state_dict_keys(self, model: nn.Module) -> list[str]:
+        keys = {n for n, p in model.named_parameters() if p.requires_grad}
+        keys.update(self.extra_state_keys(model))
+        return sorted(keys)
+
+    def before_load(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+        """Hook: adjust base weights before adapter tensors are loaded (KaSA re-truncation)."""
+
+    def trainable_parameter_count(self, model: nn.Module, include_heads: bool = False) -> int:
+        """Trainable parameters of the method, without the task head unless ``include_heads``
+        (the paper's convention: RoBERTa-base KaSA r=8 on query/value has 295,104)."""
+        heads = self.heads(model)
+        head_params: set[int] = set()
+        if not include_heads:
+            for n, m in model.named_modules():
+                if n and match_target(n, heads) and not isinstance(m, AdapterLayer):
+                    head_params.update(id(p) for p in m.parameters())
+        return sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in head_params)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config})"
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def lora_scaling(alpha: float, r: int, use_rslora: bool) -> float:
+    return alpha / math.sqrt(r) if use_rslora else alpha / r
+
+
+def _zero(model: nn.Module) -> torch.Tensor:
+    p = next(model.parameters(), None)
+    return torch.zeros((), device=p.device if p is not None else "cpu")
+
+
+def _sample_linear_names(model: nn.Module, k: int = 6) -> str:
+    names = sorted({n.rpartition(".")[2] for n, m in model.named_modules() if n and is_linear_like(m)})
+    return ", ".join(names[:k * 2]) or "none"
+
+
+def check_rank(name: str, r: int, out_features: int, in_features: int, what: str = "r") -> None:
+    if r < 1:
+        raise MethodError(f"{what}={r} must be at least 1")
+    k = min(out_features, in_features)
+    if r >= k:
+        raise MethodError(
+            f"{what}={r} is impossible for '{name}' ({out_features}x{in_features}): it must be < min(out, in) = {k}"
+        )
+
+
+__all__ = [
+    "REGISTRY", "TARGET_PRESETS", "AdapterLayer", "MethodConfig", "LoraConfigBase", "MethodError",
+    "PeftMethod", "build_method", "register", "count_parameters", "get_weight", "set_weight",
+    "layer_shape", "match_target", "lora_scaling", "check_rank", "field",
+]

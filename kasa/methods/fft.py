@@ -1,0 +1,23 @@
+"""Full fine-tuning behind the method interface: every parameter trains, nothing is wrapped."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .base import MethodConfig, PeftMethod, register
+
+
+@register("fft")
+class FullFineTuning(PeftMethod):
+    config_cls = MethodConfig
+    wraps_targets = False
+
+    def mark_trainable(self, model: nn.Module) -> None:
+        for p in model.parameters():
+            p.requires_grad_(True)
+
+    def merge(self, model: nn.Module, safe: bool = False) -> nn.Module:
+        return model  # nothing to fold: the weights are the model
+
+    def unmerge(self, model: nn.Module) -> nn.Module:
+        return model

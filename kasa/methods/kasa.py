@@ -1,0 +1,226 @@
+"""KaSA: Knowledge-aware Singular-value Adaptation (Wang et al., ICLR 2025, arXiv 2412.06071).
+
+1. Knowledge-based SVD truncation: the base weight W loses its ``t`` smallest singular triplets once,
+   before training (``W_world = W - U_t S_t V_t^T``, computed in float32 or float64, cast back).
+2. Knowledge-aware singular-value adaptation:
+   ``y = W_world x + scaling * dU diag(dsigma) dV^T dropout(x)`` (``lora_B`` = dU, ``lora_A`` = dV^T,
+   ``lora_diag`` = dsigma; A Kaiming-uniform, B zero, dsigma ~ N(0, 1)).
+3. Objective ``L_task + beta * L2 + gamma * L3`` with ``L2 = sum ||dsigma||^2`` and
+   ``L3 = sum ||dU^T dU - I_r||_F + ||dV^T dV - I_r||_F`` (``regularizer="paper"``, as HF PEFT), or the
+   reference ``main.py`` form (``regularizer="reference"``): ``||A^T A - I_in||_F + ||B B^T - I_out||_F``
+   and the sum divided by the number of adapted modules. The reference form is evaluated through the
+   r x r Gram matrices (exact identity below), so it never builds in x in or out x out matrices.
+
+Switches for every ablation and for the reference code's behaviour:
+``truncation``: ``paper`` (drop the t smallest of min(in, out)) | ``reference`` (keep ``in - t``
+components, so wide weights lose nothing) | ``none``; ``truncation_rank`` (defaults to ``r``);
+``singular_values``: ``learnable`` | ``off`` (plain LoRA on the truncated base).
+
+The removed part ``U_t S_t`` / ``V_t^T`` is kept as buffers: saved with the adapter, it lets a fresh base
+be re-truncated exactly, disabling the adapter gives ``W_world``, and :func:`export_lora` writes an exact
+plain LoRA of rank ``t + r`` on the ORIGINAL weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import (LoraConfigBase, MethodError, PeftMethod, check_rank, get_weight, register,
+                   set_weight)
+from .lora import LoraLayer
+from .svd import smallest_triplets, svd_dtype
+
+TRUNCATIONS = ("paper", "reference", "none")
+SINGULAR_VALUES = ("learnable", "off")
+REGULARIZERS = ("paper", "reference")
+
+
+def kept_components(out_features: int, in_features: int, t: int, truncation: str) -> int:
+    """How many singular triplets of an (out x in) weight survive the truncation."""
+    k = min(out_features, in_features)
+    if truncation == "paper":
+        return k - t
+    if truncation == "reference":  # the reference code keeps `in_features - r` whatever the shape
+        return min(k, in_features - t)
+    return k
+
+
+class KasaLayer(LoraLayer):
+    def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float, use_rslora: bool,
+                 truncation: str, truncation_rank: int, singular_values: str, svd_dtype_name: str,
+                 name: str = "", removed: tuple[torch.Tensor, torch.Tensor] | None = None):
+        super().__init__(base_layer, r, alpha, dropout, use_rslora, name=name)
+        w = base_layer.weight
+        if singular_values == "learnable":
+            self.lora_diag = nn.Parameter(torch.randn(r, dtype=w.dtype, device=w.device))
+        else:
+            self.lora_diag = None
+        t = truncation_rank
+        if truncation != "none":
+            check_rank(name, t, self.out_features, self.in_features, what="truncation_rank")
+        keep = kept_components(self.out_features, self.in_features, t, truncation)
+        t_eff = min(self.out_features, self.in_features) - keep
+        if removed is None:
+            U, S, Vh = smallest_triplets(get_weight(base_layer), t_eff, svd_dtype(svd_dtype_name))
+            removed = (U * S, Vh)
+        us, vh = removed
+        # float32 at least: these reproduce W exactly (export, reload onto a fresh base).
+        self.register_buffer("kasa_removed_us", us.to(device=w.device, dtype=torch.promote_types(us.dtype, torch.float32)))
+        self.register_buffer("kasa_removed_vh", vh.to(device=w.device, dtype=torch.promote_types(vh.dtype, torch.float32)))
+        self._subtract_removed(sign=-1.0)
+
+    @torch.no_grad()
+    def _subtract_removed(self, sign: float) -> None:
+        """``W += sign * U_t S_t V_t^T`` (sign -1 truncates, +1 restores)."""
+        if self.kasa_removed_us.shape[1] == 0:
+            return
+        w = get_weight(self.base_layer)
+        part = self.kasa_removed_us @ self.kasa_removed_vh
+        set_weight(self.base_layer, w.to(part.dtype) + sign * part)
+
+    @torch.no_grad()
+    def replace_removed(self, us: torch.Tensor, vh: torch.Tensor) -> None:
+        """Re-truncate with another removed part (loading an adapter saved from a different SVD)."""
+        if (us.shape == self.kasa_removed_us.shape and torch.equal(us.to(self.kasa_removed_us), self.kasa_removed_us)
+                and torch.equal(vh.to(self.kasa_removed_vh), self.kasa_removed_vh)):
+            return
+        self._subtract_removed(sign=+1.0)
+        self.kasa_removed_us = us.to(self.kasa_removed_us)
+        self.kasa_removed_vh = vh.to(self.kasa_removed_vh)
+        self._subtract_removed(sign=-1.0)
+
+    def _middle(self) -> torch.Tensor | float:
+        return self.lora_diag * self.scaling if self.lora_diag is not None else self.scaling
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.lora_dropout(x).to(self.lora_A.dtype)
+        return F.linear(F.linear(x, self.lora_A) * self._middle(), self.lora_B)
+
+    def delta_weight(self) -> torch.Tensor:
+        mid = self._middle()
+        mid = mid.float() if isinstance(mid, torch.Tensor) else mid
+        return (self.lora_B.float() * mid) @ self.lora_A.float()
+
+    # -- regularisers ---------------------------------------------------------------------------
+    def l2(self) -> torch.Tensor:
+        if self.lora_diag is None:
+            return self.lora_A.new_zeros((), dtype=torch.float32)
+        return self.lora_diag.float().pow(2).sum()
+
+    def l3_paper(self) -> torch.Tensor:
+        A, B = self.lora_A.float(), self.lora_B.float()
+        eye = torch.eye(self.r, device=A.device, dtype=A.dtype)
+        return torch.linalg.norm(B.T @ B - eye) + torch.linalg.norm(A @ A.T - eye)
+
+    def l3_reference(self) -> torch.Tensor:
+        # ||M^T M - I_n||_F^2 = ||M M^T||_F^2 - 2 ||M||_F^2 + n for M with n columns: only r x r Grams needed.
+        # float64 because the three terms are O(n) and cancel.
+        A, B = self.lora_A.double(), self.lora_B.double()
+
+        def off_identity(m_rows_r: torch.Tensor, n: int) -> torch.Tensor:
+            gram = m_rows_r @ m_rows_r.T  # r x r
+            sq = gram.pow(2).sum() - 2 * m_rows_r.pow(2).sum() + n
+            return sq.clamp_min(0).sqrt()
+
+        return (off_identity(A, self.in_features) + off_identity(B.T, self.out_features)).float()
+
+
+@dataclass
+class KasaConfig(LoraConfigBase):
+    beta: float = 1e-4  # weight of L2 = sum ||dsigma||^2
+    gamma: float = 1e-3  # weight of L3, the orthogonality of dU and dV
+    truncation: str = "paper"  # paper | reference | none
+    truncation_rank: int | None = None  # triplets dropped from W; defaults to r
+    singular_values: str = "learnable"  # learnable | off
+    regularizer: str = "paper"  # paper (r x r, summed) | reference (in x in / out x out, averaged)
+    svd_dtype: str = "float32"  # float32 | float64
+
+
+@register("kasa")
+class Kasa(PeftMethod):
+    config_cls = KasaConfig
+
+    def validate(self) -> None:
+        c = self.config
+        for field_name, value, allowed in (("truncation", c.truncation, TRUNCATIONS),
+                                           ("singular_values", c.singular_values, SINGULAR_VALUES),
+                                           ("regularizer", c.regularizer, REGULARIZERS)):
+            if value not in allowed:
+                raise MethodError(f"kasa {field_name}='{value}' is unknown; choose one of {list(allowed)}")
+        svd_dtype(c.svd_dtype)
+        if c.r < 1:
+            raise MethodError(f"kasa r={c.r} must be at least 1")
+
+    @property
+    def truncation_rank(self) -> int:
+        return self.config.truncation_rank if self.config.truncation_rank is not None else self.config.r
+
+    def wrap(self, name: str, module: nn.Module) -> KasaLayer:
+        c = self.config
+        return KasaLayer(module, c.r, c.alpha, c.dropout, c.use_rslora, c.truncation, self.truncation_rank,
+                         c.singular_values, c.svd_dtype, name=name)
+
+    def regularization_loss(self, model: nn.Module) -> torch.Tensor:
+        c = self.config
+        layers = [m for m in self.adapter_layers(model) if isinstance(m, KasaLayer)]
+        if not layers or (c.beta == 0 and c.gamma == 0):
+            return super().regularization_loss(model)
+        total = 0.0
+        for layer in layers:
+            l3 = layer.l3_paper() if c.regularizer == "paper" else layer.l3_reference()
+            total = total + c.beta * layer.l2() + c.gamma * l3
+        if c.regularizer == "reference":
+            total = total / len(layers)
+        return total
+
+    def regularization_terms(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Unweighted L2 and L3 sums (for logging)."""
+        layers = [m for m in self.adapter_layers(model) if isinstance(m, KasaLayer)]
+        l3 = (lambda m: m.l3_paper()) if self.config.regularizer == "paper" else (lambda m: m.l3_reference())
+        with torch.no_grad():
+            return {"l2": sum(m.l2() for m in layers), "l3": sum(l3(m) for m in layers)}
+
+    def before_load(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+        for lname, layer in model.named_modules():
+            if isinstance(layer, KasaLayer):
+                us, vh = state_dict.get(f"{lname}.kasa_removed_us"), state_dict.get(f"{lname}.kasa_removed_vh")
+                if us is not None and vh is not None:
+                    layer.replace_removed(us, vh)
+
+    def export_lora(self, model: nn.Module) -> tuple[PeftMethod, dict[str, torch.Tensor]]:
+        """An exact plain LoRA on the ORIGINAL base: ``W' - W = -U_t S_t V_t^T + scaling dU diag(ds) dV^T``.
+
+        Returns ``(lora_method, state_dict)``: ``lora_method.apply(original_model)`` then
+        ``lora_method.load_adapter_state_dict(original_model, state_dict)`` reproduces the KaSA model.
+        The rank is ``t + r`` (padded with zero columns where a layer dropped fewer than ``t``) and the
+        LoRA scaling is 1. Task-head parameters are carried over as they are.
+        """
+        from .lora import Lora, LoraConfig
+
+        layers = {n: m for n, m in model.named_modules() if isinstance(m, KasaLayer)}
+        rank = max(m.kasa_removed_us.shape[1] for m in layers.values()) + self.config.r
+        sd: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for n, m in layers.items():
+                mid = m._middle()
+                B_scaled = m.lora_B.float() * (mid.float() if isinstance(mid, torch.Tensor) else mid)
+                B = torch.cat([-m.kasa_removed_us.float(), B_scaled], dim=1)
+                A = torch.cat([m.kasa_removed_vh.float(), m.lora_A.float()], dim=0)
+                pad = rank - B.shape[1]
+                if pad:
+                    B = torch.cat([B, B.new_zeros(B.shape[0], pad)], dim=1)
+                    A = torch.cat([A, A.new_zeros(pad, A.shape[1])], dim=0)
+                sd[f"{n}.lora_A"] = A.to(m.lora_A.dtype)
+                sd[f"{n}.lora_B"] = B.to(m.lora_B.dtype)
+        adapter_keys = {f"{n}.{p}" for n in layers for p in ("lora_A", "lora_B", "lora_diag",
+                                                            "kasa_removed_us", "kasa_removed_vh")}
+        for k, v in self.adapter_state_dict(model).items():
+            if k not in adapter_keys:
+                sd[k] = v
+        lora = Lora(LoraConfig(r=rank, alpha=float(rank), dropout=self.config.dropout,
+                               target_modules=sorted(layers), modules_to_save=self.config.modules_to_save))
+        return lora, sd
