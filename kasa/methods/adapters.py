@@ -1,0 +1,297 @@
+"""Serial bottleneck adapters: Adapter-H, Adapter-P, Adapter-L and AdapterDrop behind one layer class.
+
+Every variant wraps an *output projection* of a transformer block (the attention output projection and/or
+the FFN output projection) so that, with ``y = base_layer(x)``::
+
+    out = y + f(norm(y) W_down + b_down) W_up + b_up        (norm: identity, or Adapter-L's own LayerNorm)
+
+The adapter therefore sits after the projection and before the block's residual sum (+ LayerNorm in
+post-LN models), as in Houlsby et al. (2019), Fig. 2. The up-projection starts at zero, so every variant
+is the identity at initialisation (the model's output equals the base model's). Adapters are serial and
+nonlinear: they cannot be folded into a weight, and ``merge`` raises :class:`MethodError`.
+
+Variants (registry name: paper; what differs):
+
+- ``adapter_h``: Houlsby et al. 2019, "Parameter-Efficient Transfer Learning for NLP". Two adapters per
+  block (after the attention output projection and after the FFN output projection); the paper also
+  trains the model's layer-normalisation parameters (``train_layer_norm=True``). Defaults from the
+  reference code (google-research/adapter-bert): bottleneck 64, GELU.
+- ``adapter_p``: Pfeiffer et al. 2021, "AdapterFusion". One adapter per block after the FFN output;
+  reduction factor 16 (bottleneck = hidden / 16), ReLU.
+- ``adapter_l``: Lin et al. 2020, "Exploring Versatile Generative Language Model via Parameter-Efficient
+  Transfer Learning": ``Adapter(H) = ReLU(LN(H) W_E) W_D + H``, i.e. one adapter with its OWN LayerNorm
+  applied to the adapter's input. Lin et al. put it on top of each transformer layer (after the block's
+  residual sum); the LoRA paper (Hu et al. 2021), whose GPT-2 baselines the KaSA paper follows, describes
+  Adapter-L as "applied only after the MLP module and after a LayerNorm". We place it at the FFN output
+  projection like Adapter-P; the two placements differ only in whether the adapter sees the residual
+  stream (pre-LN GPT-2/Llama) or the FFN output alone.
+- ``adapter_d``: Rücklé et al. 2021, "AdapterDrop". Pfeiffer- (default) or Houlsby-style adapters,
+  removed from the lowest ``drop_layers`` layers (default 5: the paper's setting that keeps task
+  performance while speeding up a 12-layer model).
+
+Simplifications, stated: the adapter sees the projection's output before the block's dropout (the
+reference implementations place it after the dropout; identical in eval mode). Houlsby initialises both
+projections near zero (std 1e-2); here the down-projection keeps ``nn.Linear``'s default and the
+up-projection is exactly zero, which gives an exact identity at step 0.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import ClassVar, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import AdapterLayer, MethodConfig, MethodError, PeftMethod, model_type, register
+
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "swish": F.silu, "silu": F.silu, "tanh": torch.tanh}
+
+# Per architecture (``config.model_type``): full-match regexes of the attention output projection and of
+# the FFN output projection of each block. Names match HF transformers' module trees.
+_BERT_LIKE = (r".*\.layer\.\d+\.attention\.output\.dense", r".*\.layer\.\d+\.output\.dense")
+_LLAMA_LIKE = (r".*\.layers\.\d+\.self_attn\.o_proj", r".*\.layers\.\d+\.mlp\.down_proj")
+PLACEMENT_PRESETS: dict[str, tuple[str, str]] = {
+    "bert": _BERT_LIKE,
+    "roberta": _BERT_LIKE,
+    "xlm-roberta": _BERT_LIKE,
+    "deberta-v2": _BERT_LIKE,
+    "deberta": _BERT_LIKE,
+    "gpt2": (r".*\.h\.\d+\.attn\.c_proj", r".*\.h\.\d+\.mlp\.c_proj"),
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "gemma": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+}
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)(?:\.|$)")
+
+
+def layer_index(module_name: str) -> int | None:
+    """The transformer block index in a module name (``...layer.3.output.dense`` -> 3), or None."""
+    m = _LAYER_INDEX.search(module_name)
+    return int(m.group(1)) if m else None
+
+
+def placement_patterns(model: nn.Module, where: tuple[str, ...]) -> list[str]:
+    """Regexes of the module names to wrap; ``where`` holds ``"attn"`` and/or ``"ffn"``."""
+    mt = model_type(model)
+    if mt not in PLACEMENT_PRESETS:
+        raise MethodError(
+            f"no adapter placement preset for architecture '{mt or type(model).__name__}'; pass "
+            f"target_modules=[...] naming the output projections (presets exist for {sorted(PLACEMENT_PRESETS)})"
+        )
+    attn, ffn = PLACEMENT_PRESETS[mt]
+    return [p for key, p in (("attn", attn), ("ffn", ffn)) if key in where]
+
+
+class BottleneckAdapterLayer(AdapterLayer):
+    """``y = base_layer(x); y + up(f(down(norm(y))))`` with ``up`` zero-initialised (identity at init)."""
+
+    mergeable = False
+
+    def __init__(self, base_layer: nn.Module, bottleneck: int, activation: str = "relu",
+                 layer_norm: bool = False, name: str = ""):
+        super().__init__(base_layer)
+        if bottleneck < 1:
+            raise MethodError(f"adapter bottleneck={bottleneck} must be at least 1 (layer '{name}')")
+        d = self.out_features
+        w = base_layer.weight
+        kw = {"device": w.device, "dtype": w.dtype}
+        self.bottleneck = bottleneck
+        self.activation = activation
+        self.adapter_norm = nn.LayerNorm(d, **kw) if layer_norm else None
+        self.adapter_down = nn.Linear(d, bottleneck, **kw)
+        self.adapter_up = nn.Linear(bottleneck, d, **kw)
+        nn.init.zeros_(self.adapter_up.weight)
+        nn.init.zeros_(self.adapter_up.bias)
+
+    def adapter(self, y: torch.Tensor) -> torch.Tensor:
+        """The bottleneck branch alone (without the residual)."""
+        h = y.to(self.adapter_down.weight.dtype)
+        if self.adapter_norm is not None:
+            h = self.adapter_norm(h)
+        return self.adapter_up(ACTIVATIONS[self.activation](self.adapter_down(h)))
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:  # the branch depends on y, not x: see forward
+        return self.adapter(self.base_layer(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)
+        if self.disabled:
+            return y
+        return y + self.adapter(y).to(y.dtype)
+
+    def extra_repr(self) -> str:
+        return f"bottleneck={self.bottleneck}, activation={self.activation}, own_norm={self.adapter_norm is not None}"
+
+
+@dataclass
+class AdapterConfig(MethodConfig):
+    """Shared hyper-parameters; ``target_modules`` (None: the architecture's placement preset)."""
+
+    bottleneck: int | None = 64  # None: hidden size // reduction_factor
+    reduction_factor: float = 16.0  # used only when bottleneck is None
+    activation: str = "gelu"  # gelu | relu | swish | silu | tanh
+    train_layer_norm: bool = False  # also train the model's own LayerNorm/RMSNorm parameters (Houlsby)
+
+
+@dataclass
+class HoulsbyConfig(AdapterConfig):
+    bottleneck: int | None = 64
+    activation: str = "gelu"
+    train_layer_norm: bool = True
+
+
+@dataclass
+class PfeifferConfig(AdapterConfig):
+    bottleneck: int | None = None
+    reduction_factor: float = 16.0
+    activation: str = "relu"
+
+
+@dataclass
+class LinConfig(AdapterConfig):
+    bottleneck: int | None = 64
+    activation: str = "relu"
+
+
+@dataclass
+class AdapterDropConfig(AdapterConfig):
+    bottleneck: int | None = None
+    reduction_factor: float = 16.0
+    activation: str = "relu"
+    style: str = "pfeiffer"  # pfeiffer (FFN output only) | houlsby (attention and FFN outputs)
+    drop_layers: int = 5  # no adapter in blocks 0 .. drop_layers-1
+
+
+class BottleneckAdapters(PeftMethod):
+    """Common machinery; variants set :attr:`where` / :attr:`own_norm` or override :meth:`keep_layer`."""
+
+    config_cls = AdapterConfig
+    where: ClassVar[tuple[str, ...]] = ("ffn",)
+    own_norm: ClassVar[bool] = False
+
+    def validate(self) -> None:
+        c = self.config
+        if c.activation not in ACTIVATIONS:
+            raise MethodError(f"{self.name} activation='{c.activation}' is unknown; choose one of {sorted(ACTIVATIONS)}")
+        if c.bottleneck is not None and c.bottleneck < 1:
+            raise MethodError(f"{self.name} bottleneck={c.bottleneck} must be at least 1")
+        if c.bottleneck is None and not c.reduction_factor > 0:
+            raise MethodError(f"{self.name} reduction_factor={c.reduction_factor} must be positive")
+
+    def placement(self) -> tuple[str, ...]:
+        return self.where
+
+    def keep_layer(self, module_name: str) -> bool:
+        """Placement hook: whether this matched module gets an adapter (AdapterDrop filters by depth)."""
+        return True
+
+    def targets(self, model: nn.Module) -> list[str] | str:
+        """Full names of the modules to wrap (explicit names, so the base matcher cannot over-match)."""
+        if self.config.target_modules is not None:
+            spec = self.config.target_modules
+            from .base import match_target
+            names = [n for n, _ in model.named_modules() if n and match_target(n, spec)]
+        else:
+            pats = [re.compile(p) for p in placement_patterns(model, self.placement())]
+            names = [n for n, _ in model.named_modules() if any(p.fullmatch(n) for p in pats)]
+        kept = [n for n in names if self.keep_layer(n)]
+        if names and not kept:
+            raise MethodError(f"{self.name} leaves no adapter: every matched layer was dropped ({self._drop_note()})")
+        return kept if kept else (self.config.target_modules or [])
+
+    def _drop_note(self) -> str:
+        return ""
+
+    def bottleneck_for(self, hidden: int) -> int:
+        c = self.config
+        return c.bottleneck if c.bottleneck is not None else max(1, int(hidden // c.reduction_factor))
+
+    def wrap(self, name: str, module: nn.Module) -> BottleneckAdapterLayer:
+        from .base import layer_shape
+        out_features, _ = layer_shape(module)
+        return BottleneckAdapterLayer(module, self.bottleneck_for(out_features), self.config.activation,
+                                      layer_norm=self.own_norm, name=name)
+
+    def mark_trainable(self, model: nn.Module) -> None:
+        super().mark_trainable(model)
+        if self.config.train_layer_norm:
+            for m in _norm_layers(model):
+                for p in m.parameters(recurse=False):
+                    p.requires_grad_(True)
+
+    def merge(self, model: nn.Module, safe: bool = False) -> nn.Module:
+        raise MethodError(
+            f"method '{self.name}' is not mergeable: a bottleneck adapter is a serial nonlinear module "
+            "(y + f(y W_down) W_up), not a weight update; keep it unmerged for inference"
+        )
+
+    def unmerge(self, model: nn.Module) -> nn.Module:
+        return model  # never merged
+
+
+def _norm_layers(model: nn.Module) -> Iterator[nn.Module]:
+    """The model's own LayerNorm / RMSNorm modules (not the adapters' ones)."""
+    own = {id(m) for layer in model.modules() if isinstance(layer, BottleneckAdapterLayer)
+           for m in layer.modules()}
+    for m in model.modules():
+        if id(m) in own:
+            continue
+        if isinstance(m, nn.LayerNorm) or type(m).__name__.endswith(("LayerNorm", "RMSNorm")):
+            yield m
+
+
+@register("adapter_h")
+class AdapterHoulsby(BottleneckAdapters):
+    """Houlsby et al. 2019: two adapters per block (attention output and FFN output)."""
+
+    config_cls = HoulsbyConfig
+    where = ("attn", "ffn")
+
+
+@register("adapter_p")
+class AdapterPfeiffer(BottleneckAdapters):
+    """Pfeiffer et al. 2021: one adapter per block, after the FFN output."""
+
+    config_cls = PfeifferConfig
+    where = ("ffn",)
+
+
+@register("adapter_l")
+class AdapterLin(BottleneckAdapters):
+    """Lin et al. 2020: one adapter per block after the FFN, with its own LayerNorm on the adapter input."""
+
+    config_cls = LinConfig
+    where = ("ffn",)
+    own_norm = True
+
+
+@register("adapter_d")
+class AdapterDrop(BottleneckAdapters):
+    """Rücklé et al. 2021: Pfeiffer/Houlsby adapters with none in the lowest ``drop_layers`` blocks."""
+
+    config_cls = AdapterDropConfig
+    STYLES: ClassVar[dict[str, tuple[str, ...]]] = {"pfeiffer": ("ffn",), "houlsby": ("attn", "ffn")}
+
+    def validate(self) -> None:
+        super().validate()
+        c = self.config
+        if c.style not in self.STYLES:
+            raise MethodError(f"adapter_d style='{c.style}' is unknown; choose one of {sorted(self.STYLES)}")
+        if c.drop_layers < 0:
+            raise MethodError(f"adapter_d drop_layers={c.drop_layers} must be >= 0")
+
+    def placement(self) -> tuple[str, ...]:
+        return self.STYLES[self.config.style]
+
+    def keep_layer(self, module_name: str) -> bool:
+        idx = layer_index(module_name)
+        if idx is None:
+            raise MethodError(f"adapter_d cannot tell the block index of '{module_name}' to apply drop_layers")
+        return idx >= self.config.drop_layers
+
+    def _drop_note(self) -> str:
+        return f"drop_layers={self.config.drop_layers}"

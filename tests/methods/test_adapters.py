@@ -1,0 +1,143 @@
+"""Bottleneck adapters (Houlsby, Pfeiffer, Lin, AdapterDrop) on the tiny BERT / GPT-2 / Llama models."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import TINY_MODELS, model_output, tiny_inputs
+
+from kasa.methods import MethodError, build_method
+from kasa.methods.adapters import BottleneckAdapterLayer, layer_index
+
+VARIANTS = ["adapter_h", "adapter_p", "adapter_l", "adapter_d"]
+# Tiny models have 2 blocks: AdapterDrop drops block 0 so that something is left to test.
+KW = {"adapter_d": {"drop_layers": 1}}
+
+
+def _adapted(model_name: str, variant: str, **kw):
+    torch.manual_seed(0)
+    model = TINY_MODELS[model_name]()
+    base = copy.deepcopy(model)
+    method = build_method(variant, **{**KW.get(variant, {}), **kw})
+    method.apply(model)
+    return base, model, method
+
+
+def _adapter_names(model) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, BottleneckAdapterLayer)]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_identity_at_init_and_finite(tiny_model_name, variant):
+    base, model, _ = _adapted(tiny_model_name, variant)
+    x = tiny_inputs()
+    with torch.no_grad():
+        out = model_output(model, x)
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out, model_output(base, x), rtol=0, atol=0)
+
+
+def test_placement_counts(tiny_model_name):
+    n_blocks = 2
+    _, h, _ = _adapted(tiny_model_name, "adapter_h")
+    _, p, _ = _adapted(tiny_model_name, "adapter_p")
+    _, lin, _ = _adapted(tiny_model_name, "adapter_l")
+    _, d, _ = _adapted(tiny_model_name, "adapter_d")
+    for names, per_block in ((_adapter_names(h), 2), (_adapter_names(p), 1), (_adapter_names(lin), 1)):
+        assert len(names) == per_block * n_blocks
+        for i in range(n_blocks):
+            assert sum(layer_index(n) == i for n in names) == per_block
+    h_names = _adapter_names(h)
+    assert sum(n.endswith(("attention.output.dense", "attn.c_proj", "self_attn.o_proj")) for n in h_names) == n_blocks
+    assert all(n.endswith(("layer.0.output.dense", "layer.1.output.dense", "mlp.c_proj", "mlp.down_proj"))
+               for n in _adapter_names(p))
+    # Lin et al.'s adapter has its own LayerNorm; the others do not.
+    assert all(m.adapter_norm is not None for m in lin.modules() if isinstance(m, BottleneckAdapterLayer))
+    assert all(m.adapter_norm is None for m in p.modules() if isinstance(m, BottleneckAdapterLayer))
+    # AdapterDrop: nothing in the dropped (lowest) block.
+    d_names = _adapter_names(d)
+    assert d_names and all(layer_index(n) >= 1 for n in d_names)
+
+
+def test_adapter_drop_houlsby_style_and_errors():
+    _, d, _ = _adapted("bert", "adapter_d", style="houlsby", drop_layers=1)
+    assert len(_adapter_names(d)) == 2 and all(layer_index(n) == 1 for n in _adapter_names(d))
+    with pytest.raises(MethodError, match="drop_layers=2"):
+        _adapted("bert", "adapter_d", drop_layers=2)
+    with pytest.raises(MethodError, match="style"):
+        build_method("adapter_d", style="nope")
+    with pytest.raises(MethodError, match="activation"):
+        build_method("adapter_h", activation="nope")
+
+
+def test_layer_index_parsing():
+    assert layer_index("roberta.encoder.layer.11.output.dense") == 11
+    assert layer_index("transformer.h.3.mlp.c_proj") == 3
+    assert layer_index("model.layers.27.mlp.down_proj") == 27
+    assert layer_index("classifier.dense") is None
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_only_trainable_move(variant):
+    _, model, method = _adapted("bert", variant)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("adapter_up" in n for n in trainable) and not any("base_layer" in n for n in trainable)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for step in range(3):
+        loss = model(**tiny_inputs(step), labels=torch.tensor([0, 1])).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for n, p in model.named_parameters():
+        moved = not torch.equal(before[n], p.detach())
+        if n not in trainable:
+            assert not moved, n
+    assert any(not torch.equal(before[n], dict(model.named_parameters())[n]) for n in trainable if "adapter_up" in n)
+
+
+def test_houlsby_trains_layer_norms_others_do_not():
+    _, h, _ = _adapted("bert", "adapter_h")
+    _, p, _ = _adapted("bert", "adapter_p")
+    ln = "bert.encoder.layer.0.output.LayerNorm.weight"
+    assert dict(h.named_parameters())[ln].requires_grad
+    assert not dict(p.named_parameters())[ln].requires_grad
+
+
+def test_bottleneck_and_reduction_factor():
+    _, p, _ = _adapted("bert", "adapter_p", reduction_factor=4)  # hidden 32 / 4
+    assert {m.bottleneck for m in p.modules() if isinstance(m, BottleneckAdapterLayer)} == {8}
+    _, h, method = _adapted("bert", "adapter_h", bottleneck=5, train_layer_norm=False)
+    # paper convention: per adapter 2*d*b + b + d
+    assert method.trainable_parameter_count(h) == 4 * (2 * 32 * 5 + 5 + 32)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_save_load_round_trip_and_merge_raises(variant):
+    torch.manual_seed(0)
+    base = TINY_MODELS["gpt2"]()
+    model = copy.deepcopy(base)
+    fresh = copy.deepcopy(base)
+    method = build_method(variant, **KW.get(variant, {}))
+    method.apply(model)
+    with torch.no_grad():  # make the adapters non-trivial
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    sd = method.adapter_state_dict(model)
+    assert sd and all("base_layer" not in k for k in sd)
+    torch.manual_seed(123)
+    method2 = build_method(variant, **KW.get(variant, {}))
+    method2.apply(fresh)
+    method2.load_adapter_state_dict(fresh, sd)
+    x = tiny_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(model_output(fresh, x), model_output(model, x))
+        assert not torch.allclose(model_output(model, x), model_output(base, x))
+    with pytest.raises(MethodError, match="not mergeable"):
+        method.merge(model)
+    with pytest.raises(MethodError, match="not mergeable"):
+        method.merge(model, safe=True)
