@@ -1,0 +1,28 @@
+"""MiLoRA (Wang et al., 2024, arXiv 2406.09044): LoRA initialised from the r MINOR singular triplets.
+
+Same construction as PiSSA (:mod:`kasa.methods.pissa`) with the smallest singular values instead of the
+largest: ``A = sqrt(S_min / scaling) V_min^T``, ``B = U_min sqrt(S_min / scaling)``, base replaced by the
+residual ``W - scaling * B A`` (the principal part), so the model's output is unchanged at init. The minor
+triplets need the full SVD (randomized SVD only approximates the top of the spectrum).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import register
+from .pissa import SvdInitConfig, SvdInitMethod
+
+
+@dataclass
+class MiloraConfig(SvdInitConfig):
+    alpha: float = 16.0  # MiLoRA keeps LoRA's alpha = 2 r
+    dropout: float = 0.05  # the paper's setting (as DoRA's commonsense setup)
+
+
+@register("milora")
+class Milora(SvdInitMethod):
+    """MiLoRA: minor singular components init, residual base."""
+
+    config_cls = MiloraConfig
+    components = "minor"

@@ -1,0 +1,95 @@
+"""MiLoRA (not in HF PEFT): checked against its definition, the r minor singular triplets of W."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import TINY_MODELS
+from svd_family_helpers import ALPHA, R, TARGETS, fresh_pair, max_diff, outputs, perturb_adapters
+
+from kasa.methods import REGISTRY, MethodError, build_method
+from kasa.methods.base import get_weight
+from kasa.methods.pissa import ResidualLoraLayer
+
+TOL = 1e-5
+MODELS = ["bert", "gpt2", "llama"]
+
+
+def _ours(model, name: str, **kw):
+    method = build_method("milora", r=R, alpha=ALPHA, dropout=0.0, target_modules=TARGETS[name], **kw)
+    method.apply(model)
+    return method
+
+
+def _layers(model):
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, ResidualLoraLayer)]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_minor_triplets_and_exact_residual(name):
+    orig, model = fresh_pair(name)
+    method = _ours(model, name)
+    assert max_diff(outputs(orig), outputs(model)) < TOL
+    for n, layer in _layers(model):
+        W = get_weight(orig.get_submodule(n)).detach()
+        k = min(W.shape)
+        U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+        dW = layer.delta_weight()
+        # residual + adapter reproduces W
+        assert max_diff(get_weight(layer.base_layer) + dW, W) < TOL, n
+        # the adapter is exactly the minor part, the residual exactly the principal part
+        assert max_diff(dW, U[:, k - R:] * S[k - R:] @ Vh[k - R:]) < TOL, n
+        assert max_diff(get_weight(layer.base_layer), U[:, :k - R] * S[:k - R] @ Vh[:k - R]) < TOL, n
+        # B spans the minor left directions, A the minor right directions
+        Um, Vm = U[:, k - R:], Vh[k - R:].T
+        B, A = layer.lora_B.detach(), layer.lora_A.detach()
+        assert max_diff(B - Um @ (Um.T @ B), torch.zeros_like(B)) < TOL, n
+        assert max_diff(A.T - Vm @ (Vm.T @ A.T), torch.zeros_like(A.T)) < TOL, n
+        # split evenly as PiSSA: A = sqrt(S/s) Vh, B = U sqrt(S/s), so A A^T = B^T B = diag(S)/s
+        expected = torch.diag(S[k - R:] / layer.scaling)
+        assert max_diff(A @ A.T, expected) < TOL and max_diff(B.T @ B, expected) < TOL, n
+        assert layer.lora_A.requires_grad and layer.lora_B.requires_grad
+    assert method.trainable_parameter_count(model) == sum(
+        m.lora_A.numel() + m.lora_B.numel() for _, m in _layers(model))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_merge_and_round_trip(name):
+    torch.manual_seed(0)
+    base = TINY_MODELS[name]()
+    model = copy.deepcopy(base)
+    method = _ours(model, name)
+    perturb_adapters(model)
+    ref = outputs(model)
+    method.merge(model)
+    assert max_diff(outputs(model), ref) < TOL
+    method.unmerge(model)
+    assert max_diff(outputs(model), ref) < TOL
+    sd = method.adapter_state_dict(model)
+    fresh = copy.deepcopy(base)
+    method2 = _ours(fresh, name)
+    method2.load_adapter_state_dict(fresh, sd)
+    assert max_diff(outputs(fresh), ref) < TOL
+    # a merged model takes the state dict too
+    fresh2 = copy.deepcopy(base)
+    method3 = _ours(fresh2, name)
+    method3.merge(fresh2)
+    method3.load_adapter_state_dict(fresh2, sd)
+    assert max_diff(outputs(fresh2), ref) < TOL
+
+
+def test_errors_and_config():
+    with pytest.raises(MethodError, match="niter"):
+        build_method("milora", niter=2)  # the minor triplets need the full SVD
+    a, _ = fresh_pair("bert")
+    with pytest.raises(MethodError, match="r=32"):
+        build_method("milora", r=32, target_modules=["query"]).apply(a)
+    cfg = yaml.safe_load((Path(__file__).parents[2] / "conf/method/milora.yaml").read_text())
+    assert cfg.pop("name") == "milora"
+    fields = {f.name: f.default for f in dataclasses.fields(REGISTRY["milora"].config_cls)}
+    assert cfg == fields
