@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator
 
@@ -377,6 +378,32 @@ class PeftMethod:
         return f"{type(self).__name__}({self.config})"
 
 
+# ----------------------------------------------------------------------------------------------------
+# count-only mode: the parameter table (`python -m kasa.params`) applies methods to meta-device models
+_COUNT_ONLY = False
+
+
+@contextmanager
+def count_only() -> Iterator[None]:
+    """Methods are applied only to count parameters (on meta-device models, tensors have no values).
+
+    Inside, :func:`is_count_only` is True: a method whose initialisation needs values (calibration data,
+    a spectrum-dependent rank, ``.item()``) may skip it, as long as it creates parameters of the shapes a
+    real run would. Methods that ignore the flag still work wherever their code runs on meta tensors.
+    """
+    global _COUNT_ONLY
+    prev, _COUNT_ONLY = _COUNT_ONLY, True
+    try:
+        yield
+    finally:
+        _COUNT_ONLY = prev
+
+
+def is_count_only() -> bool:
+    """Whether methods are being applied only to count parameters (see :func:`count_only`)."""
+    return _COUNT_ONLY
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """``(trainable, total)`` parameter counts."""
     total = sum(p.numel() for p in model.parameters())
@@ -411,5 +438,5 @@ def check_rank(name: str, r: int, out_features: int, in_features: int, what: str
 __all__ = [
     "REGISTRY", "TARGET_PRESETS", "AdapterLayer", "MethodConfig", "LoraConfigBase", "MethodError",
     "PeftMethod", "build_method", "register", "count_parameters", "get_weight", "set_weight",
-    "layer_shape", "match_target", "lora_scaling", "check_rank", "field",
+    "layer_shape", "match_target", "lora_scaling", "check_rank", "field", "count_only", "is_count_only",
 ]
