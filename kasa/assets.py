@@ -93,6 +93,8 @@ def smollm2_path() -> Path:
     # The dequantised weights are plain float32: drop the GGUF quantisation marker so reloads are ordinary.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
     tmp = out.with_suffix(".tmp")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)

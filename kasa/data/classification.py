@@ -1,0 +1,181 @@
+"""Sequence classification / regression data: BIG-bench tasks offline, GLUE-style sources by name.
+
+A source turns a dataset config into :class:`Splits` (train and validation examples, label names);
+:class:`ClassificationDataModule` tokenises them once and serves seeded, resumable batches.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .. import assets
+
+
+class DatasetError(ValueError):
+    """Bad dataset configuration: unknown source or task, empty split, ..."""
+
+
+@dataclass
+class Example:
+    text: str
+    label: int | float
+    text_pair: str | None = None
+
+
+@dataclass
+class Splits:
+    train: list[Example]
+    validation: list[Example]
+    label_names: list[str] = field(default_factory=list)  # empty: regression
+    test: list[Example] = field(default_factory=list)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names) if self.label_names else 1
+
+
+SOURCES: dict[str, Callable[..., Splits]] = {}
+
+
+def source(name: str):
+    def deco(fn: Callable[..., Splits]) -> Callable[..., Splits]:
+        SOURCES[name] = fn
+        return fn
+
+    return deco
+
+
+def load_splits(source_name: str, **kwargs) -> Splits:
+    if source_name not in SOURCES:
+        raise DatasetError(f"unknown dataset source '{source_name}'; known: {sorted(SOURCES)}")
+    splits = SOURCES[source_name](**kwargs)
+    if not splits.train or not splits.validation:
+        raise DatasetError(f"dataset source '{source_name}' gave an empty train or validation split")
+    return splits
+
+
+def stratified_split(examples: list[Example], val_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Deterministic per-label split: every label keeps ``val_fraction`` of its examples for validation."""
+    if not 0 < val_fraction < 1:
+        raise DatasetError(f"val_fraction={val_fraction} must be in (0, 1)")
+    rng = random.Random(seed)
+    by_label: dict = {}
+    for ex in examples:
+        by_label.setdefault(ex.label, []).append(ex)
+    train, val = [], []
+    for label in sorted(by_label, key=str):
+        group = by_label[label][:]
+        rng.shuffle(group)
+        n_val = max(1, round(len(group) * val_fraction)) if len(group) > 1 else 0
+        val.extend(group[:n_val])
+        train.extend(group[n_val:])
+    rng.shuffle(train)
+    rng.shuffle(val)
+    return train, val
+
+
+@source("bigbench")
+def bigbench_classification(task: str, val_fraction: float = 0.2, split_seed: int = 0,
+                            max_examples: int | None = None, strip_prefix: str | None = None) -> Splits:
+    """A BIG-bench multiple-choice task as classification: the label is the choice scored 1.
+
+    Labels are the ``target_scores`` keys in order of first appearance. BIG-bench ships one split, so
+    train/validation come from a fixed stratified split (``split_seed`` is independent of the run seed,
+    so every seed of a sweep sees the same validation set).
+    """
+    data = assets.bigbench_task(task)
+    label_names: list[str] = []
+    examples = []
+    for ex in data["examples"]:
+        scores = ex.get("target_scores")
+        if not scores:
+            raise DatasetError(f"BIG-bench task '{task}' is not multiple-choice (no target_scores)")
+        for k in scores:
+            if k not in label_names:
+                label_names.append(k)
+        best = [k for k, v in scores.items() if v == max(scores.values())]
+        if len(best) != 1:
+            continue  # ambiguous gold label: not a single-label classification example
+        text = ex["input"]
+        if strip_prefix and text.startswith(strip_prefix):
+            text = text[len(strip_prefix):]
+        examples.append(Example(text=text.strip(), label=label_names.index(best[0])))
+    if max_examples:
+        examples = random.Random(split_seed).sample(examples, min(max_examples, len(examples)))
+    train, val = stratified_split(examples, val_fraction, split_seed)
+    return Splits(train=train, validation=val, label_names=label_names)
+
+
+class TokenizedDataset(Dataset):
+    def __init__(self, examples: list[Example], tokenizer, max_length: int, regression: bool):
+        texts = [e.text for e in examples]
+        pairs = [e.text_pair for e in examples]
+        has_pair = any(p is not None for p in pairs)
+        enc = tokenizer(texts, pairs if has_pair else None, truncation=True, max_length=max_length)
+        self.features = [{k: enc[k][i] for k in enc.keys()} for i in range(len(examples))]
+        dtype = torch.float32 if regression else torch.long
+        self.labels = torch.tensor([e.label for e in examples], dtype=dtype)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.features[i], "labels": self.labels[i]}
+
+
+class EpochSampler(Sampler[int]):
+    """A permutation that depends only on ``(seed, epoch)``: a run resumed at an epoch boundary sees the
+    same batches as an uninterrupted one (Lightning calls ``set_epoch`` on samplers that have it)."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True):
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.n))
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    """Tokenises a :class:`Splits` once and serves padded batches."""
+
+    def __init__(self, splits: Splits, tokenizer, max_length: int = 128, batch_size: int = 16,
+                 eval_batch_size: int = 64, seed: int = 0, num_workers: int = 0):
+        super().__init__()
+        self.splits, self.tokenizer = splits, tokenizer
+        self.max_length, self.batch_size, self.eval_batch_size = max_length, batch_size, eval_batch_size
+        self.seed, self.num_workers = seed, num_workers
+        self.regression = not splits.label_names
+        self._train = self._val = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._train is None:
+            self._train = TokenizedDataset(self.splits.train, self.tokenizer, self.max_length, self.regression)
+            self._val = TokenizedDataset(self.splits.validation, self.tokenizer, self.max_length, self.regression)
+
+    def _collate(self, batch: list[dict]) -> dict:
+        labels = torch.stack([b.pop("labels") for b in batch])
+        out = self.tokenizer.pad(batch, return_tensors="pt")
+        out["labels"] = labels
+        return dict(out)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self._train, batch_size=self.batch_size, sampler=EpochSampler(len(self._train), self.seed),
+                          collate_fn=self._collate, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self._val, batch_size=self.eval_batch_size, shuffle=False, collate_fn=self._collate,
+                          num_workers=self.num_workers)

@@ -1,0 +1,171 @@
+"""The LightningModule every method trains with: task loss + the method's regulariser, one loop for all.
+
+Checkpoints hold only what the method trains (``method.adapter_state_dict``) plus the metric history,
+so a 7B run's checkpoint is megabytes, and resuming rebuilds the frozen base deterministically.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import torch
+import torchmetrics
+from torch import nn
+
+from .methods.base import PeftMethod, match_target
+
+CLASSIFICATION_METRICS = {
+    "accuracy": lambda n: torchmetrics.Accuracy(task="multiclass" if n > 2 else "binary", num_classes=n),
+    "f1": lambda n: torchmetrics.F1Score(task="multiclass" if n > 2 else "binary", num_classes=n,
+                                         average="macro" if n > 2 else "micro"),
+    "mcc": lambda n: torchmetrics.MatthewsCorrCoef(task="multiclass" if n > 2 else "binary", num_classes=n),
+}
+REGRESSION_METRICS = {
+    "pearson": lambda n: torchmetrics.PearsonCorrCoef(),
+    "spearman": lambda n: torchmetrics.SpearmanCorrCoef(),
+}
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 4e-4
+    head_lr: float | None = None  # None: same as lr
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.06
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    scheduler: str = "linear"  # linear | constant
+
+
+def build_metrics(names: list[str], num_labels: int) -> torchmetrics.MetricCollection:
+    table = REGRESSION_METRICS if num_labels == 1 else CLASSIFICATION_METRICS
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        kind = "regression" if num_labels == 1 else "classification"
+        raise ValueError(f"unknown {kind} metric(s) {unknown}; known: {sorted(table)}")
+    return torchmetrics.MetricCollection({n: table[n](num_labels) for n in names})
+
+
+class PeftModule(L.LightningModule):
+    """Trains ``model`` (already prepared by ``method.apply``) on a classification/regression task."""
+
+    def __init__(self, model: nn.Module, method: PeftMethod, num_labels: int, metrics: list[str],
+                 optim: OptimConfig | None = None):
+        super().__init__()
+        self.model, self.method = model, method
+        self.num_labels = num_labels
+        self.optim = optim or OptimConfig()
+        self.val_metrics = build_metrics(metrics, num_labels)
+        self.metric_names = list(metrics)
+        self.history: list[dict[str, float]] = []
+        self._last_step_seen = -1
+        # Checkpoints carry the adapter only; the frozen base is rebuilt by `method.apply` on resume.
+        self.strict_loading = False
+        self.model.train()  # transformers loads in eval mode; dropout belongs to training
+
+    # -- training --------------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        # transformers returns models in eval mode; dropout must be active while training.
+        self.model.train()
+
+    def forward(self, **batch: Any) -> Any:
+        return self.model(**batch)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        self.method.on_before_forward(self.model, self.global_step)
+        out = self.model(**batch)
+        task_loss = out.loss
+        reg = self.method.regularization_loss(self.model)
+        loss = task_loss + reg
+        bs = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/task_loss", task_loss, batch_size=bs)
+        self.log("train/reg_loss", reg, batch_size=bs)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Only after a real optimiser step (gradient accumulation calls this every micro-batch);
+        # gradients are still there: Lightning zeroes them at the start of the next step.
+        if self.global_step != self._last_step_seen:
+            self._last_step_seen = self.global_step
+            total = self.trainer.estimated_stepping_batches if self.trainer else None
+            self.method.on_train_step(self.model, self.global_step, int(total) if total else None)
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        labels = batch["labels"]
+        out = self.model(**batch)
+        logits = out.logits
+        preds = logits.squeeze(-1) if self.num_labels == 1 else logits.argmax(-1)
+        self.val_metrics.update(preds.float() if self.num_labels == 1 else preds, labels)
+        self.log("val/loss", out.loss, batch_size=labels.shape[0])
+
+    def on_validation_epoch_end(self) -> None:
+        values = {k: float(v) for k, v in self.val_metrics.compute().items()}
+        self.val_metrics.reset()
+        if self.trainer.sanity_checking:
+            return
+        for k, v in values.items():
+            self.log(f"val/{k}", v, prog_bar=True)
+        self.history.append({"epoch": self.current_epoch, "step": self.global_step, **values})
+
+    # -- optimisation ----------------------------------------------------------------------------
+    def configure_optimizers(self):
+        o = self.optim
+        heads = self.method.heads(self.model)
+        head_ids = {id(p) for n, m in self.model.named_modules() if n and match_target(n, heads)
+                    for p in m.parameters()}
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        for n, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            # No weight decay on biases, norms and the singular-value vectors (those have their own L2).
+            no_decay = p.ndim < 2
+            groups.setdefault((id(p) in head_ids, no_decay), []).append(p)
+        param_groups = []
+        for (is_head, no_decay), params in groups.items():
+            lr = o.head_lr if (is_head and o.head_lr is not None) else o.lr
+            param_groups.append({"params": params, "lr": lr, "weight_decay": 0.0 if no_decay else o.weight_decay})
+        opt = torch.optim.AdamW(param_groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(math.ceil(o.warmup_ratio * total))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            if o.scheduler == "constant":
+                return 1.0
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        if o.scheduler not in ("linear", "constant"):
+            raise ValueError(f"unknown scheduler '{o.scheduler}'; use linear or constant")
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        sd = self.method.adapter_state_dict(self.model)
+        checkpoint["state_dict"] = {f"model.{k}": v for k, v in sd.items()}
+        checkpoint["kasa_history"] = list(self.history)
+        checkpoint["kasa_last_step_seen"] = self._last_step_seen
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = list(checkpoint.get("kasa_history", []))
+        self._last_step_seen = checkpoint.get("kasa_last_step_seen", -1)
+        sd = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+        self.method.load_adapter_state_dict(self.model, sd)
+        checkpoint["state_dict"] = {}  # already loaded, through the method's own hook
+
+
+class EpochSeed(L.Callback):
+    """Reseeds every RNG from ``(seed, epoch)`` at each epoch start, so dropout draws do not depend on
+    whether the run was interrupted and resumed at an epoch boundary."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        L.seed_everything(self.seed * 1_000 + trainer.current_epoch, verbose=False)

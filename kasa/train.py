@@ -1,0 +1,216 @@
+"""Hydra entry point: ``kasa-train [overrides]`` (also ``python -m kasa.train``).
+
+Composes model / method / dataset / benchmark / trainer / logger, trains on one Lightning loop and
+writes ``results.json`` (final and best metrics, resolved config, parameter counts, wall time,
+versions) into the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+CONF_DIR = Path(os.environ.get("KASA_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot work; raised before any training starts."""
+
+
+def _wandb_mode(requested: str) -> str:
+    """``auto``: online only with an API key (env or netrc); never block a run on a login prompt."""
+    if requested != "auto":
+        return requested
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    netrc = Path.home() / ".netrc"
+    if netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return "online"
+    return "offline"
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    loggers: list = []
+    if cfg.logger.get("csv", True):
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="logs", version=""))
+    wb = cfg.logger.get("wandb")
+    if wb:
+        mode = _wandb_mode(wb.get("mode", "auto"))
+        os.environ["WANDB_MODE"] = mode
+        os.environ.setdefault("WANDB_SILENT", "true")
+        try:
+            loggers.append(WandbLogger(project=wb.get("project", "kasa"), entity=wb.get("entity"),
+                                       group=wb.get("group"), tags=list(wb.get("tags") or []),
+                                       name=cfg.get("run_name"), save_dir=str(run_dir), offline=mode == "offline",
+                                       config=OmegaConf.to_container(cfg, resolve=True)))
+        except Exception as exc:  # a logger must never cost a run
+            print(f"[kasa] W&B logger disabled: {exc}", file=sys.stderr)
+    return loggers
+
+
+def validate(cfg: DictConfig) -> None:
+    """Name checks that need no model or data, so bad input fails in a second, before any loading."""
+    from .data.classification import SOURCES
+    from .methods import REGISTRY
+
+    if cfg.method.name not in REGISTRY:
+        raise ConfigError(f"unknown method '{cfg.method.name}'; known: {' '.join(sorted(REGISTRY))}")
+    if cfg.dataset.source not in SOURCES:
+        raise ConfigError(f"unknown dataset source '{cfg.dataset.source}'; known: {sorted(SOURCES)}")
+
+
+def method_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    kw = OmegaConf.to_container(cfg.method, resolve=True)
+    kw.pop("name")
+    return kw
+
+
+def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Train one configuration and return what was written to ``results.json``."""
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from .data.classification import ClassificationDataModule, load_splits
+    from .methods import build_method, count_parameters
+    from .models import load_model, load_tokenizer
+    from .module import EpochSeed, OptimConfig, PeftModule
+
+    t0 = time.time()
+    validate(cfg)
+    run_dir = Path(run_dir or hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    method = build_method(cfg.method.name, **method_kwargs(cfg))  # hyper-parameter errors before loading
+    L.seed_everything(cfg.seed, verbose=False)
+
+    d = cfg.dataset
+    source_kw = {k: v for k, v in OmegaConf.to_container(d.get("source_args", {}) or {}, resolve=True).items()}
+    splits = load_splits(d.source, **source_kw)
+    tokenizer = load_tokenizer(cfg.model.name_or_path, revision=cfg.model.get("revision"))
+    model = load_model(cfg.model.name_or_path, task=cfg.benchmark.model_task, num_labels=splits.num_labels,
+                       dtype=cfg.model.get("dtype"), revision=cfg.model.get("revision"),
+                       gradient_checkpointing=cfg.model.get("gradient_checkpointing", False))
+    method.apply(model)
+    trainable, total = count_parameters(model)
+    adapter_params = method.trainable_parameter_count(model)
+
+    b = cfg.benchmark
+    dm = ClassificationDataModule(splits, tokenizer, max_length=d.max_length, batch_size=b.batch_size,
+                                  eval_batch_size=b.eval_batch_size, seed=cfg.seed)
+    optim = OptimConfig(**OmegaConf.to_container(b.optim, resolve=True))
+    module = PeftModule(model, method, splits.num_labels, list(d.metrics), optim)
+
+    ckpt_dir = run_dir / "checkpoints"
+    callbacks = [EpochSeed(cfg.seed), ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0)]
+    t = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer = L.Trainer(default_root_dir=str(run_dir), logger=build_loggers(cfg, run_dir), callbacks=callbacks, **t)
+    resume = _resume_path(cfg.get("resume"), ckpt_dir)
+    trainer.fit(module, datamodule=dm, ckpt_path=resume)
+
+    results = summarise(cfg, module, d.monitor, b.get("selection", "best"), run_dir, t0,
+                        params={"trainable": trainable, "total": total, "adapter": adapter_params},
+                        split_sizes={"train": len(splits.train), "validation": len(splits.validation)},
+                        resumed_from=resume)
+    _write_json(run_dir / "results.json", results)
+    mon = results["metrics"]
+    print(f"\n[kasa] {cfg.method.name} on {d.name}: {d.monitor} final={mon['final'].get(d.monitor, float('nan')):.4f} "
+          f"best={mon['best'].get(d.monitor, float('nan')):.4f} (epoch {mon['best_epoch']}) "
+          f"in {results['wall_time_s']:.0f}s; trainable {adapter_params:,} adapter / {trainable:,} with head "
+          f"of {total:,}")
+    print(f"[kasa] results: {run_dir / 'results.json'}\n[kasa] logs: {run_dir / 'logs'}")
+    return results
+
+
+def _resume_path(resume: str | None, ckpt_dir: Path) -> str | None:
+    if not resume:
+        return None
+    if resume == "last":
+        last = ckpt_dir / "last.ckpt"
+        return str(last) if last.exists() else None
+    path = Path(resume)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.exists():
+        raise ConfigError(f"resume checkpoint '{resume}' does not exist (expected a run dir or a .ckpt file)")
+    return str(path)
+
+
+def summarise(cfg: DictConfig, module, monitor: str, selection: str, run_dir: Path, t0: float,
+              **extra: Any) -> dict[str, Any]:
+    import lightning
+    import torch
+    import transformers
+
+    from . import __version__
+
+    history = module.history
+    if not history:
+        raise RuntimeError("no validation epoch completed; nothing to report")
+    final = {k: v for k, v in history[-1].items() if k not in ("epoch", "step")}
+    best_row = max(history, key=lambda r: r.get(monitor, float("-inf")))
+    best = {k: v for k, v in best_row.items() if k not in ("epoch", "step")}
+    return {
+        "method": cfg.method.name, "model": cfg.model.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
+        "metrics": {"final": final, "best": best, "best_epoch": best_row["epoch"], "monitor": monitor,
+                    "selection": selection, "reported": (best if selection == "best" else final)},
+        "history": history,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "wall_time_s": time.time() - t0,
+        "run_dir": str(run_dir),
+        "versions": {"kasa": __version__, "torch": torch.__version__, "lightning": lightning.__version__,
+                     "transformers": transformers.__version__, "python": sys.version.split()[0]},
+        **extra,
+    }
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
+    tmp.replace(path)  # atomic: a crash never leaves a half-written results.json
+
+
+def _json_default(o: Any) -> Any:
+    if dataclasses.is_dataclass(o):
+        return dataclasses.asdict(o)
+    return str(o)
+
+
+def _known_errors() -> tuple[type[Exception], ...]:
+    from .assets import MissingAssetError
+    from .data.classification import DatasetError
+    from .methods import MethodError
+    from .models import ModelLoadError
+
+    return (ConfigError, MethodError, ModelLoadError, MissingAssetError, DatasetError)
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> float:
+    try:
+        results = run(cfg)
+    except _known_errors() as exc:
+        # One clear line naming the problem; SystemExit passes through Hydra's own error reporting.
+        print(f"kasa-train: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    return float(results["metrics"]["reported"].get(cfg.dataset.monitor, float("nan")))
+
+
+def main() -> None:
+    """Console script entry point."""
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
