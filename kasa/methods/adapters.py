@@ -45,7 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import AdapterLayer, MethodConfig, MethodError, PeftMethod, model_type, register
+from .base import (AdapterLayer, MethodConfig, MethodError, PeftMethod, layer_shape, match_target, model_type,
+                   register)
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "swish": F.silu, "silu": F.silu, "tanh": torch.tanh}
 
@@ -193,7 +194,6 @@ class BottleneckAdapters(PeftMethod):
         """Full names of the modules to wrap (explicit names, so the base matcher cannot over-match)."""
         if self.config.target_modules is not None:
             spec = self.config.target_modules
-            from .base import match_target
             names = [n for n, _ in model.named_modules() if n and match_target(n, spec)]
         else:
             pats = [re.compile(p) for p in placement_patterns(model, self.placement())]
@@ -211,7 +211,6 @@ class BottleneckAdapters(PeftMethod):
         return c.bottleneck if c.bottleneck is not None else max(1, int(hidden // c.reduction_factor))
 
     def wrap(self, name: str, module: nn.Module) -> BottleneckAdapterLayer:
-        from .base import layer_shape
         out_features, _ = layer_shape(module)
         return BottleneckAdapterLayer(module, self.bottleneck_for(out_features), self.config.activation,
                                       layer_norm=self.own_norm, name=name)

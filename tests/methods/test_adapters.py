@@ -141,3 +141,10 @@ def test_save_load_round_trip_and_merge_raises(variant):
         method.merge(model)
     with pytest.raises(MethodError, match="not mergeable"):
         method.merge(model, safe=True)
+
+
+def test_explicit_target_modules_override_the_preset():
+    _, model, _ = _adapted("bert", "adapter_p", target_modules=["query"])
+    assert _adapter_names(model) == [f"bert.encoder.layer.{i}.attention.self.query" for i in range(2)]
+    with pytest.raises(MethodError, match="match no module"):
+        _adapted("bert", "adapter_p", target_modules=["nothing_here"])
