@@ -51,6 +51,9 @@ class SaraLayer(AdapterLayer):
                  max_rank: int | None, train_vectors: bool, dropout: float = 0.0, svd_dtype_name: str = "float32"):
         super().__init__(base_layer)
         w = base_layer.weight
+        if w.is_meta:
+            raise MethodError("SARA's per-layer rank depends on the pretrained spectrum: it cannot be chosen on "
+                              "meta tensors (load real weights)")
         U, S, Vh = torch.linalg.svd(get_weight(base_layer).detach().to(svd_dtype(svd_dtype_name)), full_matrices=False)
         k = sara_rank(S, threshold, energy, min_rank, max_rank)
         self.r = k
