@@ -6,7 +6,7 @@ pissa milora dora corda kasa``.
 
 from .base import (REGISTRY, AdapterLayer, MethodConfig, MethodError, PeftMethod, build_method,
                    count_parameters, register)
-from . import fft, lora, kasa, bitfit, adapters, pissa, milora, dora, adalora, dylora, vera, sara  # noqa: F401  (registration)
+from . import fft, lora, kasa, bitfit, adapters, pissa, milora, dora, adalora, dylora, vera, sara, corda  # noqa: F401  (registration)
 
 __all__ = ["REGISTRY", "AdapterLayer", "MethodConfig", "MethodError", "PeftMethod", "build_method",
            "count_parameters", "register"]
