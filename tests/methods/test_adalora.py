@@ -14,7 +14,7 @@ from kasa.methods import MethodError, build_method
 from kasa.methods.adalora import AdaLoraLayer
 
 KW = dict(init_r=6, target_r=3, alpha=8.0, tinit=2, tfinal=3, deltaT=1, orth_reg_weight=0.5)
-TOTAL = 12
+TOTAL = 10
 
 
 @pytest.mark.parametrize("model_name", ["bert", "gpt2", "llama"])
@@ -112,6 +112,17 @@ def test_rank_allocation_matches_peft():
     # the budget went from init_r * n to target_r * n
     assert sum(m.rank for m in layers.values()) == KW["target_r"] * len(layers)
     assert len(seen_masks) > 2
+    # the rank pattern travels with the adapter (the lora_mask buffers)
+    sd = method.adapter_state_dict(ours)
+    other = fresh("bert")
+    method2 = build_method("adalora", target_modules=targets, modules_to_save=[], **KW)
+    method2.apply(other)
+    method2.load_adapter_state_dict(other, sd)
+    assert method2.ranks(other) == method.ranks(ours)
+    ours.eval(), other.eval()
+    with torch.no_grad():
+        x = tiny_inputs()
+        torch.testing.assert_close(ours(**x).logits, other(**x).logits, rtol=0, atol=1e-6)
 
 
 def test_total_steps_required_and_schedule_checked():
