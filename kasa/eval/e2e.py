@@ -1,0 +1,506 @@
+"""E2E NLG challenge metrics (BLEU, NIST, METEOR, ROUGE-L, CIDEr) computed as the official script does.
+
+The official scorer is ``measure_scores.py`` of tuetschek/e2e-metrics (the repository the E2E
+challenge, LoRA and KaSA cite). What it does, read from its source (``measure_scores.py``,
+``mteval/mteval-v13a-sig.pl``, ``metrics/pymteval.py``) and its README:
+
+* References are grouped per meaning representation (MR): in a TSV/CSV reference file, consecutive
+  lines with the same MR form one multi-reference instance; one system output per MR.
+* BLEU and NIST come from MT-Eval ``mteval-v13a-sig.pl`` (Perl) by default (``-p`` switches to a Python
+  port). Its normalisation lower-cases ASCII letters (``tr/[A-Z]/[a-z]/``; no ``-c`` flag is passed) and
+  applies the v11b/13a tokenisation (punctuation split, period/comma split unless next to a digit).
+  BLEU: corpus-level, 4-grams, clipped counts against the per-n-gram maximum over the references,
+  brevity penalty from the closest reference length (ties -> shorter; empty padding references
+  skipped), mteval's "exp" smoothing of zero n-gram matches. NIST: 5-grams, information weights
+  ``log2(count(w1..wn-1) / count(w1..wn))`` over all reference segments of the corpus (unigram
+  denominator: the number of reference words), matches clipped against the per-n-gram maximum over
+  references, length penalty ``exp(-beta * log(ratio)^2)`` with beta set so that ratio 2/3 gives
+  0.5, where the reference length is total reference words / (non-empty references / segments)
+  (the "-sig" edit for a variable number of references).
+* METEOR, ROUGE-L and CIDEr come from the MS-COCO caption evaluation code (``pycocoevalcap``):
+  every text is first run through the Stanford CoreNLP 3.4.1 ``PTBTokenizer`` with ``-lowerCase``
+  and PTB punctuation tokens are dropped (``-lrb-``/``-rrb-`` survive: the drop list is upper case);
+  METEOR is ``meteor-1.5.jar -l en -norm`` with corpus-level aggregated statistics; ROUGE-L is the
+  LCS F-measure with beta 1.2 from the maximum precision and maximum recall over the references,
+  averaged over instances; CIDEr is the COCO ``Cider`` scorer (CIDEr-D: tf-idf 1-4-grams with
+  document frequencies over the evaluated references, clipping, Gaussian length penalty sigma 6,
+  x10).
+* Reported scale: BLEU, METEOR, ROUGE-L in [0, 1]; NIST and CIDEr unbounded (LoRA/KaSA tables show
+  BLEU, METEOR, ROUGE-L x100). :func:`to_paper_scale` converts.
+
+Implementation here: BLEU via ``sacrebleu`` (its 13a tokeniser and "exp" smoothing reproduce
+mteval-v13a; input pre-lower-cased ASCII-only as the Perl does), NIST re-implemented from the formula
+above (``nltk``'s NIST picks one best reference per segment, which is not what mteval does), METEOR /
+ROUGE-L / CIDEr via ``pycocoevalcap``'s scorers and the same CoreNLP jar it ships. Java is needed for the
+tokeniser and METEOR; without it a pure-Python approximation of the tokeniser and ``nltk``'s METEOR
+(exact + stem matching, METEOR-1.5 parameters, no paraphrase table) are used and a warning says so;
+the result then records ``backend="python-approx"``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import warnings
+from collections import Counter, OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from kasa.eval.utils import SPLITS, split_by_key
+
+METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
+# PTB tokens removed by pycocoevalcap's tokenizer wrapper (compared after -lowerCase, so the
+# bracket tokens, which are listed in upper case, are never removed: kept for fidelity).
+COCO_PUNCTUATIONS = frozenset(
+    ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"]
+)
+
+__all__ = [
+    "METRICS",
+    "E2EScores",
+    "group_references",
+    "mteval_normalize",
+    "bleu",
+    "nist",
+    "ptb_tokenize",
+    "meteor",
+    "rouge_l",
+    "cider",
+    "e2e_metrics",
+    "to_paper_scale",
+    "java_available",
+    "load_e2e_bigbench",
+    "load_e2e_nlg",
+    "flatten_grouped",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# grouping
+
+
+def group_references(mrs: Sequence[str], refs: Sequence[str]) -> "OrderedDict[str, list[str]]":
+    """Group references by identical MR string, keeping the first-seen order of MRs and of references.
+
+    The official script groups *consecutive* identical MRs; on E2E's files (sorted by MR) this is the
+    same grouping, and grouping all occurrences is the robust choice for shuffled inputs.
+    """
+    if len(mrs) != len(refs):
+        raise ValueError(f"got {len(mrs)} MRs but {len(refs)} references")
+    grouped: OrderedDict[str, list[str]] = OrderedDict()
+    for mr, ref in zip(mrs, refs):
+        grouped.setdefault(mr, []).append(ref)
+    return grouped
+
+
+def _check_inputs(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> None:
+    if isinstance(hypotheses, str):
+        raise TypeError("hypotheses must be a sequence of strings, not one string")
+    if len(hypotheses) != len(references):
+        raise ValueError(f"got {len(hypotheses)} hypotheses but {len(references)} reference groups")
+    if not hypotheses:
+        raise ValueError("nothing to score: no hypotheses")
+    for i, refs in enumerate(references):
+        if isinstance(refs, str) or not refs:
+            raise ValueError(f"instance {i}: references must be a non-empty list of strings, got {refs!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# MT-Eval side: BLEU and NIST
+
+
+def _ascii_lower(text: str) -> str:
+    # mteval lower-cases with tr/[A-Z]/[a-z]/: ASCII only, unlike str.lower().
+    return text.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def mteval_normalize(text: str, lowercase: bool = True) -> list[str]:
+    """Tokens of ``text`` after mteval-v13a's default normalisation (what BLEU/NIST see)."""
+    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+
+    # mteval joins a segment's whitespace runs before normalising (the SGML reader).
+    text = re.sub(r"\s+", " ", text)
+    if lowercase:
+        text = _ascii_lower(text)
+    return Tokenizer13a()(text).split()
+
+
+def bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """Corpus BLEU in [0, 1] as mteval-v13a computes it (lower-cased, 13a tokens, closest ref length)."""
+    import sacrebleu
+
+    _check_inputs(hypotheses, references)
+    hyps = [_ascii_lower(re.sub(r"\s+", " ", h)) for h in hypotheses]
+    width = max(len(r) for r in references)
+    # sacrebleu takes reference *streams*; None pads instances with fewer references and is skipped,
+    # which is what mteval's empty padding references amount to.
+    streams = [
+        [_ascii_lower(re.sub(r"\s+", " ", refs[k])) if k < len(refs) else None for refs in references]
+        for k in range(width)
+    ]
+    result = sacrebleu.corpus_bleu(hyps, streams, tokenize="13a", lowercase=False, smooth_method="exp")
+    return result.score / 100.0
+
+
+def _ngram_counts(tokens: Sequence[str], n: int) -> Counter:
+    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+
+
+def nist(hypotheses: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 5) -> float:
+    """Corpus NIST (5-grams) as e2e-metrics' ``mteval-v13a-sig.pl`` computes it."""
+    _check_inputs(hypotheses, references)
+    hyp_toks = [mteval_normalize(h) for h in hypotheses]
+    ref_toks = [[mteval_normalize(r) for r in refs] for refs in references]
+
+    # Information weights from every reference segment of the corpus.
+    counts: Counter = Counter()
+    total_ref_words = 0
+    for refs in ref_toks:
+        for ref in refs:
+            total_ref_words += len(ref)
+            for n in range(1, max_n + 1):
+                counts.update(_ngram_counts(ref, n))
+
+    def info(ngram: tuple) -> float:
+        denom = counts[ngram[:-1]] if len(ngram) > 1 else total_ref_words
+        return -math.log2(counts[ngram] / denom)
+
+    hit_info = [0.0] * (max_n + 1)
+    sys_ngrams = [0] * (max_n + 1)
+    ref_words = 0
+    nonempty_refs = 0
+    for hyp, refs in zip(hyp_toks, ref_toks):
+        for n in range(1, max_n + 1):
+            sys_ngrams[n] += max(len(hyp) - n + 1, 0)
+            ref_max: Counter = Counter()
+            for ref in refs:
+                ref_max |= _ngram_counts(ref, n)  # per-n-gram maximum over references
+            for ngram, c in _ngram_counts(hyp, n).items():
+                m = min(c, ref_max.get(ngram, 0))
+                if m:
+                    hit_info[n] += info(ngram) * m
+        ref_words += sum(len(r) for r in refs)
+        nonempty_refs += sum(1 for r in refs if r)
+    score = sum(hit_info[n] / max(sys_ngrams[n], 1) for n in range(1, max_n + 1))
+    avg_refs_per_seg = nonempty_refs / len(hyp_toks)
+    ref_len = ref_words / avg_refs_per_seg if avg_refs_per_seg else 0.0
+    return score * _nist_length_penalty(sys_ngrams[1] / ref_len if ref_len else 0.0)
+
+
+def _nist_length_penalty(ratio: float) -> float:
+    if ratio >= 1:
+        return 1.0
+    if ratio <= 0:
+        return 0.0
+    beta = -math.log(0.5) / math.log(1.5) ** 2
+    return math.exp(-beta * math.log(ratio) ** 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# MS-COCO side: tokenisation, METEOR, ROUGE-L, CIDEr
+
+
+def _coco_dir() -> Path | None:
+    import importlib.util
+
+    # pycocoevalcap is a namespace package on PyPI (no __init__.py): locate it by its search path.
+    spec = importlib.util.find_spec("pycocoevalcap")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def java_available() -> bool:
+    """Whether the Java tools of the official pipeline (CoreNLP tokeniser, METEOR 1.5) can run here."""
+    if os.environ.get("KASA_E2E_NO_JAVA"):
+        return False
+    root = _coco_dir()
+    return bool(
+        shutil.which("java")
+        and root is not None
+        and (root / "tokenizer" / "stanford-corenlp-3.4.1.jar").exists()
+        and (root / "meteor" / "meteor-1.5.jar").exists()
+    )
+
+
+def _ptb_java(texts: Sequence[str]) -> list[str]:
+    jar = _coco_dir() / "tokenizer" / "stanford-corenlp-3.4.1.jar"
+    # Same command as pycocoevalcap's wrapper, but the temporary file goes to a temp dir: the package
+    # folder may be read-only.
+    with tempfile.TemporaryDirectory(prefix="kasa-ptb-") as tmp:
+        path = Path(tmp) / "sentences.txt"
+        path.write_text("\n".join(t.replace("\n", " ") for t in texts), encoding="utf-8")
+        out = subprocess.run(
+            ["java", "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines",
+             "-lowerCase", str(path)],
+            capture_output=True, check=True,
+        ).stdout.decode("utf-8")
+    lines = out.split("\n")
+    if len(lines) < len(texts):
+        raise RuntimeError(f"PTBTokenizer returned {len(lines)} lines for {len(texts)} texts")
+    return [" ".join(w for w in line.rstrip().split(" ") if w not in COCO_PUNCTUATIONS) for line in lines[: len(texts)]]
+
+
+# CoreNLP's PTB normalisations that matter after lower-casing: brackets, currency, quotes.
+_PTB_MAP = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-",
+            "£": "#", "€": "$", "¢": "cents", '"': "''", "«": "``", "»": "''", "“": "``", "”": "''"}
+_PTB_TOKEN = re.compile(
+    r"n't|'(?:s|re|ve|ll|d|m)\b"                 # clitics (already separated below)
+    r"|(?:[^\W\d_]\.){2,}"                        # acronyms keep their final period: u.s., e.g.
+    r"|\d+(?:[.,:/-]\d+)*"                        # numbers, times, ranges
+    r"|\w+(?:[-'&.]\w+)*"                         # words, hyphenated words, abbreviations
+    r"|\.\.\.|--|``|''|\S",                       # punctuation and any other symbol
+)
+
+
+def _ptb_python(text: str) -> str:
+    """Approximation of CoreNLP's PTBTokenizer (-lowerCase) + COCO punctuation removal."""
+    text = text.lower().replace("\n", " ")
+    text = re.sub(r"(\w)(n't)\b", r"\1 \2", text)
+    text = re.sub(r"(\w)('(?:s|re|ve|ll|d|m))\b", r"\1 \2", text)
+    tokens = []
+    for tok in _PTB_TOKEN.findall(text):
+        if tok.endswith(".") and len(tok) > 1 and tok not in ("...",) and not re.search(r"\.\w", tok):
+            tokens.extend([tok[:-1], "."])
+            continue
+        tokens.append(_PTB_MAP.get(tok, tok))
+    return " ".join(t for t in tokens if t not in COCO_PUNCTUATIONS)
+
+
+def ptb_tokenize(texts: Sequence[str], use_java: bool | None = None) -> list[str]:
+    """COCO-style tokenisation of each text (lower-cased PTB tokens joined by single spaces)."""
+    texts = list(texts)
+    if use_java is None:
+        use_java = java_available()
+    if use_java:
+        return _ptb_java(texts)
+    return [_ptb_python(t) for t in texts]
+
+
+class _MeteorProcess:
+    """One long-lived METEOR 1.5 JVM (start-up loads a 60 MB paraphrase table, ~10 s)."""
+
+    _instance: Any = None
+
+    @classmethod
+    def get(cls):
+        if cls._instance is None:
+            from pycocoevalcap.meteor.meteor import Meteor
+
+            cls._instance = Meteor()
+            atexit.register(cls.close)
+        return cls._instance
+
+    @classmethod
+    def close(cls) -> None:
+        inst, cls._instance = cls._instance, None
+        if inst is not None:
+            try:
+                inst.meteor_p.stdin.close()
+                inst.meteor_p.kill()
+                inst.meteor_p.wait()
+            except Exception:  # pragma: no cover - interpreter shutdown
+                pass
+
+
+class _NoWordNet:
+    """Stands in for WordNet (its data is a separate download): no synonym matches."""
+
+    @staticmethod
+    def synsets(*args: Any, **kwargs: Any) -> list:
+        return []
+
+
+def _meteor_python(hyp_tok: Sequence[str], refs_tok: Sequence[Sequence[str]]) -> float:
+    from nltk.translate.meteor_score import meteor_score
+
+    scores = []
+    for h, refs in zip(hyp_tok, refs_tok):
+        if any(h.split() == r.split() for r in refs):
+            # METEOR 1.5 drops the fragmentation penalty when everything matches in one chunk.
+            scores.append(1.0)
+            continue
+        # METEOR 1.5 "en" parameters (alpha, beta, gamma); nltk's defaults are METEOR 1.0's.
+        scores.append(meteor_score([r.split() for r in refs], h.split(), wordnet=_NoWordNet(),
+                                   alpha=0.85, beta=0.2, gamma=0.6))
+    return sum(scores) / len(scores)
+
+
+def meteor(hyp_tok: Sequence[str], refs_tok: Sequence[Sequence[str]], use_java: bool | None = None) -> float:
+    """Corpus METEOR 1.5 of PTB-tokenised texts (see :func:`ptb_tokenize`)."""
+    if use_java is None:
+        use_java = java_available()
+    if use_java:
+        gts = {i: list(refs) for i, refs in enumerate(refs_tok)}
+        res = {i: [h] for i, h in enumerate(hyp_tok)}
+        score, _ = _MeteorProcess.get().compute_score(gts, res)
+        return float(score)
+    return _meteor_python(hyp_tok, refs_tok)
+
+
+def rouge_l(hyp_tok: Sequence[str], refs_tok: Sequence[Sequence[str]]) -> float:
+    """COCO ROUGE-L (beta 1.2, max precision and max recall over references), mean over instances."""
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    gts = {i: list(refs) for i, refs in enumerate(refs_tok)}
+    res = {i: [h] for i, h in enumerate(hyp_tok)}
+    score, _ = Rouge().compute_score(gts, res)
+    return float(score)
+
+
+def cider(hyp_tok: Sequence[str], refs_tok: Sequence[Sequence[str]]) -> float:
+    """COCO CIDEr (CIDEr-D implementation) with document frequencies from these references."""
+    from pycocoevalcap.cider.cider import Cider
+
+    gts = {i: list(refs) for i, refs in enumerate(refs_tok)}
+    res = {i: [h] for i, h in enumerate(hyp_tok)}
+    score, _ = Cider().compute_score(gts, res)
+    return float(score)
+
+
+# ---------------------------------------------------------------------------------------------
+# all five
+
+
+@dataclass
+class E2EScores:
+    """The five official E2E scores on the official script's scale, plus how they were computed."""
+
+    BLEU: float
+    NIST: float
+    METEOR: float
+    ROUGE_L: float
+    CIDEr: float
+    backend: str = "official"  # "official" (Java tools) or "python-approx"
+    n_instances: int = 0
+    details: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, float]:
+        """Just the five metrics (for logging)."""
+        return {m: getattr(self, m) for m in METRICS}
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def to_paper_scale(scores: Mapping[str, float] | E2EScores) -> dict[str, float]:
+    """BLEU, METEOR, ROUGE-L x100 as in the LoRA / KaSA E2E tables; NIST and CIDEr unchanged."""
+    d = scores.as_dict() if isinstance(scores, E2EScores) else dict(scores)
+    return {m: (d[m] * 100.0 if m in ("BLEU", "METEOR", "ROUGE_L") else d[m]) for m in METRICS if m in d}
+
+
+def e2e_metrics(
+    hypotheses: Sequence[str],
+    references: Sequence[Sequence[str]],
+    use_java: bool | None = None,
+) -> E2EScores:
+    """All five E2E metrics for one output per MR against that MR's list of references.
+
+    ``use_java=None`` uses the official Java tools when available and otherwise falls back to the
+    pure-Python approximations with a warning; ``True`` insists on Java, ``False`` forbids it.
+    """
+    _check_inputs(hypotheses, references)
+    hypotheses = [str(h) for h in hypotheses]
+    references = [[str(r) for r in refs] for refs in references]
+    if use_java is None:
+        use_java = java_available()
+        if not use_java:
+            warnings.warn(
+                "E2E metrics: Java or the pycocoevalcap jars are unavailable, so METEOR and the COCO "
+                "tokenisation use pure-Python approximations; METEOR/ROUGE-L/CIDEr will differ slightly "
+                "from the official e2e-metrics script (BLEU and NIST are unaffected).",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    elif use_java and not java_available():
+        raise RuntimeError("use_java=True but `java` or the pycocoevalcap jars were not found")
+
+    flat_refs = [r for refs in references for r in refs]
+    tokenized = ptb_tokenize(list(hypotheses) + flat_refs, use_java=use_java)
+    hyp_tok = tokenized[: len(hypotheses)]
+    refs_tok: list[list[str]] = []
+    pos = len(hypotheses)
+    for refs in references:
+        refs_tok.append(tokenized[pos : pos + len(refs)])
+        pos += len(refs)
+
+    return E2EScores(
+        BLEU=bleu(hypotheses, references),
+        NIST=nist(hypotheses, references),
+        METEOR=meteor(hyp_tok, refs_tok, use_java=use_java),
+        ROUGE_L=rouge_l(hyp_tok, refs_tok),
+        CIDEr=cider(hyp_tok, refs_tok),
+        backend="official" if use_java else "python-approx",
+        n_instances=len(hypotheses),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def flatten_grouped(grouped: Mapping[str, Sequence[str]]) -> list[dict[str, str]]:
+    """``{mr: [refs]}`` -> one ``{"meaning_representation", "human_reference"}`` row per reference (training)."""
+    return [{"meaning_representation": mr, "human_reference": ref} for mr, refs in grouped.items() for ref in refs]
+
+
+def load_e2e_bigbench(
+    fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> dict[str, "OrderedDict[str, list[str]]"]:
+    """BIG-bench ``gem/e2e_nlg`` (1000 MR/reference pairs, 213 MRs) as grouped train/validation/test splits.
+
+    Splits are by MR (no MR in two splits), decided by a seeded hash of the MR string, so they do not
+    depend on file order or on the Python process.
+    """
+    from kasa.assets import bigbench_task
+
+    examples = bigbench_task("gem/e2e_nlg")["examples"]
+    pairs = [(ex["input"], ex["target"]) for ex in examples]
+    return _split_pairs(pairs, fractions, seed)
+
+
+def _split_pairs(
+    pairs: Iterable[tuple[str, str]], fractions: Sequence[float], seed: int, names: Sequence[str] = SPLITS
+) -> dict[str, "OrderedDict[str, list[str]]"]:
+    parts = split_by_key(pairs, key=lambda p: p[0], fractions=fractions, names=names, seed=seed)
+    return {name: group_references([p[0] for p in rows], [p[1] for p in rows]) for name, rows in parts.items()}
+
+
+def load_e2e_nlg(
+    path: str = "e2e_nlg",
+    splits: Sequence[str] | None = None,
+    mr_field: str = "meaning_representation",
+    ref_field: str = "human_reference",
+    **load_kwargs: Any,
+) -> dict[str, "OrderedDict[str, list[str]]"]:
+    """The E2E NLG dataset in its hub format, grouped per MR for each split.
+
+    ``path`` and ``load_kwargs`` go to ``datasets.load_dataset``: the hub id ``"e2e_nlg"`` (splits
+    train/validation/test, fields ``meaning_representation`` and ``human_reference``) or a local builder
+    such as ``"csv"``/``"json"`` with ``data_files={split: file}``.
+    """
+    import datasets
+
+    ds = datasets.load_dataset(path, **load_kwargs)
+    if isinstance(ds, datasets.Dataset):
+        ds = datasets.DatasetDict({"train": ds})
+    names = list(splits) if splits is not None else list(ds.keys())
+    out: dict[str, OrderedDict[str, list[str]]] = {}
+    for name in names:
+        if name not in ds:
+            raise KeyError(f"split '{name}' not in dataset {path!r} (has {sorted(ds.keys())})")
+        split = ds[name]
+        missing = [f for f in (mr_field, ref_field) if f not in split.column_names]
+        if missing:
+            raise KeyError(f"dataset {path!r} split '{name}' lacks fields {missing} (has {split.column_names})")
+        out[name] = group_references(split[mr_field], split[ref_field])
+    return out
