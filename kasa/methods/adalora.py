@@ -116,7 +116,8 @@ class AdaLora(PeftMethod):
     def validate(self) -> None:
         c = self.config
         if c.init_r < 1 or c.target_r < 0:
-            raise MethodError(f"adalora needs init_r >= 1 and target_r >= 0 (got init_r={c.init_r}, target_r={c.target_r})")
+            raise MethodError(
+                f"adalora needs init_r >= 1 and target_r >= 0 (got init_r={c.init_r}, target_r={c.target_r})")
         if not (0 < c.beta1 < 1 and 0 < c.beta2 < 1):
             raise MethodError(f"adalora beta1={c.beta1}, beta2={c.beta2} must lie in (0, 1)")
         if c.orth_reg_weight < 0:
