@@ -70,7 +70,7 @@ def test_matches_peft(name, mode):
 def test_kpa_and_ipa_split_the_context_spectrum():
     _, a = fresh_pair("bert")
     _, b = fresh_pair("bert")
-    kpa, ipa = _ours(a, "bert", "kpa"), _ours(b, "bert", "ipa")
+    _ours(a, "bert", "kpa"), _ours(b, "bert", "ipa")
     n = "bert.encoder.layer.0.attention.self.query"
     dk = a.get_submodule(n).delta_weight()
     di = b.get_submodule(n).delta_weight()
