@@ -32,7 +32,8 @@ from torch import nn
 from .base import (LoraConfigBase, MethodError, PeftMethod, check_rank, get_weight, register,
                    set_weight)
 from .lora import LoraLayer
-from .svd import smallest_triplets, svd_dtype
+from .svd import batched_smallest_triplets, check_svd_method, smallest_triplets, svd_dtype
+from .truncation_cache import TruncationCache, cache_key, model_identity, resolve_cache_dir, weight_fingerprint
 
 TRUNCATIONS = ("paper", "reference", "none")
 SINGULAR_VALUES = ("learnable", "off")
@@ -49,10 +50,72 @@ def kept_components(out_features: int, in_features: int, t: int, truncation: str
     return k
 
 
+# Weights stacked into one batched decomposition at most this many float64 bytes at a time.
+_BATCH_BYTES = 2 << 30
+
+
+@torch.no_grad()
+def compute_removed(model: nn.Module, names: list[str], config: "KasaConfig", truncation_rank: int
+                    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{target name: (U_t S_t, V_t^T)}`` for every target of ``model``, the factors KaSA removes.
+
+    Validates every shape before any decomposition, reads the on-disk cache when one is configured,
+    and decomposes the misses grouped by (shape, device) in batched calls.
+    """
+    c = config
+    t = truncation_rank
+    dtype = svd_dtype(c.svd_dtype)
+    todo: dict[str, tuple[torch.Tensor, int]] = {}
+    for n in names:
+        base = model.get_submodule(n)
+        w = get_weight(base)
+        out_f, in_f = w.shape
+        check_rank(n, c.r, out_f, in_f)
+        if c.truncation != "none":
+            check_rank(n, t, out_f, in_f, what="truncation_rank")
+        todo[n] = (w, min(out_f, in_f) - kept_components(out_f, in_f, t, c.truncation))
+
+    removed: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    cache_dir = resolve_cache_dir(c.truncation_cache)
+    cache = TruncationCache(cache_dir) if cache_dir is not None else None
+    keys: dict[str, str] = {}
+    if cache is not None:
+        mid = model_identity(model)
+        for n, (w, t_eff) in todo.items():
+            if t_eff == 0:
+                continue
+            keys[n] = cache_key(model_id=mid, target=n, shape=tuple(w.shape), weight_dtype=w.dtype,
+                                fingerprint=weight_fingerprint(w), truncation=c.truncation, t=t_eff,
+                                svd_method=c.svd_method, svd_dtype=c.svd_dtype)
+            hit = cache.get(keys[n], w.shape[0], w.shape[1], t_eff)
+            if hit is not None:
+                removed[n] = (hit[0].to(w.device), hit[1].to(w.device))
+
+    groups: dict[tuple, list[str]] = {}
+    for n, (w, t_eff) in todo.items():
+        if t_eff == 0:
+            removed[n] = (w.new_zeros(w.shape[0], 0, dtype=dtype), w.new_zeros(0, w.shape[1], dtype=dtype))
+        elif n not in removed:
+            groups.setdefault((tuple(w.shape), w.device, t_eff), []).append(n)
+    for (shape, device, t_eff), members in groups.items():
+        # CPU LAPACK gains nothing from a batch (it loops), so keep memory at one weight there.
+        per = 1 if device.type == "cpu" else max(1, _BATCH_BYTES // (8 * shape[0] * shape[1]))
+        for i in range(0, len(members), per):
+            chunk = members[i:i + per]
+            stack = torch.stack([todo[n][0].detach() for n in chunk])
+            U, S, Vh, _used = batched_smallest_triplets(stack, t_eff, dtype, c.svd_method)
+            for j, n in enumerate(chunk):
+                removed[n] = (U[j] * S[j], Vh[j])
+                if cache is not None:
+                    cache.put(keys[n], *removed[n])
+    return removed
+
+
 class KasaLayer(LoraLayer):
     def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float, use_rslora: bool,
                  truncation: str, truncation_rank: int, singular_values: str, svd_dtype_name: str,
-                 name: str = "", removed: tuple[torch.Tensor, torch.Tensor] | None = None):
+                 name: str = "", removed: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 svd_method: str = "auto"):
         super().__init__(base_layer, r, alpha, dropout, use_rslora, name=name)
         w = base_layer.weight
         if singular_values == "learnable":
@@ -65,7 +128,7 @@ class KasaLayer(LoraLayer):
         keep = kept_components(self.out_features, self.in_features, t, truncation)
         t_eff = min(self.out_features, self.in_features) - keep
         if removed is None:
-            U, S, Vh = smallest_triplets(get_weight(base_layer), t_eff, svd_dtype(svd_dtype_name))
+            U, S, Vh = smallest_triplets(get_weight(base_layer), t_eff, svd_dtype(svd_dtype_name), svd_method)
             removed = (U * S, Vh)
         us, vh = removed
         # float32 at least: these reproduce W exactly (export, reload onto a fresh base).
@@ -137,7 +200,9 @@ class KasaConfig(LoraConfigBase):
     truncation_rank: int | None = None  # triplets dropped from W; defaults to r
     singular_values: str = "learnable"  # learnable | off
     regularizer: str = "paper"  # paper (r x r, summed) | reference (in x in / out x out, averaged)
-    svd_dtype: str = "float32"  # float32 | float64
+    svd_dtype: str = "float32"  # float32 | float64 (dtype of the SVD in `svd` mode and of the stored factors)
+    svd_method: str = "auto"  # auto (float64 Gram fast path, full SVD where inaccurate) | gram | svd
+    truncation_cache: str | None = None  # directory caching the removed factors; env KASA_TRUNCATION_CACHE
 
 
 @register("kasa")
@@ -152,6 +217,10 @@ class Kasa(PeftMethod):
             if value not in allowed:
                 raise MethodError(f"kasa {field_name}='{value}' is unknown; choose one of {list(allowed)}")
         svd_dtype(c.svd_dtype)
+        try:
+            check_svd_method(c.svd_method)
+        except ValueError as e:
+            raise MethodError(f"kasa {e}") from None
         if c.r < 1:
             raise MethodError(f"kasa r={c.r} must be at least 1")
 
@@ -159,10 +228,16 @@ class Kasa(PeftMethod):
     def truncation_rank(self) -> int:
         return self.config.truncation_rank if self.config.truncation_rank is not None else self.config.r
 
+    def before_wrap(self, model: nn.Module, names: list[str]) -> None:
+        """Compute every target's removed factors up front: shape errors first, then the on-disk cache,
+        then one batched decomposition per group of same-shaped weights (see :mod:`kasa.methods.svd`)."""
+        self._removed = compute_removed(model, names, self.config, self.truncation_rank)
+
     def wrap(self, name: str, module: nn.Module) -> KasaLayer:
         c = self.config
+        removed = getattr(self, "_removed", {}).pop(name, None)
         return KasaLayer(module, c.r, c.alpha, c.dropout, c.use_rslora, c.truncation, self.truncation_rank,
-                         c.singular_values, c.svd_dtype, name=name)
+                         c.singular_values, c.svd_dtype, name=name, removed=removed, svd_method=c.svd_method)
 
     def regularization_loss(self, model: nn.Module) -> torch.Tensor:
         c = self.config
