@@ -50,8 +50,9 @@ def kept_components(out_features: int, in_features: int, t: int, truncation: str
     return k
 
 
-# Weights stacked into one batched decomposition at most this many float64 bytes at a time.
-_BATCH_BYTES = 2 << 30
+# Weights stacked into one batched decomposition: at most this many float64 bytes at a time. CPU LAPACK
+# loops over a batch anyway, so there the cap only bounds memory (one 4096 x 4096 weight per call).
+_BATCH_BYTES = {"cuda": 2 << 30, "cpu": 256 << 20}
 
 
 @torch.no_grad()
@@ -98,8 +99,8 @@ def compute_removed(model: nn.Module, names: list[str], config: "KasaConfig", tr
         elif n not in removed:
             groups.setdefault((tuple(w.shape), w.device, t_eff), []).append(n)
     for (shape, device, t_eff), members in groups.items():
-        # CPU LAPACK gains nothing from a batch (it loops), so keep memory at one weight there.
-        per = 1 if device.type == "cpu" else max(1, _BATCH_BYTES // (8 * shape[0] * shape[1]))
+        cap = _BATCH_BYTES.get(device.type, _BATCH_BYTES["cpu"])
+        per = max(1, cap // (8 * shape[0] * shape[1]))
         for i in range(0, len(members), per):
             chunk = members[i:i + per]
             stack = torch.stack([todo[n][0].detach() for n in chunk])
