@@ -160,12 +160,16 @@ class PeftModule(L.LightningModule):
         checkpoint["state_dict"] = {}  # already loaded, through the method's own hook
 
 
-class EpochSeed(L.Callback):
-    """Reseeds every RNG from ``(seed, epoch)`` at each epoch start, so dropout draws do not depend on
-    whether the run was interrupted and resumed at an epoch boundary."""
+class StepSeed(L.Callback):
+    """Seeds torch's RNG from ``(seed, epoch, batch)`` before every training batch.
+
+    Dropout draws then depend only on the position in training, not on how much randomness Lightning,
+    the dataloader or a resume consumed before: a resumed run takes the same steps as an uninterrupted one.
+    """
 
     def __init__(self, seed: int):
         self.seed = seed
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        L.seed_everything(self.seed * 1_000 + trainer.current_epoch, verbose=False)
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        torch.manual_seed((self.seed * 1_000_003 + trainer.current_epoch * 100_003 + batch_idx) % (2**63))

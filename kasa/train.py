@@ -77,8 +77,11 @@ def method_kwargs(cfg: DictConfig) -> dict[str, Any]:
     return kw
 
 
-def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
-    """Train one configuration and return what was written to ``results.json``."""
+def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | None = None) -> dict[str, Any]:
+    """Train one configuration and return what was written to ``results.json``.
+
+    ``callbacks``: extra Lightning callbacks (profilers, custom logging, ...).
+    """
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -86,7 +89,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     from .data.classification import ClassificationDataModule, load_splits
     from .methods import build_method, count_parameters
     from .models import load_model, load_tokenizer
-    from .module import EpochSeed, OptimConfig, PeftModule
+    from .module import StepSeed, OptimConfig, PeftModule
 
     t0 = time.time()
     validate(cfg)
@@ -102,18 +105,29 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     model = load_model(cfg.model.name_or_path, task=cfg.benchmark.model_task, num_labels=splits.num_labels,
                        dtype=cfg.model.get("dtype"), revision=cfg.model.get("revision"),
                        gradient_checkpointing=cfg.model.get("gradient_checkpointing", False))
-    method.apply(model)
-    trainable, total = count_parameters(model)
-    adapter_params = method.trainable_parameter_count(model)
-
     b = cfg.benchmark
     dm = ClassificationDataModule(splits, tokenizer, max_length=d.max_length, batch_size=b.batch_size,
                                   eval_batch_size=b.eval_batch_size, seed=cfg.seed)
+    if getattr(method, "needs_calibration", False):
+        # CorDA: input covariances from training batches (labels are not model inputs here).
+        dm.setup("fit")
+        method.apply(model, calibration=({k: v for k, v in batch.items() if k != "labels"}
+                                         for batch in dm.train_dataloader()))
+    else:
+        method.apply(model)
+    trainable, total = count_parameters(model)
+    adapter_params = method.trainable_parameter_count(model)
     optim = OptimConfig(**OmegaConf.to_container(b.optim, resolve=True))
     module = PeftModule(model, method, splits.num_labels, list(d.metrics), optim)
 
     ckpt_dir = run_dir / "checkpoints"
-    callbacks = [EpochSeed(cfg.seed), ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0)]
+    # Two checkpoints: last.ckpt after every epoch (resume) and the best validation epoch.
+    callbacks = [StepSeed(cfg.seed),
+                 ModelCheckpoint(dirpath=str(ckpt_dir), filename="last", save_top_k=1, monitor=None,
+                                 enable_version_counter=False),
+                 ModelCheckpoint(dirpath=str(ckpt_dir), filename="best-{epoch}", save_top_k=1,
+                                 monitor=f"val/{d.monitor}", mode="max", enable_version_counter=False),
+                 *(callbacks or [])]
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer = L.Trainer(default_root_dir=str(run_dir), logger=build_loggers(cfg, run_dir), callbacks=callbacks, **t)
     resume = _resume_path(cfg.get("resume"), ckpt_dir)

@@ -75,8 +75,10 @@ def load_model(name_or_path: str, task: str = "seq_cls", num_labels: int = 2, dt
         if task == "seq_cls":
             if num_labels == 1:
                 extra.setdefault("problem_type", "regression")
+            # A checkpoint with another head size (e.g. an MNLI model for RTE) gets a fresh head.
             model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels,
-                                                                       revision=revision, **extra)
+                                                                       revision=revision,
+                                                                       ignore_mismatched_sizes=True, **extra)
         else:
             model = AutoModelForCausalLM.from_pretrained(path, revision=revision, **extra)
     except OSError as exc:
