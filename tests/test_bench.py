@@ -1,0 +1,46 @@
+"""`python -m kasa.bench --tiny` runs end to end and reports every section (no timing assertions)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from kasa import bench
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("bench") / "bench.md"
+    bench.main(["--tiny", "--out", str(out)])
+    return out.read_text()
+
+
+def test_every_section_and_method_is_reported(report):
+    for heading in ("Training step", "Memory per training step", "Regulariser", "Merged inference",
+                    "KaSA truncation", "Lightning step vs bare PyTorch loop"):
+        assert f"### {heading}" in report
+    for label in bench.LABELS.values():
+        assert f"| {label} |" in report
+    assert "KaSA (ours) / HF PEFT KaSA:" in report
+
+
+def test_numbers_are_finite_and_ratios_consistent(report):
+    rows = [line for line in report.splitlines() if line.startswith("| frozen model (floor) |")]
+    assert rows and rows[0].split("|")[3].strip() == "1.000"  # the floor against itself
+    for line in report.splitlines():
+        if line.startswith("|") and not line.startswith("|---"):
+            assert "nan" not in line.lower() and "inf" not in line.lower(), line
+    # the truncation table used the fast path and agrees with the full SVD
+    trunc = [line for line in report.splitlines() if re.match(r"\| \d+ x \d+ \|", line)]
+    assert len(trunc) == len(bench.PROFILES["tiny"].trunc_shapes)
+    for line in trunc:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[4] in ("gram", "svd") and float(cells[5]) < 1e-4
+
+
+def test_memory_counts_adapter_state(report):
+    section = report.split("### Memory per training step")[1].split("###")[0]
+    kasa_row = next(line for line in section.splitlines() if line.startswith("| KaSA (ours) |"))
+    frozen_row = next(line for line in section.splitlines() if line.startswith("| frozen model (floor) |"))
+    assert kasa_row.split("|")[2].strip() != "0 B" and frozen_row.split("|")[2].strip() == "0 B"
