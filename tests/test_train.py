@@ -150,3 +150,15 @@ def test_unknown_method_name_is_named():
 
     with pytest.raises(ConfigError, match="unknown method 'nope'"):
         validate(OmegaConf.create({"method": {"name": "nope"}, "dataset": {"source": "bigbench"}}))
+
+
+def test_wandb_logger_offline_without_key_never_blocks(tiny_bert_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    from kasa.assets import cache_dir
+
+    monkeypatch.setenv("KASA_CACHE", str(cache_dir()))
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc with a key
+    res = run(_cfg(tiny_bert_dir, "logger=wandb", "trainer.max_epochs=1"), run_dir=tmp_path / "run")
+    assert os.environ["WANDB_MODE"] in ("offline", "dryrun")  # Lightning spells offline "dryrun"
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert res["metrics"]["final"]
