@@ -1,0 +1,163 @@
+"""One matrix over every registered method x the three tiny model shapes (BERT, GPT-2 Conv1D, Llama).
+
+Each case: apply; forward finite; three AdamW steps on ``(logits**2).mean() + regularization_loss`` with the
+loop hooks called where the Lightning loop calls them; frozen parameters bit-identical, adapter parameters
+moved; merge == unmerged output (or a clear :class:`MethodError` for the non-mergeable adapters); adapter
+state dict through ``torch.save``/``torch.load`` into a fresh model reproduces the outputs.
+
+The method list is read from the registry, so a newly registered method joins the matrix automatically;
+it then needs an entry in :data:`KWARGS` only when its defaults do not fit the tiny models.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any
+
+import pytest
+import torch
+from conftest import TINY_MODELS, model_output, tiny_inputs
+from torch import nn
+
+import kasa.methods
+from kasa.methods import AdapterLayer, MethodError, build_method
+from kasa.methods.base import match_target
+
+MODELS = ("bert", "gpt2", "llama")
+METHODS = sorted(kasa.methods.REGISTRY)
+STEPS = 3  # LoRA-style B = 0 inits move A only from the second step on
+TOL = 1e-5
+
+# Hyper-parameters that keep the tiny models (hidden 32, k/v 16 on Llama, 2 blocks) valid and the run short;
+# everything not named here is the method's default.
+KWARGS: dict[str, dict[str, Any]] = {
+    "adalora": dict(init_r=4, target_r=2, total_steps=STEPS),
+    "adapter_h": dict(bottleneck=4),
+    "adapter_p": dict(bottleneck=4),
+    "adapter_l": dict(bottleneck=4),
+    "adapter_d": dict(bottleneck=4, drop_layers=1),  # default drops 5 blocks: the tiny models have 2
+    "corda": dict(r=4),
+    "dora": dict(r=4),
+    "dylora": dict(r=4),
+    "kasa": dict(r=2),
+    "lora": dict(r=4),
+    "milora": dict(r=4),
+    "pissa": dict(r=4),
+    "sara": dict(threshold=0.3, max_rank=4),
+    "vera": dict(r=4),  # the paper's r=1024 would dwarf a 32-wide model
+}
+# Non-mergeable methods: merge must raise MethodError with this message.
+NOT_MERGEABLE = {name: "not mergeable" for name in ("adapter_h", "adapter_p", "adapter_l", "adapter_d")}
+# (method, model) pairs where apply itself must fail, with the message it must give.
+EXPECTED_ERRORS: dict[tuple[str, str], str] = {
+    ("bitfit", "llama"): "bitfit needs bias terms",  # Llama has no biases at all
+}
+
+
+@functools.cache
+def _base_model(model_name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return TINY_MODELS[model_name]()
+
+
+def fresh(model_name: str) -> nn.Module:
+    """A copy of one cached tiny model per shape (identical weights every time, built once)."""
+    return copy.deepcopy(_base_model(model_name))
+
+
+def apply(method_name: str, model: nn.Module):
+    """Build the method and apply it; CorDA calibrates on a tiny batch first."""
+    method = build_method(method_name, **KWARGS.get(method_name, {}))
+    if getattr(method, "needs_calibration", False):
+        method.apply(model, calibration=[tiny_inputs(seed=7)])
+    else:
+        method.apply(model)
+    return method
+
+
+def head_param_ids(method, model: nn.Module) -> set[int]:
+    heads = method.heads(model)
+    return {id(p) for n, m in model.named_modules() if n and match_target(n, heads) for p in m.parameters()}
+
+
+@torch.no_grad()
+def outputs(model: nn.Module, x: dict[str, torch.Tensor]) -> torch.Tensor:
+    model.eval()
+    return model_output(model, x)
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+@pytest.mark.parametrize("method_name", METHODS)
+def test_method_matrix(method_name: str, model_name: str, tmp_path) -> None:
+    model = fresh(model_name)
+    expected = EXPECTED_ERRORS.get((method_name, model_name))
+    if expected is not None:
+        with pytest.raises(MethodError, match=expected):
+            apply(method_name, model)
+        return
+    method = apply(method_name, model)
+    x = tiny_inputs()
+
+    # -- forward finite --------------------------------------------------------------------------
+    assert torch.isfinite(outputs(model, x)).all()
+    reg = method.regularization_loss(model)
+    assert isinstance(reg, torch.Tensor) and reg.dim() == 0 and torch.isfinite(reg)
+
+    # -- training: only trainable parameters move ------------------------------------------------
+    params = dict(model.named_parameters())
+    trainable = {n for n, p in params.items() if p.requires_grad}
+    heads = head_param_ids(method, model)
+    body = {n for n in trainable if id(params[n]) not in heads}  # adapter (or body) parameters, not the task head
+    assert body, f"{method_name} trains nothing but the task head"
+    before = {n: p.detach().clone() for n, p in params.items()}
+    # weight_decay=0: a parameter moves only if the loss reaches it (AdamW decays even zero-gradient ones).
+    opt = torch.optim.AdamW([params[n] for n in sorted(trainable)], lr=1e-2, weight_decay=0.0)
+    reached: set[str] = set()
+    model.train()  # DyLoRA samples a rank and dropout is active only in training mode
+    for step in range(STEPS):
+        method.on_before_forward(model, step)
+        loss = (model_output(model, tiny_inputs(seed=10 + step)) ** 2).mean() + method.regularization_loss(model)
+        assert torch.isfinite(loss)
+        loss.backward()
+        reached |= {n for n in trainable if params[n].grad is not None}
+        opt.step()
+        # As the Lightning loop: after the optimiser step, gradients still there (AdaLoRA scores them).
+        method.on_train_step(model, step + 1, STEPS)
+        opt.zero_grad()
+    frozen_moved = [n for n, p in params.items() if n not in trainable and not torch.equal(p, before[n])]
+    assert not frozen_moved, f"frozen parameters changed: {frozen_moved[:5]}"
+    assert reached == trainable, f"trainable parameters the loss never reaches: {sorted(trainable - reached)[:5]}"
+    # Every trainable parameter learns, the task head included (LoRA-style A moves from step 2 on).
+    unmoved = sorted(n for n in trainable if torch.equal(params[n], before[n]))
+    assert not unmoved, f"{method_name} parameters unchanged after {STEPS} steps: {unmoved[:5]}"
+
+    # -- merge --------------------------------------------------------------------------------
+    out = outputs(model, x)
+    assert torch.isfinite(out).all()
+    if method_name in NOT_MERGEABLE:
+        with pytest.raises(MethodError, match=NOT_MERGEABLE[method_name]):
+            method.merge(model)
+        torch.testing.assert_close(outputs(model, x), out, rtol=0, atol=0)
+    else:
+        method.merge(model)
+        torch.testing.assert_close(outputs(model, x), out, rtol=0, atol=TOL)
+        method.unmerge(model)
+        torch.testing.assert_close(outputs(model, x), out, rtol=0, atol=TOL)
+
+    # -- adapter save / load round trip ------------------------------------------------------------
+    path = tmp_path / "adapter.pt"
+    torch.save(method.adapter_state_dict(model), path)
+    sd = torch.load(path, weights_only=True)  # plain tensors only: loadable without trusting pickles
+    other = fresh(model_name)
+    method2 = apply(method_name, other)
+    method2.load_adapter_state_dict(other, sd)
+    torch.testing.assert_close(outputs(other, x), out, rtol=0, atol=TOL)
+
+
+def test_matrix_covers_the_registry() -> None:
+    # Table entries for methods that no longer exist would silently test nothing.
+    assert set(KWARGS) <= set(METHODS)
+    assert set(NOT_MERGEABLE) <= set(METHODS)
+    assert {m for m, _ in EXPECTED_ERRORS} <= set(METHODS)
+    assert len(METHODS) >= 16
