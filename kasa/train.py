@@ -63,11 +63,15 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
 def validate(cfg: DictConfig) -> None:
     """Name checks that need no model or data, so bad input fails in a second, before any loading."""
     from .data.classification import SOURCES
+    from .families import FAMILIES
     from .methods import REGISTRY
 
     if cfg.method.name not in REGISTRY:
         raise ConfigError(f"unknown method '{cfg.method.name}'; known: {' '.join(sorted(REGISTRY))}")
-    if cfg.dataset.source not in SOURCES:
+    fam = cfg.benchmark.get("family")
+    if fam not in FAMILIES:
+        raise ConfigError(f"unknown benchmark family '{fam}'; known: {sorted(FAMILIES)}")
+    if fam == "classification" and cfg.dataset.source not in SOURCES:
         raise ConfigError(f"unknown dataset source '{cfg.dataset.source}'; known: {sorted(SOURCES)}")
 
 
@@ -86,10 +90,9 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | No
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from .data.classification import ClassificationDataModule, load_splits
+    from .families import FAMILIES
     from .methods import build_method, count_parameters
-    from .models import load_model, load_tokenizer
-    from .module import StepSeed, OptimConfig, PeftModule
+    from .module import StepSeed
 
     t0 = time.time()
     validate(cfg)
@@ -98,27 +101,15 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | No
     method = build_method(cfg.method.name, **method_kwargs(cfg))  # hyper-parameter errors before loading
     L.seed_everything(cfg.seed, verbose=False)
 
-    d = cfg.dataset
-    source_kw = {k: v for k, v in OmegaConf.to_container(d.get("source_args", {}) or {}, resolve=True).items()}
-    splits = load_splits(d.source, **source_kw)
-    tokenizer = load_tokenizer(cfg.model.name_or_path, revision=cfg.model.get("revision"))
-    model = load_model(cfg.model.name_or_path, task=cfg.benchmark.model_task, num_labels=splits.num_labels,
-                       dtype=cfg.model.get("dtype"), revision=cfg.model.get("revision"),
-                       gradient_checkpointing=cfg.model.get("gradient_checkpointing", False))
-    b = cfg.benchmark
-    dm = ClassificationDataModule(splits, tokenizer, max_length=d.max_length, batch_size=b.batch_size,
-                                  eval_batch_size=b.eval_batch_size, seed=cfg.seed)
+    d, b = cfg.dataset, cfg.benchmark
+    bundle = FAMILIES[b.family](cfg, method)
+    model, module = bundle.model, bundle.module
     if getattr(method, "needs_calibration", False):
-        # CorDA: input covariances from training batches (labels are not model inputs here).
-        dm.setup("fit")
-        method.apply(model, calibration=({k: v for k, v in batch.items() if k != "labels"}
-                                         for batch in dm.train_dataloader()))
+        method.apply(model, calibration=bundle.calibration_batches())  # CorDA: input covariances
     else:
         method.apply(model)
     trainable, total = count_parameters(model)
     adapter_params = method.trainable_parameter_count(model)
-    optim = OptimConfig(**OmegaConf.to_container(b.optim, resolve=True))
-    module = PeftModule(model, method, splits.num_labels, list(d.metrics), optim)
 
     ckpt_dir = run_dir / "checkpoints"
     # Two checkpoints: last.ckpt after every epoch (resume) and the best validation epoch.
@@ -131,11 +122,11 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | No
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer = L.Trainer(default_root_dir=str(run_dir), logger=build_loggers(cfg, run_dir), callbacks=callbacks, **t)
     resume = _resume_path(cfg.get("resume"), ckpt_dir)
-    trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    trainer.fit(module, datamodule=bundle.datamodule, ckpt_path=resume)
 
     results = summarise(cfg, module, d.monitor, b.get("selection", "best"), run_dir, t0,
                         params={"trainable": trainable, "total": total, "adapter": adapter_params},
-                        split_sizes={"train": len(splits.train), "validation": len(splits.validation)},
+                        split_sizes=bundle.split_sizes,
                         resumed_from=resume)
     _write_json(run_dir / "results.json", results)
     mon = results["metrics"]

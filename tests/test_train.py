@@ -18,23 +18,6 @@ from kasa.train import CONF_DIR, ConfigError, run
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def tiny_bert_dir(tmp_path_factory) -> Path:
-    """A tiny BERT with MiniLM's real tokenizer, saved as a local checkpoint (fast end-to-end runs)."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from kasa.assets import minilm_path
-
-    out = tmp_path_factory.mktemp("tiny-bert")
-    tok = AutoTokenizer.from_pretrained(minilm_path())
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=48, max_position_embeddings=128, num_labels=7)
-    BertForSequenceClassification(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 def _cfg(tiny_bert_dir: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=[
@@ -149,7 +132,8 @@ def test_unknown_method_name_is_named():
     from omegaconf import OmegaConf
 
     with pytest.raises(ConfigError, match="unknown method 'nope'"):
-        validate(OmegaConf.create({"method": {"name": "nope"}, "dataset": {"source": "bigbench"}}))
+        validate(OmegaConf.create({"method": {"name": "nope"}, "dataset": {"source": "bigbench"},
+                                   "benchmark": {"family": "classification"}}))
 
 
 def test_wandb_logger_offline_without_key_never_blocks(tiny_bert_dir, tmp_path, monkeypatch):
