@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,6 +50,23 @@ def tiny_inputs(seed: int = 0, batch: int = 2, seq: int = 7) -> dict[str, torch.
 
 def model_output(model, inputs) -> torch.Tensor:
     return model(**inputs).logits
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A tiny BERT with MiniLM's real tokenizer, saved as a local checkpoint (fast `kasa-train` runs)."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from kasa.assets import minilm_path
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=48, max_position_embeddings=128, num_labels=7)
+    BertForSequenceClassification(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
 
 
 @pytest.fixture(params=sorted(TINY_MODELS))
