@@ -237,3 +237,18 @@ def test_safe_merge_refuses_non_finite_and_changes_nothing():
         method.merge(model, safe=True)
     assert not layer.merged
     torch.testing.assert_close(layer.base_layer.weight, before)
+
+
+@pytest.mark.parametrize("name", ["kasa", "lora"])
+def test_layer_type_that_cannot_be_wrapped_is_named(name):
+    with pytest.raises(MethodError, match="cannot wrap 'bert.embeddings.LayerNorm' of type LayerNorm"):
+        build_method(name, r=2, target_modules=["embeddings.LayerNorm"]).apply(tiny_bert())
+
+
+def test_preset_targets_per_architecture():
+    model = tiny_bert()
+    method = build_method("kasa", r=2)
+    method.apply(model)
+    assert sorted({n.rsplit(".", 1)[1] for n in _layers(model)}) == ["query", "value"]
+    with pytest.raises(MethodError, match="no preset target modules"):
+        build_method("kasa", r=2).apply(torch.nn.Sequential(torch.nn.Linear(4, 4)))
