@@ -69,7 +69,9 @@ PROFILES = {
     "tiny": Profile("tiny", 32, 48, 2, 4, 100, 2, 8, 3, 1, [(64, 64), (64, 172)], 1, torch.float32, "cpu", 3, 1, 1),
     "quick": Profile("quick", 512, 1376, 4, 8, 2048, 4, 64, 15, 2, [(4096, 4096), (4096, 11008)], 1,
                      torch.float32, "cpu", 6, 1, 2),
-    "full": Profile("full", 4096, 11008, 32, 32, 32000, 4, 512, 9, 2, [(4096, 4096), (4096, 11008), (11008, 4096)],
+    # 7B-shaped layers; 8 of LLaMA-2 7B's 32 by default so five model copies and HF PEFT's per-weight float32
+    # SVDs fit a short GPU slot (`--layers 32` for the full depth).
+    "full": Profile("full", 4096, 11008, 8, 32, 32000, 4, 512, 9, 2, [(4096, 4096), (4096, 11008), (11008, 4096)],
                     3, torch.bfloat16, "cuda", 10),
 }
 # LLaMA-2 7B targets (q, k, v, up, down) x 32 layers, for the truncation extrapolation.
@@ -84,8 +86,8 @@ def build_llama(p: Profile, layers: int | None = None) -> nn.Module:
                       num_hidden_layers=layers or p.layers, num_attention_heads=p.heads,
                       num_key_value_heads=p.heads, max_position_embeddings=max(64, p.seq),
                       bos_token_id=0, eos_token_id=0, pad_token_id=0)
-    with torch.device(p.device):
-        model = LlamaForCausalLM(cfg).to(p.dtype)
+    with torch.device(p.device):  # built on the device in its dtype: a 7B float32 detour would not fit
+        model = LlamaForCausalLM._from_config(cfg, dtype=p.dtype)
     return model.train()
 
 
@@ -117,11 +119,11 @@ class Runner:
         if not params:  # the floor: backward through every layer down to the embeddings
             model.enable_input_require_grads()
 
-    def step(self, batch: torch.Tensor) -> None:
+    def step(self, batch: torch.Tensor, with_reg: bool = True) -> None:
         if self.opt is not None:
             self.opt.zero_grad(set_to_none=True)
         loss = self.model(input_ids=batch, labels=batch).loss
-        if self.reg is not None:
+        if self.reg is not None and with_reg:
             loss = loss + self.reg()
         loss.backward()
         if self.opt is not None:
@@ -236,10 +238,14 @@ def build_runners(p: Profile, r: int, beta: float, gamma: float, regularizer: st
 
 
 def bench_steps(p: Profile, runners: dict[str, Runner], batch: torch.Tensor) -> dict[str, float]:
-    return interleaved({n: (lambda rr=rr: rr.step(batch)) for n, rr in runners.items()}, p.reps, p.warmup, p.device)
+    fns = {n: (lambda rr=rr: rr.step(batch)) for n, rr in runners.items()}
+    # the same KaSA model and optimizer without the regulariser: isolates the regulariser's in-step cost
+    fns["kasa_noreg"] = lambda: runners["kasa"].step(batch, with_reg=False)
+    return interleaved(fns, p.reps, p.warmup, p.device)
 
 
-def bench_regularisers(p: Profile, kasa_runner: Runner, peft_runner: Runner) -> dict[str, float]:
+def bench_regularisers(p: Profile, kasa_runner: Runner, peft_runner: Runner, batch: torch.Tensor
+                       ) -> dict[str, float]:
     model, method = kasa_runner.model, kasa_runner.method
     layers = [m for m in model.modules() if isinstance(m, KasaLayer)]
 
@@ -267,6 +273,7 @@ def bench_regularisers(p: Profile, kasa_runner: Runner, peft_runner: Runner) -> 
     }
     if not p.device.startswith("cuda"):  # the explicit 11008 x 11008 Grams of every layer would not fit a 7B run
         fns["reference built explicitly (in x in, out x out)"] = run(explicit_reference)
+    fns["step"] = lambda: kasa_runner.step(batch)  # the denominator, timed in the same interleaving
     return interleaved(fns, p.reps, p.warmup, p.device)
 
 
@@ -383,6 +390,7 @@ def _fmt_bytes(n: float) -> str:
 
 
 LABELS = {"frozen": "frozen model (floor)", "lora": "LoRA (ours)", "kasa": "KaSA (ours)",
+          "kasa_noreg": "KaSA (ours) without regulariser",
           "peft_lora": "HF PEFT LoRA", "peft_kasa": "HF PEFT KaSA"}
 
 
@@ -421,7 +429,9 @@ def run(profile: str, r: int = 8, beta: float = 1e-4, gamma: float = 1e-3, layer
                    f"{(s - floor) * 1e3:.1f} |")
     out.append(f"\nKaSA (ours) / HF PEFT KaSA: {steps['kasa'] / steps['peft_kasa']:.3f}; "
                f"KaSA (ours) / LoRA (ours): {steps['kasa'] / steps['lora']:.3f}; adapter-only cost ratio "
-               f"(step - floor) KaSA/LoRA: {(steps['kasa'] - floor) / max(steps['lora'] - floor, 1e-12):.3f}\n")
+               f"(step - floor) KaSA/LoRA: {(steps['kasa'] - floor) / max(steps['lora'] - floor, 1e-12):.3f}; "
+               f"regulariser inside the step (KaSA - KaSA without it): "
+               f"{(steps['kasa'] - steps['kasa_noreg']) * 1e3:.1f} ms\n")
 
     out.append("### Memory per training step\n")
     out.append("Counted: trainable parameters, their gradients, AdamW state, adapter buffers (KaSA's removed "
@@ -438,12 +448,16 @@ def run(profile: str, r: int = 8, beta: float = 1e-4, gamma: float = 1e-3, layer
         out.append(f"| {LABELS[n]} | " + " | ".join(_fmt_bytes(row[c]) for c in cols) + " |")
     out.append("")
 
-    regs = bench_regularisers(p, runners["kasa"], runners["peft_kasa"])
+    regs = bench_regularisers(p, runners["kasa"], runners["peft_kasa"], batch)
+    kasa_step = regs.pop("step")
     out.append("### Regulariser (forward + backward of beta * L2 + gamma * L3 alone)\n")
+    out.append(f"Timed alone (its own backward), interleaved with KaSA (ours) training steps "
+               f"({kasa_step * 1e3:.1f} ms here). Its cost inside a step is the step table's KaSA (ours) "
+               f"minus KaSA (ours) without regulariser.\n")
     out.append("| form | ms | % of KaSA (ours) step |")
     out.append("|---|---:|---:|")
     for n, s in regs.items():
-        out.append(f"| {n} | {s * 1e3:.2f} | {100 * s / steps['kasa']:.1f} |")
+        out.append(f"| {n} | {s * 1e3:.2f} | {100 * s / kasa_step:.1f} |")
     out.append("")
 
     merged = bench_merged(p, runners, batch)

@@ -47,11 +47,12 @@ def weight_fingerprint(weight: torch.Tensor) -> str:
     nbytes = w.numel() * w.element_size()
     if w.device.type == "cpu" or nbytes <= FULL_HASH_MAX_BYTES:
         flat = w.contiguous().reshape(-1).cpu()
-        h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+        if flat.numel():
+            h.update(flat.view(torch.uint8).numpy())  # the buffer itself, no bytes copy
         return "b-" + h.hexdigest()
     flat = w.reshape(-1)
     step = max(1, flat.numel() // _SAMPLE)
-    h.update(flat[::step].contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    h.update(flat[::step].contiguous().cpu().view(torch.uint8).numpy())
     f = flat.double()
     idx = torch.arange(1, f.numel() + 1, device=f.device, dtype=torch.float64)
     sums = torch.stack([f.sum(), f.square().sum(), (f * idx).sum()]).cpu().tolist()
