@@ -49,16 +49,30 @@ def build_metrics(names: list[str], num_labels: int) -> torchmetrics.MetricColle
     return torchmetrics.MetricCollection({n: table[n](num_labels) for n in names})
 
 
+def metric_key(name: str, val_name: str = "") -> str:
+    """The logged / history key of metric ``name`` on the dev set ``val_name`` ("" keeps the bare name)."""
+    return f"{name}_{val_name}" if val_name else name
+
+
 class PeftModule(L.LightningModule):
-    """Trains ``model`` (already prepared by ``method.apply``) on a classification/regression task."""
+    """Trains ``model`` (already prepared by ``method.apply``) on a classification/regression task.
+
+    ``val_names``: one name per validation dataloader, in order (GLUE MNLI: ``["m", "mm"]``); each loader's
+    metrics are logged as ``val/<metric>_<name>`` and all of them go into the same ``history`` row.
+    ``None`` (one dev set) keeps the bare ``val/<metric>`` names.
+    """
 
     def __init__(self, model: nn.Module, method: PeftMethod, num_labels: int, metrics: list[str],
-                 optim: OptimConfig | None = None):
+                 optim: OptimConfig | None = None, val_names: list[str] | None = None):
         super().__init__()
         self.model, self.method = model, method
         self.num_labels = num_labels
         self.optim = optim or OptimConfig()
-        self.val_metrics = build_metrics(metrics, num_labels)
+        self.val_names = list(val_names) if val_names else [""]
+        base = build_metrics(metrics, num_labels)
+        # val_metrics: the first (monitored) dev set; extra_val_metrics: the others, one collection each.
+        self.val_metrics = base.clone(postfix="_" + self.val_names[0]) if self.val_names[0] else base
+        self.extra_val_metrics = nn.ModuleList([base.clone(postfix="_" + n) for n in self.val_names[1:]])
         self.metric_names = list(metrics)
         self.history: list[dict[str, float]] = []
         self._last_step_seen = -1
@@ -95,17 +109,27 @@ class PeftModule(L.LightningModule):
             self.method.on_train_step(self.model, self.global_step, int(total) if total else None)
 
     # -- evaluation ------------------------------------------------------------------------------
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    @property
+    def metric_keys(self) -> list[str]:
+        """Every key a validation epoch writes into ``history`` (and logs under ``val/``)."""
+        return [metric_key(m, v) for v in self.val_names for m in self.metric_names]
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         labels = batch["labels"]
         out = self.model(**batch)
         logits = out.logits
         preds = logits.squeeze(-1) if self.num_labels == 1 else logits.argmax(-1)
-        self.val_metrics.update(preds.float() if self.num_labels == 1 else preds, labels)
-        self.log("val/loss", out.loss, batch_size=labels.shape[0])
+        metrics = self.val_metrics if dataloader_idx == 0 else self.extra_val_metrics[dataloader_idx - 1]
+        metrics.update(preds.float() if self.num_labels == 1 else preds, labels)
+        # Our own suffix instead of Lightning's "/dataloader_idx_N", so keys match the metric names.
+        self.log(f"val/{metric_key('loss', self.val_names[dataloader_idx])}", out.loss, batch_size=labels.shape[0],
+                 add_dataloader_idx=False)
 
     def on_validation_epoch_end(self) -> None:
-        values = {k: float(v) for k, v in self.val_metrics.compute().items()}
-        self.val_metrics.reset()
+        values: dict[str, float] = {}
+        for metrics in (self.val_metrics, *self.extra_val_metrics):
+            values.update({k: float(v) for k, v in metrics.compute().items()})
+            metrics.reset()
         if self.trainer.sanity_checking:
             return
         for k, v in values.items():

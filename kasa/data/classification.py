@@ -34,10 +34,19 @@ class Splits:
     validation: list[Example]
     label_names: list[str] = field(default_factory=list)  # empty: regression
     test: list[Example] = field(default_factory=list)
+    # More than one dev set (GLUE MNLI: matched + mismatched). Each set's metrics carry "_<name>";
+    # with no extra sets and no name, metrics keep their bare names (the single-dev-set path).
+    validation_name: str = ""
+    extra_validation: dict[str, list[Example]] = field(default_factory=dict)
 
     @property
     def num_labels(self) -> int:
         return len(self.label_names) if self.label_names else 1
+
+    @property
+    def validation_sets(self) -> dict[str, list[Example]]:
+        """Every dev set by name, the monitored one (``validation``) first."""
+        return {self.validation_name: self.validation, **self.extra_validation}
 
 
 SOURCES: dict[str, Callable[..., Splits]] = {}
@@ -160,11 +169,14 @@ class ClassificationDataModule(L.LightningDataModule):
         self.seed, self.num_workers = seed, num_workers
         self.regression = not splits.label_names
         self._train = self._val = None
+        self._extra_val: list[TokenizedDataset] = []
 
     def setup(self, stage: str | None = None) -> None:
         if self._train is None:
             self._train = TokenizedDataset(self.splits.train, self.tokenizer, self.max_length, self.regression)
             self._val = TokenizedDataset(self.splits.validation, self.tokenizer, self.max_length, self.regression)
+            self._extra_val = [TokenizedDataset(ex, self.tokenizer, self.max_length, self.regression)
+                               for ex in self.splits.extra_validation.values()]
 
     def _collate(self, batch: list[dict]) -> dict:
         labels = torch.stack([b.pop("labels") for b in batch])
@@ -176,6 +188,8 @@ class ClassificationDataModule(L.LightningDataModule):
         return DataLoader(self._train, batch_size=self.batch_size, sampler=EpochSampler(len(self._train), self.seed),
                           collate_fn=self._collate, num_workers=self.num_workers)
 
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._val, batch_size=self.eval_batch_size, shuffle=False, collate_fn=self._collate,
-                          num_workers=self.num_workers)
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """One loader per dev set; a plain loader (not a list of one) when there is a single dev set."""
+        loaders = [DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, collate_fn=self._collate,
+                              num_workers=self.num_workers) for ds in (self._val, *self._extra_val)]
+        return loaders if len(loaders) > 1 else loaders[0]
