@@ -8,6 +8,7 @@ versions) into the run directory.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -96,7 +97,16 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | No
 
     t0 = time.time()
     validate(cfg)
+    key = config_hash(cfg)
+    if run_dir is None and cfg.get("sweep_dir"):
+        run_dir = Path(cfg.sweep_dir) / f"{cfg.run_name}-{key}"
     run_dir = Path(run_dir or hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
+    auto = cfg.get("resume") == "auto" or (cfg.get("sweep_dir") and cfg.get("resume") is None)
+    if auto:
+        done = finished_results(run_dir, key)
+        if done is not None:
+            print(f"[kasa] skipped: {run_dir / 'results.json'} already holds this config's results")
+            return {**done, "skipped": True}
     run_dir.mkdir(parents=True, exist_ok=True)
     method = build_method(cfg.method.name, **method_kwargs(cfg))  # hyper-parameter errors before loading
     L.seed_everything(cfg.seed, verbose=False)
@@ -119,15 +129,20 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | No
                  ModelCheckpoint(dirpath=str(ckpt_dir), filename="best-{epoch}", save_top_k=1,
                                  monitor=f"val/{d.monitor}", mode="max", enable_version_counter=False),
                  *(callbacks or [])]
+    analysis = cfg.get("analysis") or {}
+    if analysis.get("spectra"):
+        from .analysis.spectra import SpectraCallback
+
+        callbacks.append(SpectraCallback(run_dir / "spectra", every_n_epochs=int(analysis.get("every_n_epochs", 1))))
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer = L.Trainer(default_root_dir=str(run_dir), logger=build_loggers(cfg, run_dir), callbacks=callbacks, **t)
-    resume = _resume_path(cfg.get("resume"), ckpt_dir)
+    resume = _resume_path("last" if auto else cfg.get("resume"), ckpt_dir)
     trainer.fit(module, datamodule=bundle.datamodule, ckpt_path=resume)
 
     results = summarise(cfg, module, d.monitor, b.get("selection", "best"), run_dir, t0,
                         params={"trainable": trainable, "total": total, "adapter": adapter_params},
                         split_sizes=bundle.split_sizes,
-                        resumed_from=resume)
+                        resumed_from=resume, config_hash=key)
     _write_json(run_dir / "results.json", results)
     mon = results["metrics"]
     print(f"\n[kasa] {cfg.method.name} on {d.name}: {d.monitor} final={mon['final'].get(d.monitor, float('nan')):.4f} "
@@ -136,6 +151,36 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | No
           f"of {total:,}")
     print(f"[kasa] results: {run_dir / 'results.json'}\n[kasa] logs: {run_dir / 'logs'}")
     return results
+
+
+# Keys that do not change what a run computes: left out of the config hash.
+HASH_EXCLUDE = ("resume", "sweep_dir", "trainer.enable_progress_bar")
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """12 hex digits of SHA-256 over the resolved config (without ``hydra`` and :data:`HASH_EXCLUDE`)."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    c.pop("hydra", None)
+    for dotted in HASH_EXCLUDE:
+        *parents, leaf = dotted.split(".")
+        node = c
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def finished_results(run_dir: Path, key: str) -> dict[str, Any] | None:
+    """The results.json in ``run_dir`` if it was written for the config whose hash is ``key``."""
+    path = Path(run_dir) / "results.json"
+    if not path.exists():
+        return None
+    try:
+        res = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return res if res.get("config_hash") == key else None
 
 
 def _resume_path(resume: str | None, ckpt_dir: Path) -> str | None:

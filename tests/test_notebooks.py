@@ -1,0 +1,66 @@
+"""Every notebook runs headless (nbclient) on tiny offline runs and writes its figures as PNG."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+pytest.importorskip("matplotlib")
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+FIGURES = {"spectra_of_a_trained_run": ["spectra_dsigma_drift.png", "spectra_weights.png"],
+           "sv_heatmap": ["sv_heatmap.png"],
+           "ablation_and_rank_sweep": ["ablation.png", "rank_sweep.png"]}
+KERNEL = "kasa-test-python"
+
+
+@pytest.fixture(scope="module")
+def kernel_env(tmp_path_factory):
+    """A kernelspec for this very interpreter, found first through JUPYTER_PATH (works from a fresh clone,
+    whatever `python3` kernels the machine has registered)."""
+    root = tmp_path_factory.mktemp("jupyter")
+    spec = root / "kernels" / KERNEL
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "kasa test", "language": "python"}))
+    old = {k: os.environ.get(k) for k in ("JUPYTER_PATH", "KASA_FIGURES_DIR", "KASA_RUN_DIR", "KASA_RUNS_DIR",
+                                          "KASA_HEATMAP_RUNS")}
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(root), old["JUPYTER_PATH"]]))
+    for k in ("KASA_RUN_DIR", "KASA_RUNS_DIR", "KASA_HEATMAP_RUNS"):
+        os.environ.pop(k, None)  # the notebooks' own tiny runs
+    yield root
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def test_notebooks_run_headless_and_save_pngs(kernel_env, tmp_path):
+    assert {p.stem for p in NOTEBOOKS.glob("*.ipynb")} == set(FIGURES)
+    os.environ["KASA_FIGURES_DIR"] = str(tmp_path / "figures")  # distinct PNG names per notebook
+    t0 = time.time()
+
+    async def execute_all():
+        # one kernel per notebook, run together: most of a notebook's time is its kernel importing torch
+        clients = [nbclient.NotebookClient(nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4),
+                                           kernel_name=KERNEL, timeout=120,
+                                           resources={"metadata": {"path": str(tmp_path)}}) for name in FIGURES]
+        await asyncio.gather(*(c.async_execute() for c in clients))
+
+    asyncio.run(execute_all())
+    elapsed = time.time() - t0
+    for name, pngs in FIGURES.items():
+        for png in pngs:
+            assert (tmp_path / "figures" / png).stat().st_size > 1000, f"{name}: {png} missing or empty"
+    assert elapsed < 60, f"notebooks took {elapsed:.0f}s"

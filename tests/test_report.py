@@ -1,0 +1,113 @@
+"""kasa-report on synthetic results.json files: medians, mean ± std, paper numbers, missing cells, formats."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from kasa.analysis.report import build_tables, collect, load_paper_numbers, main, report
+
+
+def _write(root: Path, name: str, *, method="kasa", model="roberta-base", dataset="glue_mrpc", seed=0,
+           monitor="accuracy", value=0.9, selection="best", study=None, method_extra=None) -> None:
+    cfg = {"method": {"name": method, "r": 8, **(method_extra or {})}, "model": {"name": model},
+           "dataset": {"name": dataset, "monitor": monitor}, "benchmark": {"name": "glue", "selection": selection},
+           "seed": seed}
+    if study:
+        cfg["study"] = study
+    res = {"method": method, "model": model, "dataset": dataset, "seed": seed, "config": cfg,
+           "metrics": {"monitor": monitor, "selection": selection, "best": {monitor: value}, "final": {monitor: value - 0.01},
+                       "reported": {monitor: value}, "best_epoch": 3}}
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps(res))
+
+
+@pytest.fixture
+def runs(tmp_path) -> Path:
+    mrpc = [0.90, 0.91, 0.88, 0.92, 0.89]
+    for s, v in enumerate(mrpc):
+        _write(tmp_path, f"kasa-mrpc-{s}", seed=s, value=v)
+    for s, v in enumerate([0.64, 0.66, 0.65]):
+        _write(tmp_path, f"kasa-cola-{s}", dataset="glue_cola", monitor="mcc", seed=s, value=v)
+    _write(tmp_path, "lora-mrpc-0", method="lora", value=0.87)
+    # a study table: rows tell the stages apart
+    for st, v in (("lora", 0.85), ("l3", 0.90)):
+        _write(tmp_path, f"abl-{st}", study={"table": "component_ablation", "stage": st}, value=v)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "results.json").write_text("{not json")
+    return tmp_path
+
+
+def test_cells_are_median_mean_std_with_paper_and_difference(runs):
+    recs, _ = collect([runs], load_paper_numbers())
+    tables = {t.key: t for t in build_tables(recs)}
+    tb = tables["glue_roberta_base"]
+    assert tb.tasks[:6] == ["glue_cola", "glue_sst2", "glue_mrpc", "glue_qnli", "glue_rte", "glue_stsb"]
+    c = tb.cells[("kasa", "glue_mrpc")]
+    vals = [90.0, 91.0, 88.0, 92.0, 89.0]
+    assert c.n == 5 and c.median == pytest.approx(90.0) and c.mean == pytest.approx(statistics.fmean(vals))
+    assert c.std == pytest.approx(statistics.stdev(vals)) and c.paper == 90.7 and c.diff == pytest.approx(-0.7)
+    assert tb.cells[("kasa", "glue_cola")].median == pytest.approx(65.0)  # mcc in percent
+    assert tb.cells[("kasa", "glue_sst2")].median is None and tb.cells[("kasa", "glue_sst2")].paper == 95.2
+    assert tb.cells[("kasa", "avg")].median is None and tb.cells[("kasa", "avg")].paper == 86.3  # tasks missing
+    assert tb.cells[("lora", "glue_mrpc")].median == pytest.approx(87.0) and tb.cells[("lora", "avg")].paper == 85.2
+    assert "LoRA (Hu et al. 2021, Microsoft)" in tb.paper_only_rows
+    assert tb.rows[0] == "kasa" and tb.selections == {"best"}
+    abl = tables["component_ablation"]
+    assert set(abl.rows) == {"kasa (stage=lora)", "kasa (stage=l3)"}
+
+
+def test_formats_and_caption(runs, tmp_path):
+    out = tmp_path / "out"
+    texts = report([runs], out)
+    assert {p.name for p in out.iterdir()} == {"report.md", "report.tex", "report.csv"}
+    md = texts["md"]
+    assert "best validation epoch" in md and "median over seeds" in md
+    assert "| kasa | 65.0 (65.0 ± 1.0, n=3) / paper 65.8 (-0.8)" in md
+    assert "— / paper 95.2" in md  # a missing cell beside the paper's number
+    assert r"\begin{tabular}" in texts["tex"] and r"\caption{" in texts["tex"]
+    rows = list(csv.DictReader(io.StringIO(texts["csv"])))
+    row = next(r for r in rows if r["table"] == "glue_roberta_base" and r["row"] == "kasa" and r["task"] == "glue_mrpc")
+    assert float(row["median"]) == 90.0 and float(row["paper"]) == 90.7 and row["n"] == "5" and row["selection"] == "best"
+
+
+def test_mixed_selection_is_flagged(tmp_path):
+    _write(tmp_path, "a", value=0.9)
+    _write(tmp_path, "b", seed=1, value=0.8, selection="last")
+    md = report([tmp_path], formats=("md",))["md"]
+    assert "MIXED" in md and "the last epoch" in md
+
+
+def test_multi_task_run_and_per_model_table(tmp_path):
+    d = tmp_path / "cs"
+    d.mkdir()
+    cfg = {"method": {"name": "kasa"}, "model": {"name": "llama-3-8b"}, "dataset": {"name": "commonsense170k"},
+           "study": {"table": "commonsense", "per_model": True}, "seed": 0}
+    (d / "results.json").write_text(json.dumps({"method": "kasa", "seed": 0, "config": cfg, "metrics": {
+        "monitor": "average", "selection": "best", "reported": {"boolq": 0.7, "social_i_qa": 0.8, "average": 0.75}}}))
+    tb = {t.key: t for t in build_tables(collect([tmp_path], load_paper_numbers())[0])}["commonsense_llama_3_8b"]
+    assert tb.cells[("kasa", "boolq")].median == pytest.approx(70.0) and tb.cells[("kasa", "boolq")].paper == 73.6
+    assert tb.cells[("kasa", "siqa")].median == pytest.approx(80.0)
+    assert tb.cells[("kasa", "hellaswag")].paper is None  # KASA.md gives no HellaSwag number
+
+
+def test_cli(runs, tmp_path, capsys):
+    assert main([str(runs), "--format", "md,csv"]) == 0
+    out = capsys.readouterr().out
+    assert "### glue_roberta_base" in out and "table,row,task" in out
+    with pytest.raises(SystemExit):
+        main([str(runs), "--format", "pdf"])
+
+
+def test_paper_numbers_are_only_kasa_md_values():
+    p = load_paper_numbers()
+    assert p["glue_roberta_base"]["numbers"]["kasa"]["glue_cola"] == 65.8
+    assert p["glue_deberta_v3_base"]["numbers"]["kasa"]["glue_stsb"] == 91.6
+    assert p["glue_roberta_large"]["averages"] == {"kasa": 89.0, "fft": 88.2}
+    assert "hellaswag" not in p["commonsense_llama_2_7b"]["numbers"]["kasa"]

@@ -1,0 +1,83 @@
+"""sweep_dir mode: a rerun multirun trains nothing twice; an interrupted run resumes from last.ckpt."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+from hydra import compose, initialize_config_dir
+
+from kasa.train import CONF_DIR, config_hash, run
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ("trainer.max_epochs=2", "trainer.limit_train_batches=2", "trainer.enable_progress_bar=false",
+        "benchmark.batch_size=8", "method.r=4")
+
+
+def _cfg(tiny_bert_dir: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=[f"model.name_or_path={tiny_bert_dir}", *TINY, *overrides])
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+class _CrashAtEpoch(L.Callback):
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise _Crash("simulated interruption")
+
+
+def test_multirun_twice_trains_once(tiny_bert_dir, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    cmd = [sys.executable, "-m", "kasa.train", "-m", "seed=0,1", f"model.name_or_path={tiny_bert_dir}", *TINY,
+           f"sweep_dir={tmp_path / 'sw'}", f"hydra.sweep.dir={tmp_path / 'hydra'}"]
+    first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    dirs = sorted((tmp_path / "sw").iterdir())
+    assert [d.name.rsplit("-", 1)[0] for d in dirs] == ["kasa-minilm-intent_recognition-s0",
+                                                        "kasa-minilm-intent_recognition-s1"]
+    stamps = {d: (d / "results.json").stat().st_mtime_ns for d in dirs}
+    assert "skipped" not in first.stdout
+    second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("[kasa] skipped") == 2 and "Trainer.fit" not in second.stdout + second.stderr
+    assert {d: (d / "results.json").stat().st_mtime_ns for d in dirs} == stamps
+    assert sorted((tmp_path / "sw").iterdir()) == dirs
+
+
+def test_interrupted_run_resumes_then_skips(tiny_bert_dir, tmp_path):
+    cfg = _cfg(tiny_bert_dir, f"sweep_dir={tmp_path}")
+    run_dir = tmp_path / f"{cfg.run_name}-{config_hash(cfg)}"
+    with pytest.raises(_Crash):
+        run(cfg, callbacks=[_CrashAtEpoch(1)])
+    assert (run_dir / "checkpoints" / "last.ckpt").exists() and not (run_dir / "results.json").exists()
+    resumed = run(cfg)
+    assert resumed["resumed_from"].endswith("last.ckpt") and len(resumed["history"]) == 2
+    assert resumed["config_hash"] == config_hash(cfg) and "skipped" not in resumed
+    again = run(cfg)
+    assert again["skipped"] is True and again["history"] == resumed["history"]
+
+
+def test_hash_ignores_bookkeeping_but_not_hyper_parameters(tiny_bert_dir, tmp_path):
+    base = config_hash(_cfg(tiny_bert_dir))
+    assert config_hash(_cfg(tiny_bert_dir, "resume=auto", f"sweep_dir={tmp_path}",
+                            "trainer.enable_progress_bar=true")) == base
+    assert config_hash(_cfg(tiny_bert_dir, "method.beta=0.5")) != base
+
+
+def test_resume_auto_without_sweep_dir(tiny_bert_dir, tmp_path):
+    res = run(_cfg(tiny_bert_dir, "resume=auto", "trainer.max_epochs=1"), run_dir=tmp_path)
+    assert res["resumed_from"] is None
+    assert run(_cfg(tiny_bert_dir, "resume=auto", "trainer.max_epochs=1"), run_dir=tmp_path)["skipped"] is True
+    # another config in the same folder is not mistaken for done: it trains (and resumes nothing foreign)
+    assert json.loads((tmp_path / "results.json").read_text())["config_hash"]
