@@ -67,7 +67,7 @@ class Profile:
 
 PROFILES = {
     "tiny": Profile("tiny", 32, 48, 2, 4, 100, 2, 8, 3, 1, [(64, 64), (64, 172)], 1, torch.float32, "cpu", 3, 1, 1),
-    "quick": Profile("quick", 512, 1376, 4, 8, 2048, 4, 64, 15, 2, [(4096, 4096), (4096, 11008)], 1,
+    "quick": Profile("quick", 512, 1376, 4, 8, 2048, 4, 64, 25, 2, [(4096, 4096), (4096, 11008)], 1,
                      torch.float32, "cpu", 6, 1, 2),
     # 7B-shaped layers; 8 of LLaMA-2 7B's 32 by default so five model copies and HF PEFT's per-weight float32
     # SVDs fit a short GPU slot (`--layers 32` for the full depth).
@@ -136,6 +136,12 @@ class Runner:
 
 def interleaved(fns: dict[str, Callable[[], None]], reps: int, warmup: int, device: str) -> dict[str, float]:
     """Median seconds per call; every repetition runs every function once, in a rotated order."""
+    return {n: statistics.median(v) for n, v in interleaved_raw(fns, reps, warmup, device).items()}
+
+
+def interleaved_raw(fns: dict[str, Callable[[], None]], reps: int, warmup: int, device: str
+                    ) -> dict[str, list[float]]:
+    """Seconds of every call, repetition by repetition (index i of every list: repetition i)."""
     names = list(fns)
     for _ in range(warmup):
         for n in names:
@@ -150,7 +156,13 @@ def interleaved(fns: dict[str, Callable[[], None]], reps: int, warmup: int, devi
             fns[n]()
             _sync(device)
             times[n].append(time.perf_counter() - t0)
-    return {n: statistics.median(v) for n, v in times.items()}
+    return times
+
+
+def paired_ratio(times: dict[str, list[float]], a: str, b: str) -> float:
+    """Median over repetitions of ``a``'s time / ``b``'s time in the same repetition: load that drifts
+    on the scale of a repetition cancels, which plain ratios of medians do not."""
+    return statistics.median(x / y for x, y in zip(times[a], times[b]))
 
 
 def saved_activation_bytes(runner: Runner, batch: torch.Tensor) -> int:
@@ -238,11 +250,11 @@ def build_runners(p: Profile, r: int, beta: float, gamma: float, regularizer: st
     return runners, base
 
 
-def bench_steps(p: Profile, runners: dict[str, Runner], batch: torch.Tensor) -> dict[str, float]:
+def bench_steps(p: Profile, runners: dict[str, Runner], batch: torch.Tensor) -> dict[str, list[float]]:
     fns = {n: (lambda rr=rr: rr.step(batch)) for n, rr in runners.items()}
     # the same KaSA model and optimizer without the regulariser: isolates the regulariser's in-step cost
     fns["kasa_noreg"] = lambda: runners["kasa"].step(batch, with_reg=False)
-    return interleaved(fns, p.reps, p.warmup, p.device)
+    return interleaved_raw(fns, p.reps, p.warmup, p.device)
 
 
 def bench_regularisers(p: Profile, kasa_runner: Runner, peft_runner: Runner, batch: torch.Tensor
@@ -420,19 +432,22 @@ def run(profile: str, r: int = 8, beta: float = 1e-4, gamma: float = 1e-3, layer
 
     runners, _ = build_runners(p, r, beta, gamma)
     batch = torch.randint(0, p.vocab, (p.batch, p.seq), generator=torch.Generator().manual_seed(1)).to(p.device)
-    steps = bench_steps(p, runners, batch)
+    raw = bench_steps(p, runners, batch)
+    steps = {n: statistics.median(v) for n, v in raw.items()}
     floor = steps["frozen"]
     out.append("### Training step (forward + backward + AdamW step)\n")
-    out.append("| method | step (ms) | / floor | / LoRA (ours) | over floor (ms) |")
-    out.append("|---|---:|---:|---:|---:|")
+    out.append("Ratios are medians of per-repetition ratios (both methods timed in the same repetition).\n")
+    out.append("| method | step (ms), median | min (ms) | / floor | / LoRA (ours) | over floor (ms) |")
+    out.append("|---|---:|---:|---:|---:|---:|")
     for n, s in steps.items():
-        out.append(f"| {LABELS[n]} | {s * 1e3:.1f} | {s / floor:.3f} | {s / steps['lora']:.3f} | "
-                   f"{(s - floor) * 1e3:.1f} |")
-    out.append(f"\nKaSA (ours) / HF PEFT KaSA: {steps['kasa'] / steps['peft_kasa']:.3f}; "
-               f"KaSA (ours) / LoRA (ours): {steps['kasa'] / steps['lora']:.3f}; adapter-only cost ratio "
-               f"(step - floor) KaSA/LoRA: {(steps['kasa'] - floor) / max(steps['lora'] - floor, 1e-12):.3f}; "
-               f"regulariser inside the step (KaSA - KaSA without it): "
-               f"{(steps['kasa'] - steps['kasa_noreg']) * 1e3:.1f} ms\n")
+        out.append(f"| {LABELS[n]} | {s * 1e3:.1f} | {min(raw[n]) * 1e3:.1f} | {paired_ratio(raw, n, 'frozen'):.3f} | "
+                   f"{paired_ratio(raw, n, 'lora'):.3f} | {(s - floor) * 1e3:.1f} |")
+    over = {n: statistics.median(x - y for x, y in zip(raw[n], raw["frozen"])) for n in raw}
+    out.append(f"\nKaSA (ours) / HF PEFT KaSA: {paired_ratio(raw, 'kasa', 'peft_kasa'):.3f}; "
+               f"KaSA (ours) / LoRA (ours): {paired_ratio(raw, 'kasa', 'lora'):.3f}; adapter-only cost "
+               f"(step - floor, per repetition) KaSA/LoRA: {over['kasa'] / max(over['lora'], 1e-12):.3f}; "
+               f"regulariser inside the step (KaSA - KaSA without it, per repetition): "
+               f"{statistics.median(x - y for x, y in zip(raw['kasa'], raw['kasa_noreg'])) * 1e3:.1f} ms\n")
 
     out.append("### Memory per training step\n")
     out.append("Counted: trainable parameters, their gradients, AdamW state, adapter buffers (KaSA's removed "

@@ -263,3 +263,14 @@ def test_corrupt_cache_entry_is_recomputed(tmp_path, monkeypatch):
     _apply_gpt2(b)
     x = tiny_inputs()
     torch.testing.assert_close(model_output(a, x), model_output(b, x), atol=0, rtol=0)
+
+
+def test_syevr_failure_falls_back_to_full_eigh(monkeypatch):
+    def boom(*a, **k):
+        raise svd_mod._sla.LinAlgError("no convergence")
+
+    W = _matrix("geometric", (48, 96))
+    expected = smallest_triplets(W, T, torch.float64, "gram")
+    monkeypatch.setattr(svd_mod._sla, "eigh", boom)
+    U, S, Vh = smallest_triplets(W, T, torch.float64, "gram")
+    torch.testing.assert_close((U * S) @ Vh, (expected[0] * expected[1]) @ expected[2], atol=1e-10, rtol=0)

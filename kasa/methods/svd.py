@@ -125,9 +125,14 @@ def _lowest_eigenpairs(G: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Ten
         lams, vecs, lmax = [], [], []
         for g in G:
             g_np = g.numpy()
-            lam, vec = _sla.eigh(g_np, subset_by_index=[0, n - 1], driver="evr", check_finite=False)
-            lams.append(torch.from_numpy(lam))
-            vecs.append(torch.from_numpy(vec))
+            try:
+                lam, vec = _sla.eigh(g_np, subset_by_index=[0, n - 1], driver="evr", check_finite=False)
+                lam, vec = torch.from_numpy(lam), torch.from_numpy(vec)
+            except (_sla.LinAlgError, ValueError):  # syevr did not converge: the full divide-and-conquer solver
+                lam_all, vec_all = torch.linalg.eigh(g)
+                lam, vec = lam_all[:n], vec_all[:, :n]
+            lams.append(lam)
+            vecs.append(vec)
             lmax.append(_power_lambda_max(g))
         return torch.stack(lams), torch.stack(vecs), torch.stack(lmax)
     lam, vec = torch.linalg.eigh(G)
