@@ -73,3 +73,7 @@ def classification(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
     sizes = {"train": len(splits.train), "validation": len(splits.validation)}
     sizes.update({metric_key("validation", v): len(ex) for v, ex in sets.items() if v})
     return TaskBundle(model, dm, module, sizes)
+
+
+# The generation families (e2e, commonsense, instruction) register themselves on import.
+from . import gen_families  # noqa: E402,F401

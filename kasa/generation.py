@@ -1,0 +1,282 @@
+"""Causal-LM fine-tuning with generation-based validation, on the same loop as every other family.
+
+Training examples are ``prompt -> completion`` pairs; the loss covers the completion (and its EOS) only:
+prompt tokens are labelled -100. Prompt and completion are tokenised separately and concatenated, so the
+tokens the model is trained to continue are exactly the tokens it is given at generation time.
+
+Validation generates a continuation for every evaluation prompt (batched, left padding, the validation
+progress bar shows it) and hands the texts to the family's :class:`Evaluator` (E2E metrics, commonsense
+answer extraction, an LLM judge). :class:`CausalLMModule` subclasses :class:`kasa.module.PeftModule`, so the
+optimiser, the method's regulariser and per-step hooks, adapter-only checkpoints and the ``history`` rows
+stay one implementation; it replaces only the validation step and the epoch-end scoring.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import lightning as L
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .data.classification import EpochSampler
+from .methods.base import PeftMethod
+from .module import OptimConfig, PeftModule
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class CompletionExample:
+    """One supervised pair: the model reads ``prompt`` and is trained to write ``completion``."""
+
+    prompt: str
+    completion: str
+
+
+@dataclass
+class EvalItem:
+    """One evaluation prompt and what its evaluator needs (references, gold label, task, question ...)."""
+
+    prompt: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GenerationSettings:
+    """Decoding settings of the validation generation (passed to ``model.generate``)."""
+
+    max_new_tokens: int = 64
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    repetition_penalty: float = 1.0
+    max_prompt_length: int | None = None  # prompts longer than this keep their END (the response marker)
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams,
+                              "do_sample": False, "repetition_penalty": self.repetition_penalty}
+        if self.num_beams > 1:
+            kw["length_penalty"] = self.length_penalty
+            kw["early_stopping"] = True
+        if self.no_repeat_ngram_size:
+            kw["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+        return kw
+
+
+class Evaluator(Protocol):
+    """Scores generations. ``info`` (JSON-able: metric backend, judge identity) goes into results.json."""
+
+    info: dict[str, Any]
+
+    def __call__(self, items: Sequence[EvalItem], generations: Sequence[str], module: "CausalLMModule",
+                 out_dir: Path | None) -> dict[str, float]: ...
+
+
+# ---------------------------------------------------------------------------------------------------
+# tokenisation
+
+
+def encode_pair(tokenizer, prompt: str, completion: str, max_length: int,
+                train_on_inputs: bool = False) -> dict[str, list[int]]:
+    """``input_ids``/``labels`` for one pair: prompt (+ BOS if the tokenizer adds one) then completion + EOS.
+
+    Labels are -100 on every prompt token unless ``train_on_inputs``; the sequence is cut at ``max_length``
+    from the right (LLM-Adapters' ``cutoff_len``).
+    """
+    p = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    c = list(tokenizer(completion, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+    ids = (p + c)[:max_length]
+    labels = ((p if train_on_inputs else [IGNORE_INDEX] * len(p)) + c)[:max_length]
+    return {"input_ids": ids, "labels": labels}
+
+
+def encode_prompt(tokenizer, prompt: str, max_prompt_length: int | None = None) -> list[int]:
+    """Prompt ids as :func:`encode_pair` makes them; too long -> keep the end (where the answer starts)."""
+    ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    if max_prompt_length and len(ids) > max_prompt_length:
+        ids = ids[-max_prompt_length:]
+    return ids
+
+
+def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ``input_ids`` and ``attention_mask``: every prompt ends at the last column."""
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, n - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, n - len(s):] = 1
+    return ids, mask
+
+
+class _ListDataset(Dataset):
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+
+class CompletionDataModule(L.LightningDataModule):
+    """Training pairs (right-padded, completion-only labels) and evaluation prompts (left-padded, sorted by
+    length so a batch wastes little padding; ``idx`` maps generations back to :attr:`eval_items`)."""
+
+    def __init__(self, train: Sequence[CompletionExample], eval_items: Sequence[EvalItem], tokenizer,
+                 max_length: int = 256, batch_size: int = 8, eval_batch_size: int = 8, seed: int = 0,
+                 train_on_inputs: bool = False, max_prompt_length: int | None = None, num_workers: int = 0):
+        super().__init__()
+        if not train:
+            raise ValueError("no training examples")
+        if not eval_items:
+            raise ValueError("no evaluation prompts")
+        self.train_examples, self.eval_items = list(train), list(eval_items)
+        self.tokenizer, self.max_length = tokenizer, max_length
+        self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
+        self.train_on_inputs, self.num_workers = train_on_inputs, num_workers
+        self.max_prompt_length = max_prompt_length or max_length
+        self.n_dropped = 0
+        self._train: _ListDataset | None = None
+        self._eval: _ListDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._train is not None:
+            return
+        rows = []
+        for ex in self.train_examples:
+            enc = encode_pair(self.tokenizer, ex.prompt, ex.completion, self.max_length, self.train_on_inputs)
+            # A prompt that fills the whole cutoff leaves nothing to learn (and a NaN loss if a batch is all such).
+            if all(t == IGNORE_INDEX for t in enc["labels"]):
+                self.n_dropped += 1
+                continue
+            rows.append(enc)
+        if not rows:
+            raise ValueError(f"every training example is longer than max_length={self.max_length} in its prompt")
+        if self.n_dropped:
+            print(f"[kasa] dropped {self.n_dropped} training examples whose prompt fills max_length={self.max_length}",
+                  file=sys.stderr)
+        self._train = _ListDataset(rows)
+        prompts = [encode_prompt(self.tokenizer, it.prompt, self.max_prompt_length) for it in self.eval_items]
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        self._eval = _ListDataset([{"input_ids": prompts[i], "idx": i} for i in order])
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return self.tokenizer.eos_token_id if pad is None else pad
+
+    def collate_train(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        n = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), n), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), n), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(batch), n), dtype=torch.long)
+        for i, b in enumerate(batch):
+            k = len(b["input_ids"])
+            ids[i, :k] = torch.tensor(b["input_ids"])
+            labels[i, :k] = torch.tensor(b["labels"])
+            mask[i, :k] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    def collate_eval(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        ids, mask = pad_left([b["input_ids"] for b in batch], self.pad_id)
+        return {"input_ids": ids, "attention_mask": mask, "idx": torch.tensor([b["idx"] for b in batch])}
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self._train, batch_size=self.batch_size, sampler=EpochSampler(len(self._train), self.seed),
+                          collate_fn=self.collate_train, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self._eval, batch_size=self.eval_batch_size, shuffle=False, collate_fn=self.collate_eval,
+                          num_workers=self.num_workers)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the module
+
+
+class CausalLMModule(PeftModule):
+    """PeftModule for ``prompt -> completion`` training; validation = generation scored by ``evaluator``."""
+
+    def __init__(self, model: nn.Module, method: PeftMethod, tokenizer, evaluator: Evaluator,
+                 generation: GenerationSettings | None = None, optim: OptimConfig | None = None,
+                 eval_batch_size: int = 8):
+        super().__init__(model, method, num_labels=0, metrics=[], optim=optim)
+        self.tokenizer, self.evaluator = tokenizer, evaluator
+        self.generation = generation or GenerationSettings()
+        self.eval_batch_size = eval_batch_size
+        self.results_extra: dict[str, Any] = {"generation": asdict(self.generation)}
+        self._generations: dict[int, str] = {}
+
+    # -- generation ------------------------------------------------------------------------------
+    @property
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return self.tokenizer.eos_token_id if pad is None else pad
+
+    @torch.no_grad()
+    def generate_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **overrides: Any) -> list[str]:
+        """Decode the continuation of a left-padded batch (new tokens only, special tokens dropped)."""
+        kw = {**self.generation.generate_kwargs(), **overrides}
+        # The loader turns the KV cache off for gradient checkpointing; generation needs it back.
+        out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, use_cache=True,
+                                  pad_token_id=self._pad_id, eos_token_id=self.tokenizer.eos_token_id, **kw)
+        return [t.strip() for t in self.tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)]
+
+    def generate_texts(self, prompts: Sequence[str], batch_size: int | None = None, **overrides: Any) -> list[str]:
+        """Generate for raw prompt strings (MT-Bench turns, ad-hoc use), batched like validation."""
+        was_training = self.model.training
+        self.model.eval()
+        bs = batch_size or self.eval_batch_size
+        enc = [encode_prompt(self.tokenizer, p, self.generation.max_prompt_length) for p in prompts]
+        order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
+        out: dict[int, str] = {}
+        for s in range(0, len(order), bs):
+            chunk = order[s:s + bs]
+            ids, mask = pad_left([enc[i] for i in chunk], self._pad_id)
+            texts = self.generate_ids(ids.to(self.device), mask.to(self.device), **overrides)
+            out.update(zip(chunk, texts))
+        self.model.train(was_training)
+        return [out[i] for i in range(len(prompts))]
+
+    # -- validation ------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._generations = {}
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        texts = self.generate_ids(batch["input_ids"], batch["attention_mask"])
+        self._generations.update(zip(batch["idx"].tolist(), texts))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking or not self._generations:
+            self._generations = {}
+            return
+        items_all = self.trainer.datamodule.eval_items
+        done = sorted(self._generations)  # limit_val_batches may cover only part of the prompts
+        items = [items_all[i] for i in done]
+        gens = [self._generations[i] for i in done]
+        out_dir = Path(self.trainer.default_root_dir) if self.trainer.default_root_dir else None
+        if out_dir is not None:
+            self._write_generations(out_dir / "generations" / f"epoch{self.current_epoch}.jsonl", items, gens)
+        values = {k: float(v) for k, v in self.evaluator(items, gens, self, out_dir).items()}
+        self.results_extra["evaluation"] = self.evaluator.info
+        for k, v in values.items():
+            self.log(f"val/{k}", v, prog_bar=True)
+        self.history.append({"epoch": self.current_epoch, "step": self.global_step, **values})
+        self._generations = {}
+
+    def _write_generations(self, path: Path, items: Sequence[EvalItem], gens: Sequence[str]) -> None:
+        if self.trainer.global_rank != 0:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8") as f:
+            for it, g in zip(items, gens):
+                f.write(json.dumps({"prompt": it.prompt, "generation": g, **it.meta}, ensure_ascii=False) + "\n")

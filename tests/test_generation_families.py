@@ -1,0 +1,261 @@
+"""Generation families (e2e, commonsense, instruction) on the one training loop.
+
+Plumbing runs use a tiny random Llama saved with SmolLM2's real tokenizer; one slow test runs the real
+SmolLM2-135M end to end on E2E.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from kasa.train import CONF_DIR, run
+
+COMMON = ("trainer.enable_progress_bar=false", "method.r=4", "trainer.limit_train_batches=2", "dataset.max_eval=3",
+          "benchmark.generation.max_new_tokens=6", "benchmark.batch_size=4", "benchmark.eval_batch_size=4")
+
+
+@pytest.fixture(scope="module")
+def tiny_causal_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama with SmolLM2's tokenizer (49,152 tokens), saved as a local checkpoint."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from kasa.assets import smollm2_path
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tok = AutoTokenizer.from_pretrained(smollm2_path())
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def _cfg(benchmark: str, model_dir: Path | str | None, *overrides: str):
+    model = [f"model.name_or_path={model_dir}"] if model_dir else []
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=[f"benchmark={benchmark}", "trainer.max_epochs=1", *model, *COMMON,
+                                           *overrides])
+
+
+def _finite(values: dict) -> bool:
+    return all(isinstance(v, float) and math.isfinite(v) for v in values.values())
+
+
+# ------------------------------------------------------------------------------------------ masking
+
+
+def test_completion_only_labels_are_exact(tiny_causal_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kasa.generation import IGNORE_INDEX, CompletionDataModule, CompletionExample, EvalItem, encode_pair
+
+    tok = AutoTokenizer.from_pretrained(tiny_causal_dir)
+    prompt, completion = "name: Aromi, eatType: pub ->", " Aromi is a pub."
+    p = tok(prompt)["input_ids"]
+    enc = encode_pair(tok, prompt, completion, max_length=64)
+    c = tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert enc["input_ids"] == p + c
+    assert enc["labels"] == [IGNORE_INDEX] * len(p) + c  # every prompt token masked, every completion token kept
+    assert encode_pair(tok, prompt, completion, 64, train_on_inputs=True)["labels"] == p + c
+    cut = encode_pair(tok, prompt, completion, max_length=len(p) + 2)  # right truncation (cutoff_len)
+    assert cut["input_ids"] == (p + c)[: len(p) + 2] and cut["labels"] == [IGNORE_INDEX] * len(p) + c[:2]
+
+    dm = CompletionDataModule([CompletionExample(prompt, completion), CompletionExample("x ->", " y")],
+                              [EvalItem("a ->"), EvalItem("a much longer prompt ->")], tok, max_length=64,
+                              batch_size=2)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert ((batch["labels"] != IGNORE_INDEX) <= batch["attention_mask"].bool()).all()  # padding never supervised
+    # The model's loss is cross-entropy over the completion tokens only.
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_dir).eval()
+    with torch.no_grad():
+        out = model(**batch)
+        logits, labels = out.logits[:, :-1], batch["labels"][:, 1:]
+        keep = labels != IGNORE_INDEX
+        manual = torch.nn.functional.cross_entropy(logits[keep], labels[keep])
+    assert torch.allclose(out.loss, manual, atol=1e-5)
+    n_supervised = sum(len(tok(t, add_special_tokens=False)["input_ids"]) + 1 for t in (completion, " y"))
+    assert int((batch["labels"] != IGNORE_INDEX).sum()) == int(keep.sum()) == n_supervised
+
+    ev = next(iter(dm.val_dataloader()))  # left padding: every prompt ends at the last column
+    assert ev["attention_mask"][:, -1].all() and not ev["attention_mask"][:, 0].all()
+    assert sorted(ev["idx"].tolist()) == [0, 1]
+
+
+def test_benchmark_selects_its_dataset_and_model():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["benchmark=e2e"])
+        assert (cfg.dataset.name, cfg.model.name, cfg.benchmark.family) == ("e2e_bigbench", "smollm2", "e2e")
+        assert cfg.benchmark.generation.num_beams == 10 and cfg.benchmark.generation.length_penalty == 0.9
+        cfg = compose("train", overrides=["benchmark=commonsense", "dataset=commonsense170k"])
+        assert cfg.dataset.source == "hub" and cfg.dataset.monitor == "average"
+        assert compose("train", overrides=["benchmark=instruction"]).dataset.monitor == "judge_score"
+        assert compose("train").benchmark.family == "classification"
+
+
+# ------------------------------------------------------------------------------------------ the three families
+
+
+def test_e2e_generates_and_scores(tiny_causal_dir, tmp_path):
+    res = run(_cfg("e2e", tiny_causal_dir, "benchmark.generation.num_beams=2", "method=kasa"), run_dir=tmp_path)
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    final = on_disk["metrics"]["final"]
+    assert set(final) == {"BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"} and _finite(final)
+    assert on_disk["evaluation"]["n_instances"] == 3 and on_disk["generation"]["num_beams"] == 2
+    assert on_disk["split_sizes"]["validation"] == 3 and on_disk["split_sizes"]["train"] > 700
+    rows = [json.loads(line) for line in (tmp_path / "generations" / "epoch0.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["references"] and "generation" in r for r in rows)
+    assert res["metrics"] == on_disk["metrics"]
+
+
+def test_commonsense_generates_and_scores(tiny_causal_dir, tmp_path):
+    run(_cfg("commonsense", tiny_causal_dir, "method=lora"), run_dir=tmp_path)
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    final = on_disk["metrics"]["final"]
+    assert set(final) == {"social_iqa", "strategyqa", "average"} and _finite(final)
+    assert on_disk["evaluation"]["n_per_task"] == {"social_iqa": 3, "strategyqa": 3}
+    rows = [json.loads(line) for line in (tmp_path / "generations" / "epoch0.jsonl").read_text().splitlines()]
+    assert rows[0]["prompt"].endswith("### Response:\n" + " " * 16)  # the LLM-Adapters evaluation prompt
+
+
+class _FixedJudge:
+    """An offline judge backend that always rates 7 and counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def identity(self) -> dict:
+        return {"backend": "fixed", "model": "seven"}
+
+    def complete(self, messages) -> str:
+        self.calls += 1
+        return "Fine. Rating: [[7]]"
+
+
+def test_instruction_judged_with_local_judge_and_mtbench(tiny_causal_dir, tmp_path):
+    cache = tmp_path / "judge.sqlite"
+    overrides = ("method=lora", f"benchmark.judge.model={tiny_causal_dir}", "benchmark.judge.max_new_tokens=4",
+                 f"benchmark.judge.cache={cache}", "benchmark.mtbench.max_questions=2")
+    run(_cfg("instruction", tiny_causal_dir, *overrides), run_dir=tmp_path / "a")
+    on_disk = json.loads((tmp_path / "a" / "results.json").read_text())
+    final = on_disk["metrics"]["final"]
+    assert set(final) == {"judge_score", "judge_parsed", "mtbench", "mtbench_turn1", "mtbench_turn2"}
+    assert math.isfinite(final["judge_parsed"])  # a random tiny judge gives no rating: scores are NaN, not made up
+    ev = on_disk["evaluation"]
+    assert ev["judge"] == {"backend": "local", "model": str(tiny_causal_dir), "temperature": 0.0, "max_tokens": 4}
+    assert ev["mtbench"]["n_questions"] == 2 and "single-v1-multi-turn" in ev["prompts"]
+    lines = (tmp_path / "a" / "judgements" / "epoch0.jsonl").read_text().splitlines()
+    assert len(lines) == 3 + 2 * 2  # held-out answers + 2 questions x 2 turns
+    from kasa.eval.judge import JudgementCache
+
+    assert len(JudgementCache(cache)) == 7
+
+
+def test_instruction_scores_are_finite_and_judgements_cached(tiny_causal_dir, tmp_path, monkeypatch):
+    import kasa.gen_families as gf
+    from kasa.eval.judge import Judge
+
+    backend = _FixedJudge()
+    monkeypatch.setattr(gf, "build_judge", lambda spec, device=None: Judge(backend, tmp_path / "cache.sqlite"))
+    overrides = ("method=lora", "benchmark.mtbench.max_questions=2")
+    res = run(_cfg("instruction", tiny_causal_dir, *overrides), run_dir=tmp_path / "a")
+    final = res["metrics"]["final"]
+    assert _finite(final) and final["judge_score"] == 7.0 and final["mtbench"] == 7.0 and final["judge_parsed"] == 1.0
+    assert res["evaluation"]["judge"] == {"backend": "fixed", "model": "seven"}
+    calls = backend.calls
+    run(_cfg("instruction", tiny_causal_dir, *overrides), run_dir=tmp_path / "b")  # same seed: same answers
+    assert backend.calls == calls  # every judgement came from the cache
+
+
+# ------------------------------------------------------------------------------------------ loop behaviour
+
+
+def _adapter(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+
+
+def test_seed_and_resume_unchanged(tiny_causal_dir, tmp_path):
+    import lightning as L
+
+    class Crash(RuntimeError):
+        pass
+
+    class CrashAtEpoch(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                raise Crash("simulated interruption")
+
+    # commonsense: the cheapest evaluator (no Java); the loop under test is the same for every family
+    common = ("method=kasa", "method.dropout=0.1", "trainer.max_epochs=2", "dataset.max_eval=2")
+    full = run(_cfg("commonsense", tiny_causal_dir, *common), run_dir=tmp_path / "full")
+    again = run(_cfg("commonsense", tiny_causal_dir, *common), run_dir=tmp_path / "again")
+    other = run(_cfg("commonsense", tiny_causal_dir, *common, "seed=1"), run_dir=tmp_path / "other")
+    assert full["history"] == again["history"] and len(full["history"]) == 2
+    a, b, c = _adapter(tmp_path / "full"), _adapter(tmp_path / "again"), _adapter(tmp_path / "other")
+    assert all(torch.equal(a[k], b[k]) for k in a) and any(not torch.equal(a[k], c[k]) for k in a)
+    with pytest.raises(Crash):
+        run(_cfg("commonsense", tiny_causal_dir, *common), run_dir=tmp_path / "part", callbacks=[CrashAtEpoch()])
+    resumed = run(_cfg("commonsense", tiny_causal_dir, *common, "resume=last"), run_dir=tmp_path / "part")
+    assert resumed["history"] == full["history"]
+    r = _adapter(tmp_path / "part")
+    assert all(torch.equal(a[k], r[k]) for k in a)
+
+
+def test_big_run_switches_bf16_accumulation_checkpointing(tiny_causal_dir, tmp_path):
+    res = run(_cfg("commonsense", tiny_causal_dir, "method=lora", "trainer.precision=bf16-mixed",
+                   "trainer.accumulate_grad_batches=2", "model.gradient_checkpointing=true"), run_dir=tmp_path)
+    assert _finite(res["metrics"]["final"]) and res["history"][0]["step"] == 1  # 2 micro-batches = 1 step
+    sd = _adapter(tmp_path)
+    assert sd and all(torch.isfinite(v).all() for v in sd.values())
+
+
+# ------------------------------------------------------------------------------------------ hub-format loaders
+
+
+def test_hub_format_loaders_on_local_files(tmp_path):
+    from kasa.data.generation import commonsense_splits, e2e_splits, instruction_splits
+
+    alpaca = [{"instruction": f"Say {i}.", "input": "" if i % 2 else "loudly", "output": f"{i}!"} for i in range(50)]
+    (tmp_path / "alpaca.json").write_text(json.dumps(alpaca))
+    train, held = instruction_splits("hub", path=str(tmp_path / "alpaca.json"), val_fraction=0.1)
+    assert len(train) == 45 and len(held) == 5
+    assert not {r["instruction"] for r in held} & {r["instruction"] for r in train}
+
+    row = {"instruction": "Please answer true or false: is ice cold?", "input": "",
+           "output": "the correct answer is true", "answer": "true"}
+    (tmp_path / "cs170k.json").write_text(json.dumps([row] * 4))
+    (tmp_path / "ds" / "boolq").mkdir(parents=True)
+    (tmp_path / "ds" / "boolq" / "test.json").write_text(json.dumps([row] * 3))
+    (tmp_path / "piqa.jsonl").write_text(json.dumps({"goal": "g", "sol1": "a", "sol2": "b", "label": 1}) + "\n")
+    tr, ev = commonsense_splits("hub", tasks=["boolq"], train_path=str(tmp_path / "cs170k.json"),
+                                eval_dir=str(tmp_path / "ds"),
+                                eval_sets={"piqa": {"path": str(tmp_path / "piqa.jsonl")}})
+    assert len(tr) == 4 and len(ev["boolq"]) == 3 and ev["piqa"][0]["answer"] == "solution2"
+
+    csv = tmp_path / "e2e.csv"
+    csv.write_text("meaning_representation,human_reference\n\"name[A], food[Thai]\",A serves Thai.\n"
+                   "\"name[A], food[Thai]\",Thai food at A.\n")
+    s = e2e_splits("hub", path="csv", eval_split="validation", data_files={"train": str(csv), "validation": str(csv)})
+    assert s["eval"] == {"name[A], food[Thai]": ["A serves Thai.", "Thai food at A."]}
+
+
+# ------------------------------------------------------------------------------------------ the real model
+
+
+@pytest.mark.slow
+def test_real_smollm2_e2e_end_to_end(tmp_path):
+    """SmolLM2-135M-Instruct, KaSA, 2 training steps, beam search on 4 MRs, official E2E metrics."""
+    res = run(_cfg("e2e", None, "method=kasa", "trainer.limit_train_batches=2", "dataset.max_eval=4",
+                   "benchmark.generation.max_new_tokens=32", "benchmark.generation.num_beams=4"), run_dir=tmp_path)
+    final = res["metrics"]["final"]
+    assert _finite(final) and final["BLEU"] > 0  # a real instruction model says something about the restaurant
+    assert res["model"] == "smollm2" and res["evaluation"]["n_instances"] == 4
