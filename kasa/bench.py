@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .methods import build_method
-from .methods.kasa import KasaLayer
+from .methods.kasa import KasaLayer, _batched_l2, _batched_l3
 from .methods.svd import batched_smallest_triplets
 from .methods.truncation_cache import weight_fingerprint
 
@@ -279,9 +279,12 @@ def bench_regularisers(p: Profile, kasa_runner: Runner, peft_runner: Runner, bat
 
     c = method.config
     fns = {
-        "ours paper (r x r)": run(lambda: sum(c.beta * m.l2() + c.gamma * m.l3_paper() for m in layers)),
-        "ours reference (via r x r Grams)": run(lambda: sum(c.beta * m.l2() + c.gamma * m.l3_reference()
-                                                            for m in layers) / len(layers)),
+        "ours paper (r x r, batched over same shapes: what training uses)":
+            run(lambda: method.regularization_loss(model)),
+        "ours paper, per-layer loop (before batching)":
+            run(lambda: sum(c.beta * m.l2() + c.gamma * m.l3_paper() for m in layers)),
+        "ours reference (batched, via r x r Grams)":
+            run(lambda: (c.beta * _batched_l2(layers) + c.gamma * _batched_l3(layers, "reference")) / len(layers)),
         "peft _get_kasa_loss (paper)": run(peft_runner.reg),
     }
     if not p.device.startswith("cuda"):  # the explicit 11008 x 11008 Grams of every layer would not fit a 7B run
