@@ -73,6 +73,9 @@ class PeftModule(L.LightningModule):
         # val_metrics: the first (monitored) dev set; extra_val_metrics: the others, one collection each.
         self.val_metrics = base.clone(postfix="_" + self.val_names[0]) if self.val_names[0] else base
         self.extra_val_metrics = nn.ModuleList([base.clone(postfix="_" + n) for n in self.val_names[1:]])
+        # Dev-set loss per loader as a torchmetrics mean (sum and count states, summed across DDP ranks):
+        # Lightning's own sync_dist mean averages an int batch count across ranks and truncates it.
+        self.val_losses = nn.ModuleList([torchmetrics.MeanMetric() for _ in self.val_names])
         self.metric_names = list(metrics)
         self.history: list[dict[str, float]] = []
         self._last_step_seen = -1
@@ -121,19 +124,26 @@ class PeftModule(L.LightningModule):
         preds = logits.squeeze(-1) if self.num_labels == 1 else logits.argmax(-1)
         metrics = self.val_metrics if dataloader_idx == 0 else self.extra_val_metrics[dataloader_idx - 1]
         metrics.update(preds.float() if self.num_labels == 1 else preds, labels)
-        # Our own suffix instead of Lightning's "/dataloader_idx_N", so keys match the metric names.
-        self.log(f"val/{metric_key('loss', self.val_names[dataloader_idx])}", out.loss, batch_size=labels.shape[0],
-                 add_dataloader_idx=False)
+        self.val_losses[dataloader_idx].update(out.loss.detach(), weight=labels.shape[0])
 
     def on_validation_epoch_end(self) -> None:
         values: dict[str, float] = {}
         for metrics in (self.val_metrics, *self.extra_val_metrics):
             values.update({k: float(v) for k, v in metrics.compute().items()})
             metrics.reset()
+        # Our own suffix instead of Lightning's "/dataloader_idx_N", so keys match the metric names.
+        losses = {f"val/{metric_key('loss', name)}": float(m.compute())
+                  for name, m in zip(self.val_names, self.val_losses) if m.update_count}
+        for m in self.val_losses:
+            m.reset()
         if self.trainer.sanity_checking:
             return
+        for k, v in losses.items():
+            self.log(k, v, sync_dist=True, reduce_fx="max")  # already synced, as the metrics below
         for k, v in values.items():
-            self.log(f"val/{k}", v, prog_bar=True)
+            # torchmetrics already synced the states across ranks, so every rank holds the same value: the max
+            # over ranks returns it exactly (and tells Lightning it is a cross-device value).
+            self.log(f"val/{k}", v, prog_bar=True, sync_dist=True, reduce_fx="max")
         self.history.append({"epoch": self.current_epoch, "step": self.global_step, **values})
 
     # -- optimisation ----------------------------------------------------------------------------

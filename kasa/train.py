@@ -172,6 +172,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | No
     import lightning as L
     import torch
     from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from hydra.errors import InstantiationException
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from .families import FAMILIES
@@ -218,12 +219,13 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | No
 
         callbacks.append(SpectraCallback(run_dir / "spectra", every_n_epochs=int(analysis.get("every_n_epochs", 1))))
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
-    if "strategy" in t:
-        t["strategy"] = build_strategy(t["strategy"], model)
     try:
+        if "strategy" in t:
+            t["strategy"] = build_strategy(t["strategy"], model)
         trainer = L.Trainer(default_root_dir=str(run_dir), logger=build_loggers(cfg, run_dir), callbacks=callbacks,
                             **t)
-    except MisconfigurationException as exc:  # Lightning's refusals (FSDP on CPU, no GPU, ...): one line
+    except (MisconfigurationException, InstantiationException, ValueError) as exc:
+        # Lightning's refusals (FSDP on CPU, no GPU, bad strategy arguments): one line, no traceback
         raise ConfigError(f"trainer: {' '.join(str(exc).split())}") from None
     check_launch(trainer)
     resume = _resume_path("last" if auto else cfg.get("resume"), ckpt_dir)

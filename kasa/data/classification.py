@@ -6,13 +6,14 @@ A source turns a dataset config into :class:`Splits` (train and validation examp
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Callable
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .. import assets
 
@@ -138,28 +139,89 @@ class TokenizedDataset(Dataset):
         return {**self.features[i], "labels": self.labels[i]}
 
 
-class EpochSampler(Sampler[int]):
-    """A permutation that depends only on ``(seed, epoch)``: a run resumed at an epoch boundary sees the
-    same batches as an uninterrupted one (Lightning calls ``set_epoch`` on samplers that have it)."""
+def _world(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+    """``(world size, global rank)``: given values, else the initialised process group's, else ``(1, 0)``."""
+    import torch.distributed as dist
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True):
+    dist_on = dist.is_available() and dist.is_initialized()
+    if num_replicas is None:
+        num_replicas = dist.get_world_size() if dist_on else 1
+    if rank is None:
+        rank = dist.get_rank() if dist_on else 0
+    if not 0 <= rank < num_replicas:
+        raise ValueError(f"rank={rank} is outside [0, {num_replicas})")
+    return num_replicas, rank
+
+
+class EpochSampler(DistributedSampler):
+    """A permutation that depends only on ``(seed, epoch)``: a run resumed at an epoch boundary sees the
+    same batches as an uninterrupted one (Lightning calls ``set_epoch`` on samplers that have it).
+
+    Data-parallel runs (a process group initialised when the loader is built, or ``num_replicas``/``rank``
+    given): rank ``r`` of ``W`` takes positions ``r, r + W, r + 2W, ...`` of the SAME permutation, so with a
+    per-rank batch ``b`` the k-th batches of all ranks together hold exactly the k-th batch of a
+    one-process run with batch ``W * b``: the global data order does not depend on the number of processes.
+    The permutation is padded by repeating its start up to a multiple of ``W`` (as ``DistributedSampler``),
+    so every rank takes the same number of steps. It subclasses ``DistributedSampler`` only so that
+    Lightning keeps it instead of wrapping it in its own (which would reshuffle and ignore ``set_epoch``).
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, num_replicas: int | None = None,
+                 rank: int | None = None):
+        # DistributedSampler.__init__ is skipped on purpose: it needs a dataset and a process group.
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+        self.num_replicas, self.rank = _world(num_replicas, rank)
+        self.drop_last = False
+        self.num_samples = math.ceil(n / self.num_replicas) if n else 0
+        self.total_size = self.num_samples * self.num_replicas
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
         if not self.shuffle:
-            return iter(range(self.n))
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+            order = list(range(self.n))
+        else:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        if self.num_replicas == 1:
+            return iter(order)
+        pad = self.total_size - self.n  # repeat the start so every rank gets num_samples indices
+        order += (order * math.ceil(pad / max(1, self.n)))[:pad]
+        return iter(order[self.rank::self.num_replicas])
 
     def __len__(self) -> int:
-        return self.n
+        return self.num_samples
+
+
+class ShardSampler(DistributedSampler):
+    """Evaluation order ``0..n-1`` split across data-parallel ranks with nothing repeated: rank ``r`` of ``W``
+    takes ``r, r + W, ...`` (ranks may differ by one example). Metrics that sync their states across ranks
+    (torchmetrics, ``self.log(..., sync_dist=True)``) then see every validation example exactly once;
+    ``DistributedSampler`` would pad with duplicates and bias them. One process: plain ``range(n)``.
+    """
+
+    def __init__(self, n: int, num_replicas: int | None = None, rank: int | None = None):
+        self.n = n
+        self.num_replicas, self.rank = _world(num_replicas, rank)
+        self.shuffle, self.drop_last, self.epoch, self.seed = False, False, 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(range(self.rank, self.n, self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.num_replicas))
 
 
 class ClassificationDataModule(L.LightningDataModule):
-    """Tokenises a :class:`Splits` once and serves padded batches."""
+    """Tokenises a :class:`Splits` once and serves padded batches.
+
+    ``batch_size`` is per process: a data-parallel run on W devices trains with global batch W x batch_size,
+    in the same order as one process with batch W x batch_size (:class:`EpochSampler`).
+    """
 
     def __init__(self, splits: Splits, tokenizer, max_length: int = 128, batch_size: int = 16,
                  eval_batch_size: int = 64, seed: int = 0, num_workers: int = 0):
@@ -190,6 +252,8 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """One loader per dev set; a plain loader (not a list of one) when there is a single dev set."""
-        loaders = [DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, collate_fn=self._collate,
-                              num_workers=self.num_workers) for ds in (self._val, *self._extra_val)]
+        # ShardSampler: under DDP each rank scores its own share of every dev set, no example twice.
+        loaders = [DataLoader(ds, batch_size=self.eval_batch_size, sampler=ShardSampler(len(ds)),
+                              collate_fn=self._collate, num_workers=self.num_workers)
+                   for ds in (self._val, *self._extra_val)]
         return loaders if len(loaders) > 1 else loaders[0]

@@ -10,6 +10,15 @@ The public face (see DESIGN.md, "Contracts") is::
     loss = task_loss + method.regularization_loss(model)
     method.merge(model); method.unmerge(model)
     sd = method.adapter_state_dict(model); method.load_adapter_state_dict(fresh, sd)
+
+Sharded training (DDP, FSDP, DeepSpeed ZeRO). ``apply`` must see whole weights: the SVD-based inits (KaSA's
+truncation, PiSSA, MiLoRA, CorDA, SARA) decompose them and write the residual back. ``kasa.train.run`` applies
+the method to the plain model before ``trainer.fit``, and Lightning wraps the model (DDP, FSDP units, the
+DeepSpeed engine and its ZeRO-3 partitioning) only inside ``fit``, so the decompositions read full tensors and
+every process computes the same adapter (DDP also broadcasts rank 0's parameters and buffers when it wraps).
+Your own loop: apply the method first, then wrap; for a model already partitioned by ZeRO-3 (loaded under
+``deepspeed.zero.Init``) ``apply`` gathers the target weights through :func:`gathered`; an FSDP-wrapped model
+must be applied inside ``FSDP.summon_full_params(model, writeback=True)`` (or, better, before wrapping).
 """
 
 from __future__ import annotations
@@ -83,6 +92,30 @@ def build_method(name: str, **kwargs: Any) -> "PeftMethod":
 
 # ----------------------------------------------------------------------------------------------------
 # weights of wrapped layers
+@contextmanager
+def gathered(weights: torch.Tensor | list[torch.Tensor], modifier_rank: int | None = 0) -> Iterator[None]:
+    """Inside the block, DeepSpeed ZeRO-3 partitioned parameters (those with a ``ds_id``) hold their full values.
+
+    ``modifier_rank``: the rank whose in-place changes (KaSA's truncation, PiSSA's residual) are kept and
+    re-partitioned on exit; every rank computes the same ones. A no-op for ordinary tensors, and without
+    DeepSpeed installed (deepspeed is imported only when a partitioned parameter is seen). ``apply`` gathers
+    all target weights at once (KaSA batches its SVDs across them): that is the whole targeted part of the
+    model on every GPU for the duration of ``apply``.
+    """
+    ws = [weights] if isinstance(weights, torch.Tensor) else list(weights)
+    partitioned = [w for w in ws if hasattr(w, "ds_id")]
+    if not partitioned:
+        yield
+        return
+    try:
+        import deepspeed
+    except ImportError:  # a ds_id without deepspeed: nothing to gather with
+        yield
+        return
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=modifier_rank):
+        yield
+
+
 def is_linear_like(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or (bool(Conv1D) and isinstance(module, Conv1D))
 
@@ -269,11 +302,13 @@ class PeftMethod:
                         f"method '{self.name}' cannot wrap '{n}' of type {type(module).__name__}; "
                         "it wraps nn.Linear and Conv1D layers"
                     )
-            self.before_wrap(model, names)
-            for n in names:
-                parent_name, _, child = n.rpartition(".")
-                parent = model.get_submodule(parent_name) if parent_name else model
-                setattr(parent, child, self.wrap(n, model.get_submodule(n)))
+            # Every weight read (SVDs in before_wrap and in the layers' init) and residual write happens in here.
+            with gathered([model.get_submodule(n).weight for n in names]):
+                self.before_wrap(model, names)
+                for n in names:
+                    parent_name, _, child = n.rpartition(".")
+                    parent = model.get_submodule(parent_name) if parent_name else model
+                    setattr(parent, child, self.wrap(n, model.get_submodule(n)))
         self.mark_trainable(model)
         return model
 
@@ -439,4 +474,5 @@ __all__ = [
     "REGISTRY", "TARGET_PRESETS", "AdapterLayer", "MethodConfig", "LoraConfigBase", "MethodError",
     "PeftMethod", "build_method", "register", "count_parameters", "get_weight", "set_weight",
     "layer_shape", "match_target", "lora_scaling", "check_rank", "field", "count_only", "is_count_only",
+    "gathered",
 ]

@@ -1,0 +1,114 @@
+"""Data parallel: 2-process DDP on CPU (gloo) trains the same model as one process with the same global batch.
+
+Also the samplers that make that true: one (seed, epoch) permutation sharded by rank for training, an
+unrepeated split of the dev set for validation (every example scored once, none padded in twice).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from kasa.data.classification import EpochSampler, ShardSampler
+from kasa.train import CONF_DIR, run
+
+REPO = Path(__file__).resolve().parents[1]
+PER_RANK_BATCH, WORLD = 4, 2
+COMMON = [
+    "method=kasa", "method.r=4", "method.dropout=0", "trainer.accelerator=cpu", "trainer.max_epochs=2",
+    "trainer.limit_train_batches=4", "trainer.enable_progress_bar=false", "benchmark.optim.lr=5e-3",
+    # 400 examples: 321 train, 79 dev (odd: ranks score 40 and 39, with partial last batches)
+    "+dataset.source_args.max_examples=400", "benchmark.eval_batch_size=16",
+]
+
+
+# -- samplers ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n,world,batch", [(24, 2, 4), (25, 2, 4), (30, 3, 2)])
+def test_rank_batches_together_are_the_one_process_batch(n, world, batch):
+    one = list(EpochSampler(n, seed=3, num_replicas=1, rank=0))
+    ranks = [list(EpochSampler(n, seed=3, num_replicas=world, rank=r)) for r in range(world)]
+    assert len({len(r) for r in ranks}) == 1  # same number of steps on every rank (padded)
+    for k in range(len(ranks[0]) // batch):
+        together = sorted(i for r in ranks for i in r[k * batch:(k + 1) * batch])
+        assert together == sorted(one[k * world * batch:(k + 1) * world * batch])
+    assert sorted(set(i for r in ranks for i in r)) == list(range(n))  # padding only repeats
+
+
+def test_epoch_sampler_follows_set_epoch_and_stays_single_process_without_a_group():
+    s = EpochSampler(10, seed=0)
+    assert (s.num_replicas, s.rank, len(s)) == (1, 0, 10)
+    first = list(s)
+    s.set_epoch(1)
+    assert sorted(list(s)) == list(range(10)) and list(s) != first
+    # Lightning leaves a DistributedSampler alone instead of wrapping it in its own
+    assert isinstance(s, torch.utils.data.DistributedSampler)
+
+
+@pytest.mark.parametrize("n,world", [(79, 2), (10, 3), (4, 4)])
+def test_shard_sampler_scores_every_dev_example_once(n, world):
+    shards = [list(ShardSampler(n, num_replicas=world, rank=r)) for r in range(world)]
+    assert sorted(i for s in shards for i in s) == list(range(n))
+    assert [len(ShardSampler(n, num_replicas=world, rank=r)) for r in range(world)] == [len(s) for s in shards]
+    assert list(ShardSampler(n)) == list(range(n))
+
+
+# -- 2-process DDP vs 1 process --------------------------------------------------------------------------
+def _no_dropout_copy(src: Path, dst: Path) -> Path:
+    """Dropout off: DDP splits each batch across ranks, so dropout masks could never match one process."""
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def _val_losses(run_dir: Path) -> list[float]:
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        return [float(r["val/loss"]) for r in csv.DictReader(f) if r.get("val/loss")]
+
+
+def _adapter(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+
+
+def test_ddp_two_processes_equal_one_process_same_global_batch(tiny_bert_dir, tmp_path):
+    model = _no_dropout_copy(tiny_bert_dir, tmp_path / "bert")
+    ddp_dir, one_dir = tmp_path / "ddp", tmp_path / "one"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    # Through the CLI: Lightning's DDP launcher re-runs this command line for rank 1 (hydra.run.dir shared).
+    cmd = [sys.executable, "-m", "kasa.train", *COMMON, f"model.name_or_path={model}", "trainer=ddp",
+           f"trainer.devices={WORLD}", f"benchmark.batch_size={PER_RANK_BATCH}", f"hydra.run.dir={ddp_dir}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[*COMMON, f"model.name_or_path={model}",
+                                          f"benchmark.batch_size={WORLD * PER_RANK_BATCH}"])
+    one = run(cfg, run_dir=one_dir)
+
+    ddp = json.loads((ddp_dir / "results.json").read_text())
+    assert ddp["config"]["trainer"]["strategy"] == "ddp" and ddp["config"]["trainer"]["devices"] == WORLD
+    assert ddp["split_sizes"]["validation"] == 79
+    # same optimiser steps, same dev-set metrics (each example scored once across the two ranks)
+    assert [(h["epoch"], h["step"]) for h in ddp["history"]] == [(h["epoch"], h["step"]) for h in one["history"]]
+    assert [h["step"] for h in one["history"]] == [4, 8]
+    for hd, h1 in zip(ddp["history"], one["history"]):
+        for k in ("accuracy", "f1"):
+            assert hd[k] == pytest.approx(h1[k], abs=1e-6), (k, hd, h1)
+    assert _val_losses(ddp_dir) == pytest.approx(_val_losses(one_dir), abs=1e-5)
+    # the trained adapter (and head) agree to float32 round-off
+    a, b = _adapter(ddp_dir), _adapter(one_dir)
+    assert a.keys() == b.keys() and any(k.endswith("lora_diag") for k in a)
+    diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    moved = max(a[k].abs().max().item() for k in a if k.endswith("lora_B"))  # lora_B starts at zero
+    assert moved > 1e-3  # training did change the adapter, so agreement is not trivial
+    print(f"DDP vs 1 process: max |adapter diff| = {diff:.3g}")
+    assert diff < 1e-5, diff
