@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import os
 import subprocess
 import sys
@@ -132,7 +133,9 @@ def test_apply_gathers_partitioned_target_weights_once(monkeypatch, name):
         finally:
             inside["now"] = False
 
+    model = tiny_bert()  # before the fake module: transformers probes for deepspeed on first import
     fake = types.ModuleType("deepspeed")
+    fake.__spec__ = importlib.machinery.ModuleSpec("deepspeed", None)  # find_spec() must not fail on it
     fake.zero = types.SimpleNamespace(GatheredParameters=fake_gathered)
     monkeypatch.setitem(sys.modules, "deepspeed", fake)
     real_svd = torch.linalg.svd
@@ -142,7 +145,6 @@ def test_apply_gathers_partitioned_target_weights_once(monkeypatch, name):
         return real_svd(*a, **k)
 
     monkeypatch.setattr(torch.linalg, "svd", spy_svd)
-    model = tiny_bert()
     targets = [m.weight for n, m in model.named_modules() if n.endswith(("query", "value"))]
     for w in targets:
         w.ds_id = 1  # what ZeRO-3 puts on a partitioned parameter
