@@ -167,16 +167,20 @@ def paired_ratio(times: dict[str, list[float]], a: str, b: str) -> float:
 
 def saved_activation_bytes(runner: Runner, batch: torch.Tensor) -> int:
     """Bytes of the tensors autograd saves for backward in one training forward, frozen weights excluded."""
-    param_ptrs = {q.data_ptr() for q in runner.model.parameters()} | {b.data_ptr() for b in runner.model.buffers()}
-    seen: set[tuple[int, int, tuple]] = set()
+    def storage(t: torch.Tensor) -> int:
+        return t.untyped_storage().data_ptr()
+
+    frozen = {storage(q) for q in runner.model.parameters()} | {storage(b) for b in runner.model.buffers()}
+    seen: set[int] = set()
     total = 0
 
     def pack(t: torch.Tensor):
+        # Each storage once (views such as a transpose share it), at its full size: what memory holds.
         nonlocal total
-        key = (t.data_ptr(), t.storage_offset(), tuple(t.shape))
-        if t.data_ptr() not in param_ptrs and key not in seen:
+        key = storage(t)
+        if key not in frozen and key not in seen:
             seen.add(key)
-            total += t.numel() * t.element_size()
+            total += t.untyped_storage().nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
