@@ -229,14 +229,17 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | No
         raise ConfigError(f"trainer: {' '.join(str(exc).split())}") from None
     check_launch(trainer)
     resume = _resume_path("last" if auto else cfg.get("resume"), ckpt_dir)
-    trainer.fit(module, datamodule=bundle.datamodule, ckpt_path=resume)
-
-    results = summarise(cfg, module, d.monitor, b.get("selection", "best"), run_dir, t0,
-                        params={"trainable": trainable, "total": total, "adapter": adapter_params},
-                        split_sizes=bundle.split_sizes,
-                        resumed_from=resume, config_hash=key,
-                        # family extras: generation settings, metric backend, judge identity
-                        **getattr(module, "results_extra", {}))
+    try:
+        trainer.fit(module, datamodule=bundle.datamodule, ckpt_path=resume)
+        results = summarise(cfg, module, d.monitor, b.get("selection", "best"), run_dir, t0,
+                            params={"trainable": trainable, "total": total, "adapter": adapter_params},
+                            split_sizes=bundle.split_sizes,
+                            resumed_from=resume, config_hash=key,
+                            # family extras: generation settings, metric backend, judge identity
+                            **getattr(module, "results_extra", {}))
+        _wandb_summary(trainer, results)
+    finally:
+        _finish_wandb(trainer)  # else the next run of a multirun would log into this W&B run
     if not trainer.is_global_zero:  # data-parallel: every rank gets here with the same synced metrics
         return results
     _write_json(run_dir / "results.json", results)
@@ -247,6 +250,27 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | No
           f"of {total:,}")
     print(f"[kasa] results: {run_dir / 'results.json'}\n[kasa] logs: {run_dir / 'logs'}")
     return results
+
+
+def _wandb_loggers(trainer) -> list:
+    from lightning.pytorch.loggers import WandbLogger
+
+    return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+
+
+def _wandb_summary(trainer, results: dict[str, Any]) -> None:
+    """The reported, final and best metrics as W&B run summary (what sweeps and kasa-report read)."""
+    for lg in _wandb_loggers(trainer):
+        m = results["metrics"]
+        lg.experiment.summary.update({**{f"{part}/{k}": v for part in ("final", "best", "reported")
+                                         for k, v in m[part].items()},
+                                      "best_epoch": m["best_epoch"], "params/adapter": results["params"]["adapter"]})
+
+
+def _finish_wandb(trainer) -> None:
+    for lg in _wandb_loggers(trainer):
+        if lg._experiment is not None:
+            lg.experiment.finish()
 
 
 # Keys that do not change what a run computes: left out of the config hash.

@@ -142,7 +142,11 @@ def test_wandb_logger_offline_without_key_never_blocks(tiny_bert_dir, tmp_path, 
 
     monkeypatch.setenv("KASA_CACHE", str(cache_dir()))
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc with a key
-    res = run(_cfg(tiny_bert_dir, "logger=wandb", "trainer.max_epochs=1"), run_dir=tmp_path / "run")
-    assert os.environ["WANDB_MODE"] in ("offline", "dryrun")  # Lightning spells offline "dryrun"
-    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
-    assert res["metrics"]["final"]
+    for name in ("run", "next"):  # two runs in one process (a multirun) get a W&B run each
+        res = run(_cfg(tiny_bert_dir, "logger=wandb", "trainer.max_epochs=1"), run_dir=tmp_path / name)
+        assert os.environ["WANDB_MODE"] in ("offline", "dryrun")  # Lightning spells offline "dryrun"
+        assert list((tmp_path / name / "wandb").glob("offline-run-*"))
+        assert res["metrics"]["final"]
+    import wandb
+
+    assert wandb.run is None  # finished, not left open for the next job
