@@ -308,7 +308,9 @@ class PeftMethod:
                 for n in names:
                     parent_name, _, child = n.rpartition(".")
                     parent = model.get_submodule(parent_name) if parent_name else model
-                    setattr(parent, child, self.wrap(n, model.get_submodule(n)))
+                    target = model.get_submodule(n)
+                    # a fresh nn.Module is in training mode: keep the model's mode (no adapter dropout in eval)
+                    setattr(parent, child, self.wrap(n, target).train(target.training))
         self.mark_trainable(model)
         return model
 
@@ -349,6 +351,18 @@ class PeftMethod:
     def unmerge(self, model: nn.Module) -> nn.Module:
         for layer in self.adapter_layers(model):
             layer.unmerge()
+        return model
+
+    def merge_and_unload(self, model: nn.Module, safe: bool = True) -> nn.Module:
+        """Merge, then put every wrapped layer's ``base_layer`` back in its place: a plain model with the
+        base architecture and no wrapper calls, so merged inference runs at the base model's speed.
+        Irreversible (adapter parameters are dropped); non-mergeable methods raise :class:`MethodError`."""
+        self.merge(model, safe=safe)
+        names = [n for n, m in model.named_modules() if isinstance(m, AdapterLayer)]
+        for n in names:
+            parent_name, _, child = n.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, model.get_submodule(n).base_layer)
         return model
 
     def set_adapter_enabled(self, model: nn.Module, enabled: bool) -> None:

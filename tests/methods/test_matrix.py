@@ -161,3 +161,43 @@ def test_matrix_covers_the_registry() -> None:
     assert set(NOT_MERGEABLE) <= set(METHODS)
     assert {m for m, _ in EXPECTED_ERRORS} <= set(METHODS)
     assert len(METHODS) >= 16
+
+
+@pytest.mark.parametrize("name", ["kasa", "lora", "pissa", "dora", "vera"])
+def test_merge_and_unload_gives_the_plain_architecture(name):
+    torch.manual_seed(0)
+    base = TINY_MODELS["llama"]()
+    model = copy.deepcopy(base)
+    method = build_method(name, **{"kasa": {"r": 2}, "vera": {"r": 4}}.get(name, {"r": 4}))
+    method.apply(model)
+    with torch.no_grad():
+        for layer in method.adapter_layers(model):
+            for pname, p in layer.named_parameters():
+                if not pname.startswith("base_layer."):
+                    p.add_(0.05)
+    x = tiny_inputs()
+    with torch.no_grad():
+        expected = model_output(model, x)
+        method.merge_and_unload(model)
+        got = model_output(model, x)
+    assert not any(isinstance(m, AdapterLayer) for m in model.modules())
+    assert [type(m) for m in model.modules()] == [type(m) for m in base.modules()]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(kasa.methods.REGISTRY))
+def test_apply_keeps_the_models_train_or_eval_mode(name):
+    """Wrappers are new modules (training mode by default): an eval model must stay deterministic."""
+    if name == "bitfit":
+        pytest.skip("bitfit wraps nothing")
+    model = TINY_MODELS["bert"]()  # eval mode
+    kwargs = {"vera": {"r": 4}, "adalora": {"init_r": 4, "target_r": 2, "total_steps": 3},
+              "sara": {"threshold": 0.3, "max_rank": 4}}.get(name, {})
+    if name.startswith("adapter_"):
+        kwargs = {"bottleneck": 4, **({"drop_layers": 1} if name == "adapter_d" else {})}
+    method = build_method(name, **kwargs)
+    if name == "corda":
+        method.apply(model, calibration=[tiny_inputs(seed=7)])
+    else:
+        method.apply(model)
+    assert not any(m.training for m in model.modules())
