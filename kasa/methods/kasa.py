@@ -213,29 +213,29 @@ def _batched_l2(layers: list[KasaLayer]) -> torch.Tensor:
 
 
 def _batched_l3(layers: list[KasaLayer], form: str) -> torch.Tensor:
-    """``sum over layers`` of :meth:`KasaLayer.l3_paper` (or ``l3_reference``), stacking same-shaped factors.
+    """``sum over layers`` of :meth:`KasaLayer.l3_paper` (or ``l3_reference``), reduced in batched calls.
 
-    Each factor is reduced to the ``r x r`` Gram of its rows (``A A^T`` for ``lora_A``, ``B^T B`` for
-    ``lora_B``): paper ``||G - I_r||_F``; reference ``||M^T M - I_n||_F`` via ``||G||_F^2 - 2 ||M||_F^2 + n``
-    in float64, exactly as the per-layer methods compute them.
+    Each factor becomes the ``r x r`` Gram of its rows (``A A^T`` for ``lora_A``, ``B^T B`` for ``lora_B``),
+    one small matmul per factor whose backward saves only the parameter itself (stacking the factors
+    first would save a copy of every adapter for backward: memory LoRA does not pay). The Grams are then
+    stacked and reduced at once: paper ``||G - I_r||_F``; reference ``||M^T M - I_n||_F`` via
+    ``||G||_F^2 - 2 ||M||_F^2 + n`` in float64, as the per-layer methods compute them.
     """
-    groups: dict[tuple, list[torch.Tensor]] = {}
+    dtype = torch.float32 if form == "paper" else torch.float64
+    groups: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     for m in layers:
-        groups.setdefault(("A", tuple(m.lora_A.shape), m.lora_A.device), []).append(m.lora_A)
-        groups.setdefault(("B", tuple(m.lora_B.shape), m.lora_B.device), []).append(m.lora_B)
+        for rows in (m.lora_A, m.lora_B.T):  # both as (r, n)
+            rows = rows.to(dtype)
+            groups.setdefault((rows.shape[-1], rows.device), []).append((rows @ rows.T, rows))
     parts = []
-    for (kind, _shape, _dev), mats in groups.items():
-        dtype = torch.float32 if form == "paper" else torch.float64
-        rows = torch.stack(mats).to(dtype)  # (g, r, in) for A, (g, out, r) for B
-        if kind == "B":
-            rows = rows.mT  # (g, r, out)
-        gram = rows @ rows.mT  # (g, r, r)
+    for (n, _dev), items in groups.items():
+        gram = torch.stack([g for g, _ in items])  # (g, r, r)
         if form == "paper":
             eye = torch.eye(gram.shape[-1], device=gram.device, dtype=dtype)
             parts.append(torch.linalg.matrix_norm(gram - eye).sum())
         else:
-            n = rows.shape[-1]
-            sq = gram.pow(2).sum((-2, -1)) - 2 * rows.pow(2).sum((-2, -1)) + n
+            sq_norms = torch.stack([r_.pow(2).sum() for _, r_ in items])
+            sq = gram.pow(2).sum((-2, -1)) - 2 * sq_norms + n
             parts.append(sq.clamp_min(0).sqrt().sum())
     dev = parts[0].device
     return sum(p.to(dev) for p in parts).float()
