@@ -301,8 +301,14 @@ def bench_merged(p: Profile, runners: dict[str, Runner], batch: torch.Tensor) ->
     for n, rr in runners.items():
         if rr.merge_fn is not None:
             rr.merge_fn()
-    return interleaved({n: (lambda rr=rr: rr.infer(batch)) for n, rr in runners.items()}, p.reps, p.warmup,
-                       p.device)
+    fns = {n: (lambda rr=rr: rr.infer(batch)) for n, rr in runners.items()}
+    kasa_runner = runners.get("kasa")
+    if kasa_runner is not None and kasa_runner.method is not None:
+        # merge_and_unload: the wrappers go, the plain architecture stays (no per-layer wrapper call)
+        plain = copy.deepcopy(kasa_runner.model)
+        kasa_runner.method.merge_and_unload(plain)
+        fns["kasa_unloaded"] = lambda: plain(input_ids=batch)
+    return interleaved(fns, p.reps, p.warmup, p.device)
 
 
 def bench_truncation(p: Profile, r: int) -> list[dict]:
@@ -411,7 +417,8 @@ def _fmt_bytes(n: float) -> str:
 
 LABELS = {"frozen": "frozen model (floor)", "lora": "LoRA (ours)", "kasa": "KaSA (ours)",
           "kasa_noreg": "KaSA (ours) without regulariser",
-          "peft_lora": "HF PEFT LoRA", "peft_kasa": "HF PEFT KaSA"}
+          "peft_lora": "HF PEFT LoRA", "peft_kasa": "HF PEFT KaSA",
+          "kasa_unloaded": "KaSA (ours) merge_and_unload"}
 
 
 def run(profile: str, r: int = 8, beta: float = 1e-4, gamma: float = 1e-3, layers: int | None = None,
@@ -488,7 +495,8 @@ def run(profile: str, r: int = 8, beta: float = 1e-4, gamma: float = 1e-3, layer
     out.append("| method | forward (ms) | / base model |")
     out.append("|---|---:|---:|")
     for n, s in merged.items():
-        label = "base model" if n == "frozen" else LABELS[n] + (" (merge_adapter)" if n.startswith("peft") else " (merged)")
+        label = ("base model" if n == "frozen" else LABELS[n] if n == "kasa_unloaded"
+                 else LABELS[n] + (" (merge_adapter)" if n.startswith("peft") else " (merged)"))
         out.append(f"| {label} | {s * 1e3:.1f} | {s / merged['frozen']:.3f} |")
     out.append("")
     del runners
