@@ -106,9 +106,8 @@ def figure(recs: list[Record], table: str, rows: list[str], labels: list[str], p
         ax.set_ylim(max(0.0, min(lo, MAJORITY.get(task, 100.0)) - 10), 100)
         ax.set_xlim(-0.6, len(rows) - 0.4)
         if task in MAJORITY:
-            ax.axhline(MAJORITY[task], ls="--", lw=0.8, color="grey")
-            ax.text(len(rows) - 0.45, MAJORITY[task], "majority class", ha="right", va="bottom", fontsize=7,
-                    color="grey")
+            ax.axhline(MAJORITY[task], ls="--", lw=0.8, color="grey", label="majority class")
+            ax.legend(fontsize=7, loc="upper right")
         ax.set_xticks(range(len(rows)), labels, rotation=35, ha="right", fontsize=8)
         ax.set_title(task, fontsize=9)
         ax.set_ylabel("val. accuracy (%)", fontsize=8)
@@ -144,7 +143,7 @@ def timing(runs: list[dict], sweep: Path) -> str:
     by_method = ", ".join(f"{m} {statistics.fmean(v):.0f} s" for m, v in sorted(per.items()))
     return (f"{len(walls)} finished runs; sum of their `wall_time_s` (results.json) = {sum(walls):.0f} s "
             f"({sum(walls) / 60:.1f} min); driver wall time (`{wall_file.name}`): {observed}. "
-            f"Mean per run: {by_method or MISSING}.")
+            f"Mean per run (ablation runs count as kasa): {by_method or MISSING}.")
 
 
 def expected_missing(recs: list[Record]) -> list[str]:
@@ -162,7 +161,7 @@ def _md(tb: Table) -> str:
 
 
 def render(sweep: str | Path, out: str | Path | None = None, figures: str | Path | None = None,
-           date: str | None = None, note: str = "") -> str:
+           date: str | None = None, note: str = "", findings: str = "") -> str:
     sweep = Path(sweep)
     recs, runs = load(sweep)
     tbs = tables(recs)
@@ -193,6 +192,8 @@ def render(sweep: str | Path, out: str | Path | None = None, figures: str | Path
     md = TEMPLATE.format(date=date or _dt.date.today().isoformat(), machine=_machine(), timing=timing(runs, sweep),
                          status=status, note=(note + "\n") if note else "",
                          main=_md(tbs[MAIN]), ablation=_md(abl),
+                         findings=(f"## Findings (written by hand after the run)\n\n{findings.strip()}\n\n"
+                                   if findings.strip() else ""),
                          stages="\n".join(f"  - `{lab}`" for lab in abl_labels), figures=figs)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +220,8 @@ make mini                                     # = experiments/mini/run.sh output
 # or by hand, per task and seed (what run.sh runs; rerunning skips finished runs, resumes interrupted ones):
 kasa-train -m experiment=mini dataset=intent_recognition method=kasa,lora,pissa,milora,dora,fft seed=0 logger=csv sweep_dir=outputs/mini
 kasa-train -m experiment=mini_ablation dataset=intent_recognition study.stage=lora,learnable_sv,l2 seed=0 logger=csv sweep_dir=outputs/mini
-python experiments/mini/render.py outputs/mini --out docs/mini.md --figures docs/figures
+python experiments/mini/render.py outputs/mini --out docs/mini.md --figures docs/figures --date 2026-11-26
+#   (this page also got --note "<Observed line>" --findings <file with the Findings section>, both hand-written)
 kasa-report outputs/mini --format md          # the same cells, plain kasa-report (ablation without the l3 row)
 ```
 
@@ -249,12 +251,12 @@ kasa-report outputs/mini --format md          # the same cells, plain kasa-repor
 
 {ablation}
 {figures}
-## What these numbers can and cannot say
+{findings}## What these numbers can and cannot say
 
 - They can say that every method trains on real data end to end and roughly how they rank on two tiny
   tasks with a 22.7M-parameter encoder after 3 epochs.
-- They cannot confirm or refute the paper: ~130 validation examples per task (one example = 0.7-0.8 accuracy
-  points), 3 seeds, 3 epochs, one shared hyper-parameter setting instead of per-method tuning, best-epoch
+- They cannot confirm or refute the paper: 138 and 98 validation examples (one example = 0.7 and 1.0
+  accuracy points), 3 seeds, 3 epochs, one shared hyper-parameter setting instead of per-method tuning, best-epoch
   selection on the scoring split, and a sentence-embedding MiniLM instead of RoBERTa/DeBERTa on GLUE.
   Differences of a few points between methods are within the seed spread.
 """
@@ -267,8 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--figures", default="docs/figures")
     p.add_argument("--date", default=None, help="date stated in the page (default: today)")
     p.add_argument("--note", default="", help="extra line for the page (e.g. observed load)")
+    p.add_argument("--findings", default=None, help="a Markdown file: a findings section written after the run")
     a = p.parse_args(argv)
-    md = render(a.sweep, a.out, a.figures, a.date, a.note)
+    findings = Path(a.findings).read_text() if a.findings else ""
+    md = render(a.sweep, a.out, a.figures, a.date, a.note, findings)
     print(md)
     return 0
 
