@@ -72,3 +72,19 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 @pytest.fixture(params=sorted(TINY_MODELS))
 def tiny_model_name(request) -> str:
     return request.param
+
+
+class Crash(RuntimeError):
+    """Raised by :class:`CrashAtEpoch`: a simulated kill of a training run."""
+
+
+def crash_at_epoch(epoch: int):
+    """A Lightning callback that kills a run at the start of ``epoch`` (after the previous checkpoint)."""
+    import lightning as L
+
+    class CrashAtEpoch(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == epoch:
+                raise Crash("simulated interruption")
+
+    return CrashAtEpoch()

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
+from conftest import Crash, crash_at_epoch
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -22,19 +22,6 @@ TINY = ("trainer.max_epochs=2", "trainer.limit_train_batches=2", "trainer.enable
 def _cfg(tiny_bert_dir: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=[f"model.name_or_path={tiny_bert_dir}", *TINY, *overrides])
-
-
-class _Crash(RuntimeError):
-    pass
-
-
-class _CrashAtEpoch(L.Callback):
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
-            raise _Crash("simulated interruption")
 
 
 def test_multirun_twice_trains_once(tiny_bert_dir, tmp_path):
@@ -58,8 +45,8 @@ def test_multirun_twice_trains_once(tiny_bert_dir, tmp_path):
 def test_interrupted_run_resumes_then_skips(tiny_bert_dir, tmp_path):
     cfg = _cfg(tiny_bert_dir, f"sweep_dir={tmp_path}")
     run_dir = tmp_path / f"{cfg.run_name}-{config_hash(cfg)}"
-    with pytest.raises(_Crash):
-        run(cfg, callbacks=[_CrashAtEpoch(1)])
+    with pytest.raises(Crash):
+        run(cfg, callbacks=[crash_at_epoch(1)])
     assert (run_dir / "checkpoints" / "last.ckpt").exists() and not (run_dir / "results.json").exists()
     resumed = run(cfg)
     assert resumed["resumed_from"].endswith("last.ckpt") and len(resumed["history"]) == 2

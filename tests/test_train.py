@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
+from conftest import Crash, crash_at_epoch
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -23,21 +23,6 @@ def _cfg(tiny_bert_dir: Path, *overrides: str):
         return compose("train", overrides=[
             f"model.name_or_path={tiny_bert_dir}", "trainer.max_epochs=2", "trainer.limit_train_batches=4",
             "trainer.enable_progress_bar=false", "benchmark.batch_size=8", "method.r=4", *overrides])
-
-
-class _Crash(RuntimeError):
-    pass
-
-
-class _CrashAtEpoch(L.Callback):
-    """Simulates a run killed at the start of an epoch (after the previous epoch's checkpoint)."""
-
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
-            raise _Crash("simulated interruption")
 
 
 def _adapter(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -75,8 +60,8 @@ def test_resume_equals_uninterrupted(tiny_bert_dir, tmp_path):
     # dropout on, so resuming must also restore the random streams
     common = ("method.dropout=0.1",)
     full = run(_cfg(tiny_bert_dir, *common), run_dir=tmp_path / "full")
-    with pytest.raises(_Crash):
-        run(_cfg(tiny_bert_dir, *common), run_dir=tmp_path / "part", callbacks=[_CrashAtEpoch(1)])
+    with pytest.raises(Crash):
+        run(_cfg(tiny_bert_dir, *common), run_dir=tmp_path / "part", callbacks=[crash_at_epoch(1)])
     assert not (tmp_path / "part" / "results.json").exists()
     resumed = run(_cfg(tiny_bert_dir, *common, "resume=last"), run_dir=tmp_path / "part")
     assert resumed["resumed_from"].endswith("last.ckpt")
