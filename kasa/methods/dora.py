@@ -88,14 +88,10 @@ class DoraLayer(LoraLayer):
     def merge(self, safe: bool = False) -> None:
         if self.merged:
             return
-        w = get_weight(self.base_layer).float()
-        factor, upd = self._factor_and_update(w)
-        new = factor[:, None] * (w + upd)
-        if safe and not torch.isfinite(new).all():
-            raise MethodError("safe merge refused: the merged weight has non-finite values")
-        self._merged_norm = self.lora_magnitude.float() / factor
-        set_weight(self.base_layer, new)
-        self.merged = True
+        # the unmerged norm, needed by unmerge; kept only once the shared merge has succeeded
+        norm = self.lora_magnitude.float() / self._factor_and_update(get_weight(self.base_layer))[0]
+        super().merge(safe)  # W + delta_weight() = m / ||W + s B A|| * (W + s B A)
+        self._merged_norm = norm
 
     @torch.no_grad()
     def unmerge(self) -> None:
