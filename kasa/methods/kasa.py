@@ -308,9 +308,10 @@ class Kasa(PeftMethod):
     def regularization_terms(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Unweighted L2 and L3 sums (for logging)."""
         layers = [m for m in self.adapter_layers(model) if isinstance(m, KasaLayer)]
-        l3 = (lambda m: m.l3_paper()) if self.config.regularizer == "paper" else (lambda m: m.l3_reference())
-        with torch.no_grad():
-            return {"l2": sum(m.l2() for m in layers), "l3": sum(l3(m) for m in layers)}
+        if not layers:
+            return {}
+        with torch.no_grad():  # the same batched reductions training uses
+            return {"l2": _batched_l2(layers), "l3": _batched_l3(layers, self.config.regularizer)}
 
     def before_load(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
         for lname, layer in model.named_modules():

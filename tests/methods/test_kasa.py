@@ -252,3 +252,16 @@ def test_preset_targets_per_architecture():
     assert sorted({n.rsplit(".", 1)[1] for n in _layers(model)}) == ["query", "value"]
     with pytest.raises(MethodError, match="no preset target modules"):
         build_method("kasa", r=2).apply(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+
+
+def test_regularization_terms_are_the_unweighted_sums():
+    torch.manual_seed(0)
+    model = tiny_bert()
+    method = build_method("kasa", r=4, target_modules=["query", "value"], beta=0.5, gamma=0.25)
+    method.apply(model)
+    _randomise(model)
+    layers = list(_layers(model).values())
+    terms = method.regularization_terms(model)
+    torch.testing.assert_close(terms["l2"], sum(m.l2() for m in layers).detach())
+    torch.testing.assert_close(terms["l3"], sum(m.l3_paper() for m in layers).detach())
+    torch.testing.assert_close(method.regularization_loss(model).detach(), 0.5 * terms["l2"] + 0.25 * terms["l3"])
