@@ -123,7 +123,7 @@ class KasaLayer(LoraLayer):
     def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float, use_rslora: bool,
                  truncation: str, truncation_rank: int, singular_values: str, svd_dtype_name: str,
                  name: str = "", removed: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 svd_method: str = "auto"):
+                 svd_method: str = "auto", keep_removed: bool = True):
         super().__init__(base_layer, r, alpha, dropout, use_rslora, name=name)
         w = base_layer.weight
         if singular_values == "learnable":
@@ -143,6 +143,10 @@ class KasaLayer(LoraLayer):
         self.register_buffer("kasa_removed_us", us.to(device=w.device, dtype=torch.promote_types(us.dtype, torch.float32)))
         self.register_buffer("kasa_removed_vh", vh.to(device=w.device, dtype=torch.promote_types(vh.dtype, torch.float32)))
         self._subtract_removed(sign=-1.0)
+        if not keep_removed:
+            # Memory as HF PEFT's KaSA: no export_lora, no re-truncation from a saved adapter
+            # (a fresh `apply` re-derives the same truncation deterministically).
+            self.kasa_removed_us = self.kasa_removed_vh = None
 
     @torch.no_grad()
     def _subtract_removed(self, sign: float) -> None:
@@ -156,6 +160,9 @@ class KasaLayer(LoraLayer):
     @torch.no_grad()
     def replace_removed(self, us: torch.Tensor, vh: torch.Tensor) -> None:
         """Re-truncate with another removed part (loading an adapter saved from a different SVD)."""
+        if self.kasa_removed_us is None:
+            raise MethodError("this KaSA model was built with keep_removed=false: it cannot take the removed "
+                              "factors of a saved adapter (rebuild with keep_removed=true)")
         if (us.shape == self.kasa_removed_us.shape and torch.equal(us.to(self.kasa_removed_us), self.kasa_removed_us)
                 and torch.equal(vh.to(self.kasa_removed_vh), self.kasa_removed_vh)):
             return
@@ -252,6 +259,7 @@ class KasaConfig(LoraConfigBase):
     svd_dtype: str = "float32"  # float32 | float64 (dtype of the SVD in `svd` mode and of the stored factors)
     svd_method: str = "auto"  # auto (float64 Gram fast path, full SVD where inaccurate) | gram | svd
     truncation_cache: str | None = None  # directory caching the removed factors; env KASA_TRUNCATION_CACHE
+    keep_removed: bool = True  # keep U_t S_t, V_t^T as buffers: exact export_lora and reload; false: PEFT-like memory
 
 
 @register("kasa")
@@ -286,7 +294,8 @@ class Kasa(PeftMethod):
         c = self.config
         removed = getattr(self, "_removed", {}).pop(name, None)
         return KasaLayer(module, c.r, c.alpha, c.dropout, c.use_rslora, c.truncation, self.truncation_rank,
-                         c.singular_values, c.svd_dtype, name=name, removed=removed, svd_method=c.svd_method)
+                         c.singular_values, c.svd_dtype, name=name, removed=removed, svd_method=c.svd_method,
+                         keep_removed=c.keep_removed)
 
     def regularization_loss(self, model: nn.Module) -> torch.Tensor:
         c = self.config
@@ -331,6 +340,8 @@ class Kasa(PeftMethod):
         from .lora import Lora, LoraConfig
 
         layers = {n: m for n, m in model.named_modules() if isinstance(m, KasaLayer)}
+        if any(m.kasa_removed_us is None for m in layers.values()):
+            raise MethodError("export_lora needs the removed singular triplets: build KaSA with keep_removed=true")
         rank = max(m.kasa_removed_us.shape[1] for m in layers.values()) + self.config.r
         sd: dict[str, torch.Tensor] = {}
         with torch.no_grad():
