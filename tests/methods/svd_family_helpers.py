@@ -75,3 +75,23 @@ def perturb_adapters(model, seed: int = 1, scale: float = 0.05, heads: bool = Tr
     for n, p in model.named_parameters():
         if p.requires_grad and (heads or "lora_" in n):
             p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
+
+
+@torch.no_grad()
+def same_adapters(peft_model, ours) -> None:
+    """Nudge our adapter tensors (B != 0, DoRA's m != ||W||) and copy them into PEFT's layers, as if both
+    had been trained alike."""
+    perturb_adapters(ours, heads=False)
+    for _, theirs, mine in peft_layers(peft_model, ours):
+        theirs.lora_A["default"].weight.copy_(mine.lora_A)
+        theirs.lora_B["default"].weight.copy_(mine.lora_B)
+        if hasattr(mine, "lora_magnitude"):
+            theirs.lora_magnitude_vector["default"].weight.copy_(mine.lora_magnitude)
+
+
+def check_merge_unmerge(method, model, ref: torch.Tensor, tol: float) -> None:
+    """Merged and unmerged-again outputs both equal ``ref`` within ``tol``."""
+    method.merge(model)
+    assert max_diff(outputs(model), ref) < tol
+    method.unmerge(model)
+    assert max_diff(outputs(model), ref) < tol

@@ -10,8 +10,8 @@ import pytest
 import torch
 import yaml
 from conftest import TINY_MODELS, tiny_inputs
-from svd_family_helpers import (ALPHA, R, TARGETS, fresh_pair, max_diff, outputs, peft_base_weight, peft_layers,
-                                peft_trainable, perturb_adapters)
+from svd_family_helpers import (ALPHA, check_merge_unmerge, fresh_pair, max_diff, outputs, peft_base_weight,
+                                peft_layers, peft_trainable, perturb_adapters, R, same_adapters, TARGETS)
 
 from kasa.methods import REGISTRY, MethodError, build_method
 from kasa.methods.base import get_weight
@@ -59,11 +59,7 @@ def test_matches_peft(name, mode):
     assert method.trainable_parameter_count(b) == peft_trainable(peft_model)
     assert max_diff(outputs(peft_model), outputs(b)) < TOL
     assert max_diff(outputs(orig), outputs(b)) < TOL
-    perturb_adapters(b, heads=False)
-    with torch.no_grad():
-        for _, theirs, mine in peft_layers(peft_model, b):
-            theirs.lora_A["default"].weight.copy_(mine.lora_A)
-            theirs.lora_B["default"].weight.copy_(mine.lora_B)
+    same_adapters(peft_model, b)
     assert max_diff(outputs(peft_model), outputs(b)) < TOL
 
 
@@ -106,10 +102,7 @@ def test_merge_and_round_trip(name):
     method = _ours(model, name, "kpa")
     perturb_adapters(model)
     ref = outputs(model)
-    method.merge(model)
-    assert max_diff(outputs(model), ref) < TOL
-    method.unmerge(model)
-    assert max_diff(outputs(model), ref) < TOL
+    check_merge_unmerge(method, model, ref, TOL)
     sd = method.adapter_state_dict(model)
     # reload without calibration data: the saved initial factors rebuild the residual
     fresh = copy.deepcopy(base)

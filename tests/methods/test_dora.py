@@ -10,8 +10,8 @@ import pytest
 import torch
 import yaml
 from conftest import TINY_MODELS, model_output, tiny_inputs
-from svd_family_helpers import (ALPHA, R, TARGETS, fresh_pair, max_diff, outputs, peft_base_weight, peft_layers,
-                                peft_trainable, perturb_adapters)
+from svd_family_helpers import (ALPHA, fresh_pair, max_diff, outputs, peft_base_weight, peft_layers,
+                                peft_trainable, perturb_adapters, R, same_adapters, TARGETS)
 
 from kasa.methods import REGISTRY, build_method
 from kasa.methods.base import get_weight
@@ -31,16 +31,6 @@ def _pair(name: str, dropout: float = 0.0):
     return peft_model, b, method
 
 
-@torch.no_grad()
-def _same_adapters(peft_model, ours) -> None:
-    """Nudge our adapter tensors (B != 0, m != ||W||) and copy them into PEFT's layers."""
-    perturb_adapters(ours, heads=False)
-    for _, theirs, mine in peft_layers(peft_model, ours):
-        theirs.lora_A["default"].weight.copy_(mine.lora_A)
-        theirs.lora_B["default"].weight.copy_(mine.lora_B)
-        theirs.lora_magnitude_vector["default"].weight.copy_(mine.lora_magnitude)
-
-
 @pytest.mark.parametrize("name", MODELS)
 def test_init_outputs_and_gradients_match_peft(name):
     peft_model, ours, method = _pair(name)
@@ -52,7 +42,7 @@ def test_init_outputs_and_gradients_match_peft(name):
     assert method.trainable_parameter_count(ours) == peft_trainable(peft_model)
     assert max_diff(outputs(peft_model), outputs(ours)) < TOL
 
-    _same_adapters(peft_model, ours)
+    same_adapters(peft_model, ours)
     assert max_diff(outputs(peft_model), outputs(ours)) < TOL
     # gradients: the weight norm is a constant in both (DoRA sec. 4.3)
     x = tiny_inputs(3)
@@ -70,7 +60,7 @@ def test_init_outputs_and_gradients_match_peft(name):
 def test_dropout_path_matches_peft():
     # With an active dropout the base branch sees the dropped-out input too; same RNG stream, same masks.
     peft_model, ours, _ = _pair("llama", dropout=0.3)
-    _same_adapters(peft_model, ours)
+    same_adapters(peft_model, ours)
     x = tiny_inputs(2)
     outs = []
     for m in (peft_model, ours):
@@ -85,7 +75,7 @@ def test_dropout_path_matches_peft():
 @pytest.mark.parametrize("name", MODELS)
 def test_merge_matches_peft_and_unmerge_restores(name):
     peft_model, ours, method = _pair(name)
-    _same_adapters(peft_model, ours)
+    same_adapters(peft_model, ours)
     ref = outputs(ours)
     before = {n: get_weight(m.base_layer).detach().clone() for n, _, m in peft_layers(peft_model, ours)}
     method.merge(ours)

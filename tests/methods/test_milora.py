@@ -10,7 +10,8 @@ import pytest
 import torch
 import yaml
 from conftest import TINY_MODELS
-from svd_family_helpers import ALPHA, R, TARGETS, fresh_pair, max_diff, outputs, perturb_adapters
+from svd_family_helpers import (ALPHA, check_merge_unmerge, fresh_pair, max_diff, outputs, perturb_adapters,
+                                R, TARGETS)
 
 from kasa.methods import REGISTRY, MethodError, build_method
 from kasa.methods.base import get_weight
@@ -66,10 +67,7 @@ def test_merge_and_round_trip(name):
     method = _ours(model, name)
     perturb_adapters(model)
     ref = outputs(model)
-    method.merge(model)
-    assert max_diff(outputs(model), ref) < TOL
-    method.unmerge(model)
-    assert max_diff(outputs(model), ref) < TOL
+    check_merge_unmerge(method, model, ref, TOL)
     sd = method.adapter_state_dict(model)
     fresh = copy.deepcopy(base)
     method2 = _ours(fresh, name)

@@ -6,8 +6,9 @@ import copy
 
 import pytest
 import torch
-from svd_family_helpers import (ALPHA, R, TARGETS, align_rows, fresh_pair, max_diff, outputs, peft_base_weight,
-                                peft_factors, peft_layers, peft_trainable, perturb_adapters)
+from svd_family_helpers import (align_rows, ALPHA, check_merge_unmerge, fresh_pair, max_diff, outputs,
+                                peft_base_weight, peft_factors, peft_layers, peft_trainable, perturb_adapters,
+                                R, same_adapters, TARGETS)
 
 from kasa.methods import MethodError, build_method
 from kasa.methods.base import get_weight
@@ -40,11 +41,7 @@ def _compare_with_peft(peft_model, ours, method):
     assert method.trainable_parameter_count(ours) == peft_trainable(peft_model)
     assert max_diff(outputs(peft_model), outputs(ours)) < TOL
     # identical adapter weights (as if trained) give identical outputs
-    perturb_adapters(ours, heads=False)
-    with torch.no_grad():
-        for _, theirs, mine in peft_layers(peft_model, ours):
-            theirs.lora_A["default"].weight.copy_(mine.lora_A)
-            theirs.lora_B["default"].weight.copy_(mine.lora_B)
+    same_adapters(peft_model, ours)
     assert max_diff(outputs(peft_model), outputs(ours)) < TOL
 
 
@@ -101,10 +98,7 @@ def test_merge_and_round_trip(name):
     perturb_adapters(model)
     ref = outputs(model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    method.merge(model)
-    assert max_diff(outputs(model), ref) < TOL
-    method.unmerge(model)
-    assert max_diff(outputs(model), ref) < TOL
+    check_merge_unmerge(method, model, ref, TOL)
     for n, p in model.named_parameters():
         assert max_diff(p, before[n]) < TOL, n
 
