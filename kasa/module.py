@@ -7,7 +7,7 @@ so a 7B run's checkpoint is megabytes, and resuming rebuilds the frozen base det
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -15,7 +15,7 @@ import torch
 import torchmetrics
 from torch import nn
 
-from .methods.base import PeftMethod, match_target
+from .methods.base import PeftMethod
 
 CLASSIFICATION_METRICS = {
     "accuracy": lambda n: torchmetrics.Accuracy(task="multiclass" if n > 2 else "binary", num_classes=n),
@@ -38,6 +38,10 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     scheduler: str = "linear"  # linear | constant
+
+    def __post_init__(self) -> None:  # checked when the config is built, before any training
+        if self.scheduler not in ("linear", "constant"):
+            raise ValueError(f"unknown scheduler '{self.scheduler}'; use linear or constant")
 
 
 def build_metrics(names: list[str], num_labels: int) -> torchmetrics.MetricCollection:
@@ -149,9 +153,7 @@ class PeftModule(L.LightningModule):
     # -- optimisation ----------------------------------------------------------------------------
     def configure_optimizers(self):
         o = self.optim
-        heads = self.method.heads(self.model)
-        head_ids = {id(p) for n, m in self.model.named_modules() if n and match_target(n, heads)
-                    for p in m.parameters()}
+        head_ids = {id(p) for p in self.method.head_parameters(self.model)}
         groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
         for n, p in self.model.named_parameters():
             if not p.requires_grad:
@@ -174,8 +176,6 @@ class PeftModule(L.LightningModule):
                 return 1.0
             return max(0.0, (total - step) / max(1, total - warmup))
 
-        if o.scheduler not in ("linear", "constant"):
-            raise ValueError(f"unknown scheduler '{o.scheduler}'; use linear or constant")
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

@@ -170,7 +170,6 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | No
     ``callbacks``: extra Lightning callbacks (profilers, custom logging, ...).
     """
     import lightning as L
-    import torch
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from hydra.errors import InstantiationException
     from lightning.pytorch.callbacks import ModelCheckpoint

@@ -323,11 +323,17 @@ class PeftMethod:
             for pname, p in layer.named_parameters():
                 if not pname.startswith("base_layer."):
                     p.requires_grad_(True)
+        for p in self.head_parameters(model):
+            p.requires_grad_(True)
+
+    def head_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """Parameters of the task-head modules (:meth:`heads`), each once."""
         heads = self.heads(model)
+        found: dict[int, nn.Parameter] = {}
         for n, m in model.named_modules():
             if n and match_target(n, heads) and not isinstance(m, AdapterLayer):
-                for p in m.parameters():
-                    p.requires_grad_(True)
+                found.update((id(p), p) for p in m.parameters())
+        return list(found.values())
 
     def adapter_layers(self, model: nn.Module) -> Iterator[AdapterLayer]:
         return (m for m in model.modules() if isinstance(m, AdapterLayer))
@@ -415,12 +421,7 @@ class PeftMethod:
     def trainable_parameter_count(self, model: nn.Module, include_heads: bool = False) -> int:
         """Trainable parameters of the method, without the task head unless ``include_heads``
         (the paper's convention: RoBERTa-base KaSA r=8 on query/value has 295,104)."""
-        heads = self.heads(model)
-        head_params: set[int] = set()
-        if not include_heads:
-            for n, m in model.named_modules():
-                if n and match_target(n, heads) and not isinstance(m, AdapterLayer):
-                    head_params.update(id(p) for p in m.parameters())
+        head_params = set() if include_heads else {id(p) for p in self.head_parameters(model)}
         return sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in head_params)
 
     def __repr__(self) -> str:
