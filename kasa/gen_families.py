@@ -200,7 +200,11 @@ class JudgeEvaluator:
         from .eval.judge import load_mtbench_questions, mtbench_summary
 
         judge = self.judge(module.device)
-        graded = [judge.grade_answer(it.meta["question"], g, kind="heldout", source=it.meta.get("source"),
+        # reference=true grades against the set's own answer (FastChat's single-math-v1 prompt), as LlamaDuo's
+        # similarity judging does; the default is the paper's reference-free single-answer grading
+        with_ref = bool(self.judge_spec.get("reference", False))
+        graded = [judge.grade_answer(it.meta["question"], g, it.meta.get("reference") if with_ref else None,
+                                     kind="heldout", source=it.meta.get("source"), prompt=it.meta["question"],
                                      response=g) for it, g in zip(items, generations)]
         scores = [j.score for j in graded if j.score is not None]
         out = {"judge_score": sum(scores) / len(scores) if scores else math.nan,

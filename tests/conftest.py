@@ -88,3 +88,22 @@ def crash_at_epoch(epoch: int):
                 raise Crash("simulated interruption")
 
     return CrashAtEpoch()
+@pytest.fixture(scope="session")
+def tiny_causal_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama with SmolLM2's tokenizer (49,152 tokens), saved as a local checkpoint."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from kasa.assets import smollm2_path
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tok = AutoTokenizer.from_pretrained(smollm2_path())
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+

@@ -1,7 +1,7 @@
 """Generation families (e2e, commonsense, instruction) on the one training loop.
 
-Plumbing runs use a tiny random Llama saved with SmolLM2's real tokenizer; one slow test runs the real
-SmolLM2-135M end to end on E2E.
+Plumbing runs use a tiny random Llama saved with SmolLM2's real tokenizer (conftest's ``tiny_causal_dir``); one
+slow test runs the real SmolLM2-135M end to end on E2E.
 """
 
 from __future__ import annotations
@@ -18,25 +18,6 @@ from kasa.train import CONF_DIR, run
 
 COMMON = ("trainer.enable_progress_bar=false", "method.r=4", "trainer.limit_train_batches=2", "dataset.max_eval=3",
           "benchmark.generation.max_new_tokens=6", "benchmark.batch_size=4", "benchmark.eval_batch_size=4")
-
-
-@pytest.fixture(scope="module")
-def tiny_causal_dir(tmp_path_factory) -> Path:
-    """A tiny random Llama with SmolLM2's tokenizer (49,152 tokens), saved as a local checkpoint."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from kasa.assets import smollm2_path
-
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tok = AutoTokenizer.from_pretrained(smollm2_path())
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      tie_word_embeddings=True)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
 def _cfg(benchmark: str, model_dir: Path | str | None, *overrides: str):

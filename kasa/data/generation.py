@@ -146,23 +146,86 @@ def _bigbench_instructions() -> list[dict[str, str]]:
     return out
 
 
+def chat_record(messages: Sequence[Mapping[str, Any]]) -> dict[str, str] | None:
+    """The first user turn and the assistant reply after it as an Alpaca record, or None if there is no such pair.
+
+    Leading system turns are put before the instruction (blank line between). Later turns are dropped: the
+    synthetic sets and their test prompts are single-turn (LlamaDuo reads ``messages[0]`` / ``messages[1]``).
+    """
+    system: list[str] = []
+    for i, m in enumerate(messages):
+        role, content = m.get("role"), (m.get("content") or "").strip()
+        if role == "system":
+            system.append(content)
+            continue
+        if role != "user" or i + 1 >= len(messages) or messages[i + 1].get("role") != "assistant":
+            return None
+        answer = (messages[i + 1].get("content") or "").strip()
+        if not content or not answer:
+            return None
+        return {"instruction": "\n\n".join([*system, content]), "input": "", "output": answer}
+    return None
+
+
+def _chat_rows(path: str, split: str, revision: str | None) -> list[dict[str, Any]]:
+    rows = load_rows(path, split=split, **({"revision": revision} if revision else {}))
+    if rows and "messages" not in rows[0]:
+        raise DatasetError(f"'{path}' split {split} has no 'messages' column (columns: {sorted(rows[0])}); "
+                           "chat-format sets keep [{role, content}, ...] there")
+    out = []
+    for r in rows:
+        rec = chat_record(r["messages"] or [])
+        if rec is not None:
+            rec["source"] = r.get("category") or path
+            out.append(rec)
+    if not out:
+        raise DatasetError(f"'{path}' split {split} holds no user/assistant pair ({len(rows)} rows)")
+    if len(out) < len(rows):
+        print(f"[kasa] {path}[{split}]: {len(rows) - len(out)} of {len(rows)} rows have no user/assistant pair; "
+              "skipped", flush=True)
+    return out
+
+
 def instruction_splits(source: str, path: str | None = None, split_seed: int = 0, val_fraction: float = 0.02,
-                       max_train: int | None = None, max_eval: int | None = None
+                       max_train: int | None = None, max_eval: int | None = None, split: str = "train",
+                       eval_path: str | None = None, eval_split: str | None = None, revision: str | None = None
                        ) -> tuple[list[dict], list[dict]]:
-    """Alpaca-format training records and held-out records (split by instruction + input, so no prompt is in both).
+    """Alpaca-format training records and held-out records (no prompt is in both).
 
     ``bigbench``: the pairs of :func:`_bigbench_instructions`; ``hub``: ``path`` = ``yahma/alpaca-cleaned``
-    (or any hub id / local json with ``instruction``, ``input``, ``output``).
+    (or any hub id / local json with ``instruction``, ``input``, ``output``); ``chat``: a set with a ``messages``
+    column (the KaSA paper's GPT-4o synthetic sets ``llama-duo/synth_<task>_dataset_dedup``, split
+    ``train_sft_gpt4o``), turned into records by :func:`chat_record`. Held-out records come from
+    ``eval_path``/``eval_split`` when given (LlamaDuo's ``llama-duo/coverage_dataset``, ``test_<task>``), else
+    ``val_fraction`` of the training set split by instruction + input; training prompts equal to a held-out
+    prompt are dropped either way.
     """
     if source == "bigbench":
         rows = _bigbench_instructions()
     elif source == "hub":
-        rows = load_rows(path or "yahma/alpaca-cleaned")
+        rows = load_rows(path or "yahma/alpaca-cleaned", split=split, **({"revision": revision} if revision else {}))
+    elif source == "chat":
+        if not path:
+            raise DatasetError("instruction source 'chat' needs source_args.path (a hub id or local folder)")
+        rows = _chat_rows(path, split, revision)
     else:
-        raise DatasetError(f"unknown instruction source '{source}'; use bigbench or hub")
+        raise DatasetError(f"unknown instruction source '{source}'; use bigbench, hub or chat")
     missing = [f for f in ("instruction", "output") if rows and f not in rows[0]]
     if missing or not rows:
         raise DatasetError(f"instruction data lack fields {missing or ['instruction', 'output']}")
-    parts = split_by_key(rows, key=lambda r: f"{r['instruction']}\x00{r.get('input') or ''}",
-                         fractions=(1 - val_fraction, val_fraction), names=("train", "eval"), seed=split_seed)
-    return _subsample(parts["train"], max_train, split_seed), _subsample(parts["eval"], max_eval, split_seed)
+
+    def key(r: Mapping[str, Any]) -> str:
+        return f"{r['instruction']}\x00{r.get('input') or ''}"
+
+    if eval_path or eval_split:
+        held = _chat_rows(eval_path or path or "", eval_split or "test", revision if not eval_path else None)
+        seen = {key(r) for r in held}
+        train = [r for r in rows if key(r) not in seen]
+        if len(train) < len(rows):
+            print(f"[kasa] dropped {len(rows) - len(train)} training records whose prompt is a held-out prompt",
+                  flush=True)
+    else:
+        parts = split_by_key(rows, key=key, fractions=(1 - val_fraction, val_fraction), names=("train", "eval"),
+                             seed=split_seed)
+        train, held = parts["train"], parts["eval"]
+    return _subsample(train, max_train, split_seed), _subsample(held, max_eval, split_seed)
