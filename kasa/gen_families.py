@@ -199,35 +199,42 @@ class JudgeEvaluator:
                  out_dir: Path | None) -> dict[str, float]:
         from .eval.judge import load_mtbench_questions, mtbench_summary
 
-        judge = self.judge(module.device)
+        # Under data parallelism only rank 0 judges (an API judge is paid once); the module broadcasts its scores.
+        trainer = getattr(module, "_trainer", None)
+        scoring = trainer is None or trainer.global_rank == 0
+        judge = self.judge(module.device) if scoring else None
         # reference=true grades against the set's own answer (FastChat's single-math-v1 prompt), as LlamaDuo's
         # similarity judging does; the default is the paper's reference-free single-answer grading
         with_ref = bool(self.judge_spec.get("reference", False))
         graded = [judge.grade_answer(it.meta["question"], g, it.meta.get("reference") if with_ref else None,
                                      kind="heldout", source=it.meta.get("source"), prompt=it.meta["question"],
-                                     response=g) for it, g in zip(items, generations)]
+                                     response=g) for it, g in zip(items, generations)] if scoring else []
         scores = [j.score for j in graded if j.score is not None]
         out = {"judge_score": sum(scores) / len(scores) if scores else math.nan,
-               "judge_parsed": len(scores) / len(graded)}
+               "judge_parsed": len(scores) / len(graded) if graded else math.nan}
         mt_info: dict[str, Any] = {}
         if self.mtbench.get("enabled", True):
             questions = select_mtbench(load_mtbench_questions(), self.mtbench.get("max_questions"))
             gen_kw = {"max_new_tokens": self.mtbench["max_new_tokens"]} if self.mtbench.get("max_new_tokens") else {}
             print(f"[kasa] MT-Bench: answering {len(questions)} questions (2 turns) and judging", flush=True)
+            # every rank generates (FSDP's forwards need all ranks); only the scoring rank judges
             first = module.generate_texts([mtbench_prompt(q["turns"], []) for q in questions], **gen_kw)
             second = module.generate_texts([mtbench_prompt(q["turns"], [a]) for q, a in zip(questions, first)],
                                            **gen_kw)
-            answers = {q["question_id"]: [a1, a2] for q, a1, a2 in zip(questions, first, second)}
-            mt = judge.grade_mtbench(questions, answers)
-            summ = mtbench_summary(mt)
-            for key, name in (("score", "mtbench"), ("turn1", "mtbench_turn1"), ("turn2", "mtbench_turn2")):
-                out[name] = summ.get(key) if summ.get(key) is not None else math.nan
-            mt_info = {"n_questions": len(questions), "n_unparsed": summ["n_unparsed"],
-                       "categories": summ["categories"]}
-            for j in mt:  # the judged answer next to its judgement, for reading the jsonl
-                j.meta["response"] = answers[j.meta["question_id"]][j.meta["turn"] - 1]
-            graded += mt
-        if out_dir is not None and module.trainer is not None and module.trainer.global_rank == 0:
+            if scoring:
+                answers = {q["question_id"]: [a1, a2] for q, a1, a2 in zip(questions, first, second)}
+                mt = judge.grade_mtbench(questions, answers)
+                summ = mtbench_summary(mt)
+                for key, name in (("score", "mtbench"), ("turn1", "mtbench_turn1"), ("turn2", "mtbench_turn2")):
+                    out[name] = summ.get(key) if summ.get(key) is not None else math.nan
+                mt_info = {"n_questions": len(questions), "n_unparsed": summ["n_unparsed"],
+                           "categories": summ["categories"]}
+                for j in mt:  # the judged answer next to its judgement, for reading the jsonl
+                    j.meta["response"] = answers[j.meta["question_id"]][j.meta["turn"] - 1]
+                graded += mt
+        if not scoring:
+            return out
+        if out_dir is not None:
             path = out_dir / "judgements" / f"epoch{module.current_epoch}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("w", encoding="utf-8") as f:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .data.classification import EpochSampler
+from .data.classification import EpochSampler, ShardSampler
 from .methods.base import PeftMethod
 from .module import OptimConfig, PeftModule
 
@@ -195,8 +195,10 @@ class CompletionDataModule(L.LightningDataModule):
                           collate_fn=self.collate_train, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._eval, batch_size=self.eval_batch_size, shuffle=False, collate_fn=self.collate_eval,
-                          num_workers=self.num_workers)
+        # ShardSampler: under data parallelism each rank generates for its own share, none twice; the module
+        # gathers the shares before scoring.
+        return DataLoader(self._eval, batch_size=self.eval_batch_size, sampler=ShardSampler(len(self._eval)),
+                          collate_fn=self.collate_eval, num_workers=self.num_workers)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -260,18 +262,37 @@ class CausalLMModule(PeftModule):
             self._generations = {}
             return
         items_all = self.trainer.datamodule.eval_items
-        done = sorted(self._generations)  # limit_val_batches may cover only part of the prompts
+        generations = self._gather_generations()
+        done = sorted(generations)  # limit_val_batches may cover only part of the prompts
         items = [items_all[i] for i in done]
-        gens = [self._generations[i] for i in done]
+        gens = [generations[i] for i in done]
         out_dir = Path(self.trainer.default_root_dir) if self.trainer.default_root_dir else None
         if out_dir is not None:
             self._write_generations(out_dir / "generations" / f"epoch{self.current_epoch}.jsonl", items, gens)
+        # Every rank runs the evaluator on all prompts (an evaluator that generates, like MT-Bench's turns, must
+        # run its forwards on every rank under FSDP); rank 0's scores are the ones every rank logs.
         values = {k: float(v) for k, v in self.evaluator(items, gens, self, out_dir).items()}
+        if self.trainer.world_size > 1:
+            values, info = self.trainer.strategy.broadcast((values, self.evaluator.info), src=0)
+            self.evaluator.info = info
         self.results_extra["evaluation"] = self.evaluator.info
         for k, v in values.items():
             self.log(f"val/{k}", v, prog_bar=True)
         self.history.append({"epoch": self.current_epoch, "step": self.global_step, **values})
         self._generations = {}
+
+    def _gather_generations(self) -> dict[int, str]:
+        """This rank's ``{eval index: text}`` merged with every other rank's (data parallelism)."""
+        import torch.distributed as dist
+
+        if self.trainer.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
+            return dict(self._generations)
+        parts: list[dict[int, str] | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, self._generations)
+        merged: dict[int, str] = {}
+        for part in parts:
+            merged.update(part or {})
+        return merged
 
     def _write_generations(self, path: Path, items: Sequence[EvalItem], gens: Sequence[str]) -> None:
         if self.trainer.global_rank != 0:

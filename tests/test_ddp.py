@@ -112,3 +112,29 @@ def test_ddp_two_processes_equal_one_process_same_global_batch(tiny_bert_dir, tm
     assert moved > 1e-3  # training did change the adapter, so agreement is not trivial
     print(f"DDP vs 1 process: max |adapter diff| = {diff:.3g}")
     assert diff < 1e-5, diff
+
+
+def test_ddp_generation_validation_scores_every_prompt_once(tiny_causal_dir, tmp_path):
+    """Two ranks generate for their own shares of the E2E prompts; the scores cover all of them, once."""
+    from kasa.gen_families import E2EEvaluator
+
+    run_dir = tmp_path / "ddp"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    cmd = [sys.executable, "-m", "kasa.train", "benchmark=e2e", f"model.name_or_path={tiny_causal_dir}",
+           "method=lora", "method.r=4", "trainer=ddp", "trainer.accelerator=cpu", f"trainer.devices={WORLD}",
+           "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.enable_progress_bar=false",
+           "dataset.max_train=16", "dataset.max_eval=5", "benchmark.batch_size=4", "benchmark.eval_batch_size=2",
+           "benchmark.generation.num_beams=1", "benchmark.generation.max_new_tokens=6", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((run_dir / "results.json").read_text())
+    rows = [json.loads(x) for x in (run_dir / "generations" / "epoch0.jsonl").read_text().splitlines()]
+    assert res["split_sizes"]["validation"] == 5 and len({r["mr"] for r in rows}) == 5  # 3 + 2 across the ranks
+    from kasa.generation import EvalItem
+
+    items = [EvalItem(r["prompt"], {"mr": r["mr"], "references": r["references"]}) for r in rows]
+    expected = E2EEvaluator()(items, [r["generation"] for r in rows], None, None)
+    final = res["metrics"]["final"]
+    assert set(final) == set(expected)
+    for k, v in expected.items():  # the logged scores are those of all five prompts, not of one rank's share
+        assert final[k] == pytest.approx(v, abs=1e-9, nan_ok=True), k

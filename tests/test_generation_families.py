@@ -240,3 +240,32 @@ def test_real_smollm2_e2e_end_to_end(tmp_path):
     final = res["metrics"]["final"]
     assert _finite(final) and final["BLEU"] > 0  # a real instruction model says something about the restaurant
     assert res["model"] == "smollm2" and res["evaluation"]["n_instances"] == 4
+
+
+def test_judge_evaluator_judges_on_rank_zero_only_but_generates_on_every_rank():
+    """Data parallel: every rank answers MT-Bench (FSDP forwards need all ranks), only rank 0 pays the judge."""
+    from types import SimpleNamespace
+
+    from kasa.gen_families import JudgeEvaluator
+    from kasa.generation import EvalItem
+
+    class Module:
+        device, current_epoch = "cpu", 0
+
+        def __init__(self, rank: int):
+            self._trainer, self.prompts = SimpleNamespace(global_rank=rank), []
+
+        def generate_texts(self, prompts, **kw):
+            self.prompts += prompts
+            return ["answer"] * len(prompts)
+
+    def refuse(device=None):
+        raise AssertionError("rank 1 built a judge")
+
+    ev = JudgeEvaluator({"backend": "local"}, {"max_questions": 2})
+    ev.judge = refuse
+    items = [EvalItem("p", {"question": "q", "reference": "r"})]
+    m1 = Module(1)
+    out = ev(items, ["g"], m1, None)
+    assert len(m1.prompts) == 4 and ev.info == {"evaluator": "llm-judge"}  # 2 questions x 2 turns, no judging
+    assert all(math.isnan(v) for v in out.values())  # placeholders: the module broadcasts rank 0's scores
