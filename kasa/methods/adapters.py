@@ -29,10 +29,14 @@ Variants (registry name: paper; what differs):
   removed from the lowest ``drop_layers`` layers (default 5: the paper's setting that keeps task
   performance while speeding up a 12-layer model).
 
-Simplifications, stated: the adapter sees the projection's output before the block's dropout (the
-reference implementations place it after the dropout; identical in eval mode). Houlsby initialises both
-projections near zero (std 1e-2); here the down-projection keeps ``nn.Linear``'s default and the
-up-projection is exactly zero, which gives an exact identity at step 0.
+Initialisation: ``adapter_h`` follows adapter-bert's ``feedforward_adapter`` (``init_scale=1e-3``: both
+projections truncated-normal with std 1e-3 cut at 2 std, biases zero: near, not exactly, the identity);
+the other variants (and ``init_scale=null``) keep ``nn.Linear``'s default down-projection and a zero
+up-projection, an exact identity at step 0.
+
+Simplification, stated: the adapter sees the projection's output before the block's dropout (adapter-bert
+applies it after the dropout: ``Adapter(dropout(Project(h)))``); the two are identical in eval mode and
+differ only in where training-time dropout falls.
 """
 
 from __future__ import annotations
@@ -93,7 +97,7 @@ class BottleneckAdapterLayer(AdapterLayer):
     mergeable = False
 
     def __init__(self, base_layer: nn.Module, bottleneck: int, activation: str = "relu",
-                 layer_norm: bool = False, name: str = ""):
+                 layer_norm: bool = False, name: str = "", init_scale: float | None = None):
         super().__init__(base_layer)
         if bottleneck < 1:
             raise MethodError(f"adapter bottleneck={bottleneck} must be at least 1 (layer '{name}')")
@@ -105,8 +109,13 @@ class BottleneckAdapterLayer(AdapterLayer):
         self.adapter_norm = nn.LayerNorm(d, **kw) if layer_norm else None
         self.adapter_down = nn.Linear(d, bottleneck, **kw)
         self.adapter_up = nn.Linear(bottleneck, d, **kw)
-        nn.init.zeros_(self.adapter_up.weight)
         nn.init.zeros_(self.adapter_up.bias)
+        if init_scale is None:  # exact identity at step 0
+            nn.init.zeros_(self.adapter_up.weight)
+        else:  # adapter-bert: both projections truncated-normal(0, init_scale) at +-2 std, biases zero
+            for lin in (self.adapter_down, self.adapter_up):
+                nn.init.trunc_normal_(lin.weight, std=init_scale, a=-2 * init_scale, b=2 * init_scale)
+                nn.init.zeros_(lin.bias)
 
     def adapter(self, y: torch.Tensor) -> torch.Tensor:
         """The bottleneck branch alone (without the residual)."""
@@ -136,6 +145,7 @@ class AdapterConfig(MethodConfig):
     reduction_factor: float = 16.0  # used only when bottleneck is None
     activation: str = "gelu"  # gelu | relu | swish | silu | tanh
     train_layer_norm: bool = False  # also train the model's own LayerNorm/RMSNorm parameters (Houlsby)
+    init_scale: float | None = None  # None: up-projection zero (exact identity); s: both ~ truncnormal(0, s)
 
 
 @dataclass
@@ -143,6 +153,7 @@ class HoulsbyConfig(AdapterConfig):
     bottleneck: int | None = 64
     activation: str = "gelu"
     train_layer_norm: bool = True
+    init_scale: float | None = 1e-3  # adapter-bert's feedforward_adapter default
 
 
 @dataclass
@@ -180,6 +191,9 @@ class BottleneckAdapters(PeftMethod):
             raise MethodError(f"{self.name} activation='{c.activation}' is unknown; choose one of {sorted(ACTIVATIONS)}")
         if c.bottleneck is not None and c.bottleneck < 1:
             raise MethodError(f"{self.name} bottleneck={c.bottleneck} must be at least 1")
+        if c.init_scale is not None and not c.init_scale > 0:
+            raise MethodError(f"{self.name} init_scale={c.init_scale} must be positive (or null for a zero "
+                              "up-projection)")
         if c.bottleneck is None and not c.reduction_factor > 0:
             raise MethodError(f"{self.name} reduction_factor={c.reduction_factor} must be positive")
 
@@ -213,7 +227,7 @@ class BottleneckAdapters(PeftMethod):
     def wrap(self, name: str, module: nn.Module) -> BottleneckAdapterLayer:
         out_features, _ = layer_shape(module)
         return BottleneckAdapterLayer(module, self.bottleneck_for(out_features), self.config.activation,
-                                      layer_norm=self.own_norm, name=name)
+                                      layer_norm=self.own_norm, name=name, init_scale=self.config.init_scale)
 
     def mark_trainable(self, model: nn.Module) -> None:
         super().mark_trainable(model)

@@ -31,12 +31,29 @@ def _adapter_names(model) -> list[str]:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_identity_at_init_and_finite(tiny_model_name, variant):
-    base, model, _ = _adapted(tiny_model_name, variant)
+    base, model, _ = _adapted(tiny_model_name, variant, init_scale=None)  # zero up-projection
     x = tiny_inputs()
     with torch.no_grad():
         out = model_output(model, x)
         assert torch.isfinite(out).all()
         torch.testing.assert_close(out, model_output(base, x), rtol=0, atol=0)
+
+
+def test_houlsby_default_init_is_adapter_berts_near_identity():
+    """adapter-bert: both projections ~ truncated normal(0, 1e-3) cut at 2 std, zero biases."""
+    torch.manual_seed(0)
+    base, model, method = _adapted("bert", "adapter_h", bottleneck=64)
+    assert method.config.init_scale == 1e-3
+    layers = [m for m in model.modules() if isinstance(m, BottleneckAdapterLayer)]
+    w = torch.cat([lin.weight.flatten() for m in layers for lin in (m.adapter_down, m.adapter_up)])
+    assert w.abs().max() <= 2e-3 and 0.7e-3 < w.std() < 1e-3  # truncation at 2 std shrinks the std to 0.88e-3
+    assert all(not lin.bias.any() for m in layers for lin in (m.adapter_down, m.adapter_up))
+    x = tiny_inputs()
+    with torch.no_grad():
+        out, ref = model_output(model, x), model_output(base, x)
+    assert 0 < (out - ref).abs().max() < 1e-3  # near, not exactly, the identity
+    with pytest.raises(MethodError, match="init_scale"):
+        build_method("adapter_h", init_scale=0.0)
 
 
 def test_placement_counts(tiny_model_name):
