@@ -14,6 +14,10 @@ adds ``(X / |max X|)^T (X / |max X|)`` and the sum is divided by the number of s
 (``||C C^-1 - I||_F < 0.05``). Unlike PEFT, padded positions (``attention_mask == 0``) are left out when
 the batch gives a mask; with unpadded sequences both agree.
 
+Default ``ipa`` (HF PEFT's default ``ipm`` too): ``kasa-train`` calibrates on the run's own training batches,
+i.e. on the task, which is what IPA means. KPA as CorDA's paper runs it calibrates on world-knowledge QA
+(e.g. TriviaQA) to protect that knowledge; pass such batches to ``calibrate`` yourself for that setting.
+
 Calibration is an explicit step, done on the un-adapted model::
 
     method = build_method("corda", r=8, mode="kpa")
@@ -41,7 +45,7 @@ MODES = {"kpa": "kpa", "ipa": "ipa", "kpm": "kpa", "ipm": "ipa"}  # PEFT's names
 @dataclass
 class CordaConfig(SvdInitConfig):
     alpha: float = 8.0  # CorDA sets lora_alpha = r (scaling 1), as PiSSA
-    mode: str = "kpa"  # kpa (knowledge-preserved, smallest r) | ipa (instruction-previewed, largest r)
+    mode: str = "ipa"  # ipa (instruction-previewed, largest r) | kpa (knowledge-preserved, smallest r)
     calibration_samples: int = 256  # sequences of calibration data the paper collects (training loops read it)
 
 
