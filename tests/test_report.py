@@ -111,3 +111,43 @@ def test_paper_numbers_are_only_kasa_md_values():
     assert p["glue_deberta_v3_base"]["numbers"]["kasa"]["glue_stsb"] == 91.6
     assert p["glue_roberta_large"]["averages"] == {"kasa": 89.0, "fft": 88.2}
     assert "hellaswag" not in p["commonsense_llama_2_7b"]["numbers"]["kasa"]
+
+
+def test_wandb_runs_are_read_through_the_public_api(monkeypatch):
+    """``kasa-report --wandb entity/project``: the logged Hydra config + the val/<monitor> history of each run."""
+    import sys
+    import types
+
+    from kasa.analysis.report import collect_wandb
+
+    def cfg(method, seed, selection="best"):
+        return {"method": {"name": method, "r": 8}, "model": {"name": "roberta-base"}, "seed": seed,
+                "dataset": {"name": "glue_mrpc", "monitor": "accuracy"},
+                "benchmark": {"name": "glue", "selection": selection}}
+
+    class Run:
+        def __init__(self, rid, config, history):
+            self.id, self.config, self._history = rid, config, history
+
+        def scan_history(self, keys):
+            return [{k: row[k] for k in keys if k in row} for row in self._history]
+
+    runs = [Run("a", cfg("kasa", 0), [{"val/accuracy": 0.80}, {"val/accuracy": 0.90}, {"val/accuracy": 0.85}]),
+            Run("b", cfg("kasa", 1, selection="last"), [{"val/accuracy": 0.95}, {"val/accuracy": 0.70}]),
+            Run("c", cfg("lora", 0), [{"train/loss": 1.0}]),  # never validated: skipped
+            Run("d", {"seed": 0}, [])]  # not a kasa-train run: skipped
+    seen = {}
+
+    class Api:
+        def runs(self, path):
+            seen["path"] = path
+            return runs
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(Api=Api))
+    recs = collect_wandb("me/kasa", load_paper_numbers())
+    assert seen["path"] == "me/kasa"
+    got = sorted((r.method, r.seed, r.value, r.selection, r.source) for r in recs)
+    # best epoch for run a, last epoch for run b (its benchmark.selection), on the paper's x100 scale
+    assert got == [("kasa", 0, pytest.approx(90.0), "best", "wandb:me/kasa/a"),
+                   ("kasa", 1, pytest.approx(70.0), "last", "wandb:me/kasa/b")]
+    assert {r.table for r in recs} == {"glue_roberta_base"} and {r.task for r in recs} == {"glue_mrpc"}
