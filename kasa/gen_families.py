@@ -151,7 +151,7 @@ def build_judge(spec: Mapping[str, Any], device: Any = None):
     else:
         raise ValueError(f"unknown judge backend '{backend}'; use local or openai")
     cache = spec.get("cache") or cache_dir() / "judgements.sqlite"
-    return Judge(be, cache)
+    return Judge(be, cache, parallel=int(spec.get("parallel") or 1))
 
 
 def select_mtbench(questions: Sequence[Mapping[str, Any]], n: int | None) -> list[Mapping[str, Any]]:
@@ -197,7 +197,7 @@ class JudgeEvaluator:
 
     def __call__(self, items: Sequence[EvalItem], generations: Sequence[str], module: CausalLMModule,
                  out_dir: Path | None) -> dict[str, float]:
-        from .eval.judge import load_mtbench_questions, mtbench_summary
+        from .eval.judge import load_mtbench_questions, mtbench_summary, single_answer_request
 
         # Under data parallelism only rank 0 judges (an API judge is paid once); the module broadcasts its scores.
         trainer = getattr(module, "_trainer", None)
@@ -206,9 +206,10 @@ class JudgeEvaluator:
         # reference=true grades against the set's own answer (FastChat's single-math-v1 prompt), as LlamaDuo's
         # similarity judging does; the default is the paper's reference-free single-answer grading
         with_ref = bool(self.judge_spec.get("reference", False))
-        graded = [judge.grade_answer(it.meta["question"], g, it.meta.get("reference") if with_ref else None,
-                                     kind="heldout", source=it.meta.get("source"), prompt=it.meta["question"],
-                                     response=g) for it, g in zip(items, generations)] if scoring else []
+        jobs = [(single_answer_request(it.meta["question"], g, it.meta.get("reference") if with_ref else None),
+                 {"kind": "heldout", "source": it.meta.get("source"), "prompt": it.meta["question"], "response": g})
+                for it, g in zip(items, generations)]
+        graded = judge.grade_many(jobs, desc="judging held-out answers") if scoring else []
         scores = [j.score for j in graded if j.score is not None]
         out = {"judge_score": sum(scores) / len(scores) if scores else math.nan,
                "judge_parsed": len(scores) / len(graded) if graded else math.nan}

@@ -418,9 +418,13 @@ class Judgement:
 class Judge:
     """Grades answers with a backend, through the on-disk cache when one is given."""
 
-    def __init__(self, backend: JudgeBackend, cache: JudgementCache | str | os.PathLike | None = None) -> None:
+    def __init__(self, backend: JudgeBackend, cache: JudgementCache | str | os.PathLike | None = None,
+                 parallel: int = 1) -> None:
+        if parallel < 1:
+            raise ValueError(f"judge parallel={parallel} must be at least 1")
         self.backend = backend
         self.cache = JudgementCache(cache) if isinstance(cache, (str, os.PathLike)) else cache
+        self.parallel = parallel  # concurrent backend calls (FastChat's --parallel); a local judge serialises
 
     def identity(self, request: JudgeRequest) -> dict[str, Any]:
         """The judge identity recorded with a score: backend identity + prompt name and version."""
@@ -439,6 +443,30 @@ class Judge:
                 self.cache.put(key, identity, messages, text)
         return Judgement(parse_score(text), text, identity, cached, dict(meta))
 
+    def grade_many(self, jobs: Sequence[tuple[JudgeRequest, Mapping[str, Any]]], desc: str = "judging"
+                   ) -> list[Judgement]:
+        """``grade(request, **meta)`` for every job, in order; ``parallel`` calls at a time, with a progress bar."""
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), desc=desc, disable=len(jobs) < 2, mininterval=5.0)
+        try:
+            if self.parallel == 1 or len(jobs) < 2:
+                out = []
+                for req, meta in jobs:
+                    out.append(self.grade(req, **meta))
+                    bar.update()
+                return out
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=self.parallel) as pool:
+                futures = [pool.submit(self.grade, req, **meta) for req, meta in jobs]
+                for f in futures:  # in submission order; any exception surfaces here
+                    f.result()
+                    bar.update()
+            return [f.result() for f in futures]
+        finally:
+            bar.close()
+
     def grade_answer(self, question: str, answer: str, reference: str | None = None, **meta: Any) -> Judgement:
         """Single-answer 1-10 grading of an instruction-following response."""
         return self.grade(single_answer_request(question, answer, reference), **meta)
@@ -453,15 +481,15 @@ class Judge:
         """Grade every question in ``questions`` with answers ``{question_id: [turn1, turn2]}``, both turns."""
         if references is None and any(q.get("category") in NEED_REF_CATS for q in questions):
             references = load_reference_answers()
-        out = []
+        jobs = []
         for q in questions:
             qa = answers.get(q["question_id"])
             if qa is None:
                 raise KeyError(f"no answers for MT-Bench question {q['question_id']}")
             for turn in turns:
-                req = mtbench_request(q, qa, turn, references)
-                out.append(self.grade(req, question_id=q["question_id"], category=q.get("category"), turn=turn))
-        return out
+                jobs.append((mtbench_request(q, qa, turn, references),
+                             {"question_id": q["question_id"], "category": q.get("category"), "turn": turn}))
+        return self.grade_many(jobs, desc="judging MT-Bench")
 
 
 def mtbench_summary(judgements: Sequence[Judgement]) -> dict[str, Any]:

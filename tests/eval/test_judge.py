@@ -206,6 +206,44 @@ def test_judge_caches_on_disk_and_reports_identity(tmp_path):
     assert len(J.JudgementCache(cache)) == 3
 
 
+def test_parallel_judging_keeps_order_uses_the_cache_and_surfaces_errors(tmp_path):
+    """parallel=4: up to 4 backend calls at once, results in request order, each request paid once."""
+    import time
+
+    class Slow:
+        def __init__(self):
+            self.lock, self.active, self.peak, self.calls = threading.Lock(), 0, 0, 0
+
+        def identity(self):
+            return {"backend": "slow", "model": "echo"}
+
+        def complete(self, messages):
+            with self.lock:
+                self.active += 1
+                self.calls += 1
+                self.peak = max(self.peak, self.active)
+            answer = messages[-1]["content"]
+            time.sleep(0.05 if "[1" in answer else 0.01)  # out-of-order completion
+            with self.lock:
+                self.active -= 1
+            if "boom" in answer:
+                raise RuntimeError("endpoint down")
+            return f"Rating: [[{answer.split('score ')[1].split()[0]}]]"
+
+    backend = Slow()
+    judge = J.Judge(backend, tmp_path / "c.sqlite", parallel=4)
+    jobs = [(J.single_answer_request("Q?", f"score {i} [{i}]"), {"i": i}) for i in range(1, 11)]
+    out = judge.grade_many(jobs)
+    assert [j.score for j in out] == [float(i) for i in range(1, 11)] and [j.meta["i"] for j in out] == list(range(1, 11))
+    assert 1 < backend.peak <= 4 and backend.calls == 10
+    again = judge.grade_many(jobs)
+    assert all(j.cached for j in again) and backend.calls == 10
+    with pytest.raises(RuntimeError, match="endpoint down"):
+        judge.grade_many([(J.single_answer_request("Q?", "score 3 boom"), {})] * 2)
+    with pytest.raises(ValueError, match="parallel"):
+        J.Judge(backend, parallel=0)
+
+
 # ------------------------------------------------------------------ local transformers backend
 
 
