@@ -219,9 +219,10 @@ class JudgeEvaluator:
             gen_kw = {"max_new_tokens": self.mtbench["max_new_tokens"]} if self.mtbench.get("max_new_tokens") else {}
             print(f"[kasa] MT-Bench: answering {len(questions)} questions (2 turns) and judging", flush=True)
             # every rank generates (FSDP's forwards need all ranks); only the scoring rank judges
-            first = module.generate_texts([mtbench_prompt(q["turns"], []) for q in questions], **gen_kw)
+            first = module.generate_texts([mtbench_prompt(q["turns"], []) for q in questions],
+                                          desc="MT-Bench turn 1", **gen_kw)
             second = module.generate_texts([mtbench_prompt(q["turns"], [a]) for q, a in zip(questions, first)],
-                                           **gen_kw)
+                                           desc="MT-Bench turn 2", **gen_kw)
             if scoring:
                 answers = {q["question_id"]: [a1, a2] for q, a1, a2 in zip(questions, first, second)}
                 mt = judge.grade_mtbench(questions, answers)

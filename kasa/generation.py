@@ -233,15 +233,19 @@ class CausalLMModule(PeftModule):
                                   pad_token_id=self._pad_id, eos_token_id=self.tokenizer.eos_token_id, **kw)
         return [t.strip() for t in self.tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)]
 
-    def generate_texts(self, prompts: Sequence[str], batch_size: int | None = None, **overrides: Any) -> list[str]:
-        """Generate for raw prompt strings (MT-Bench turns, ad-hoc use), batched like validation."""
+    def generate_texts(self, prompts: Sequence[str], batch_size: int | None = None, desc: str | None = None,
+                       **overrides: Any) -> list[str]:
+        """Generate for raw prompt strings (MT-Bench turns, ad-hoc use), batched like validation; ``desc``
+        shows a progress bar over the batches."""
+        from tqdm.auto import tqdm
+
         was_training = self.model.training
         self.model.eval()
         bs = batch_size or self.eval_batch_size
         enc = [encode_prompt(self.tokenizer, p, self.generation.max_prompt_length) for p in prompts]
         order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
         out: dict[int, str] = {}
-        for s in range(0, len(order), bs):
+        for s in tqdm(range(0, len(order), bs), desc=desc, disable=desc is None, mininterval=5.0):
             chunk = order[s:s + bs]
             ids, mask = pad_left([enc[i] for i in chunk], self._pad_id)
             texts = self.generate_ids(ids.to(self.device), mask.to(self.device), **overrides)
