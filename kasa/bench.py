@@ -254,15 +254,15 @@ def build_runners(p: Profile, r: int, beta: float, gamma: float, regularizer: st
     return runners, base
 
 
-def build_kasa_without_removed(p: Profile, r: int, beta: float, gamma: float) -> Runner:
-    """KaSA with ``keep_removed=false`` (no removed-factor buffers) on a fresh copy, for the memory table."""
+def build_kasa_keeping_removed(p: Profile, r: int, beta: float, gamma: float) -> Runner:
+    """KaSA with ``keep_removed=true`` (removed-factor buffers for export) on a fresh copy, for the memory table."""
     torch.manual_seed(0)
     base = build_llama(p)
     for q in base.parameters():
         q.requires_grad_(False)
-    m = build_method("kasa", r=r, alpha=2 * r, target_modules=TARGETS, beta=beta, gamma=gamma, keep_removed=False)
+    m = build_method("kasa", r=r, alpha=2 * r, target_modules=TARGETS, beta=beta, gamma=gamma, keep_removed=True)
     m.apply(base)
-    return Runner("kasa_nokeep", base, lambda: m.regularization_loss(base), lambda: m.merge(base), m)
+    return Runner("kasa_keep", base, lambda: m.regularization_loss(base), lambda: m.merge(base), m)
 
 
 def bench_steps(p: Profile, runners: dict[str, Runner], batch: torch.Tensor) -> dict[str, list[float]]:
@@ -430,7 +430,7 @@ LABELS = {"frozen": "frozen model (floor)", "lora": "LoRA (ours)", "kasa": "KaSA
           "kasa_noreg": "KaSA (ours) without regulariser",
           "peft_lora": "HF PEFT LoRA", "peft_kasa": "HF PEFT KaSA",
           "kasa_unloaded": "KaSA (ours) merge_and_unload",
-          "kasa_nokeep": "KaSA (ours), keep_removed=false"}
+          "kasa_keep": "KaSA (ours), keep_removed=true"}
 
 
 def run(profile: str, r: int = 8, beta: float = 1e-4, gamma: float = 1e-3, layers: int | None = None,
@@ -476,8 +476,8 @@ def run(profile: str, r: int = 8, beta: float = 1e-4, gamma: float = 1e-3, layer
                f"{statistics.median(x - y for x, y in zip(raw['kasa'], raw['kasa_noreg'])) * 1e3:.1f} ms\n")
 
     out.append("### Memory per training step\n")
-    out.append("Counted: trainable parameters, their gradients, AdamW state, adapter buffers (KaSA's removed "
-               "factors) and activations autograd saves for backward (saved-tensor hooks, frozen weights "
+    out.append("Counted: trainable parameters, their gradients, AdamW state, adapter buffers (KaSA's removed factors "
+               "with keep_removed=true) and activations autograd saves for backward (saved-tensor hooks, frozen weights "
                "excluded, each tensor once)." + (" CUDA: peak allocated during one step above the memory "
                                                   "allocated before it." if p.device == "cuda" else
                                                   " CPU: no allocator peak is available."))
@@ -485,13 +485,13 @@ def run(profile: str, r: int = 8, beta: float = 1e-4, gamma: float = 1e-3, layer
     cols = ["trainable", "grads", "adamw", "buffers", "saved", "total"] + (["cuda_peak_step"] if p.device == "cuda" else [])
     out.append("| method | " + " | ".join(cols) + " | total / LoRA (ours) |")
     out.append("|---|" + "---:|" * (len(cols) + 1))
-    mem_runners = {**runners, "kasa_nokeep": build_kasa_without_removed(p, r, beta, gamma)}
-    mem_runners["kasa_nokeep"].step(batch)  # AdamW allocates its state on the first step, as the others had
+    mem_runners = {**runners, "kasa_keep": build_kasa_keeping_removed(p, r, beta, gamma)}
+    mem_runners["kasa_keep"].step(batch)  # AdamW allocates its state on the first step, as the others had
     rows = {n: memory_row(rr, batch, p.device) for n, rr in mem_runners.items()}
     for n, row in rows.items():
         out.append(f"| {LABELS[n]} | " + " | ".join(_fmt_bytes(row[c]) for c in cols)
                    + f" | {row['total'] / rows['lora']['total']:.3f} |")
-    del mem_runners["kasa_nokeep"]
+    del mem_runners["kasa_keep"]
     out.append("")
 
     regs = bench_regularisers(p, runners["kasa"], runners["peft_kasa"], batch)

@@ -16,9 +16,13 @@ from kasa.methods import build_method
 from kasa.train import CONF_DIR, run
 
 
-def test_spectra_of_w_w_world_and_w_plus_dw():
+def tiny_bert_seeded():
     torch.manual_seed(0)
-    model = tiny_bert()
+    return tiny_bert()
+
+
+def test_spectra_of_w_w_world_and_w_plus_dw():
+    model = tiny_bert_seeded()
     name = "bert.encoder.layer.0.attention.self.query"
     s_orig = torch.linalg.svdvals(model.get_submodule(name).weight.detach().double()).numpy()
     method = build_method("kasa", r=4, alpha=8, target_modules=["query", "value"])
@@ -37,6 +41,9 @@ def test_spectra_of_w_w_world_and_w_plus_dw():
     assert not np.allclose(s2["W_plus_dW"], s2["W_world"])
     method.merge(model)  # merged: W_world is recovered by taking dW back out
     np.testing.assert_allclose(weight_spectra(model)[name]["W_world"], s["W_world"], rtol=1e-4, atol=1e-4)
+    # keep_removed=true rebuilds W itself from the factors: the same spectrum
+    kept = build_method("kasa", r=4, alpha=8, target_modules=["query"], keep_removed=True).apply(tiny_bert_seeded())
+    np.testing.assert_allclose(weight_spectra(kept)[name]["W"], s_orig, rtol=1e-5, atol=1e-5)
 
 
 def test_drift_and_learned_singular_values():

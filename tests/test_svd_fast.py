@@ -149,7 +149,8 @@ def test_tiny_models_fast_path_matches_full_svd(arch, truncation):
     ref = copy.deepcopy(base)
     targets = {"bert": ["query", "value", "intermediate.dense", "output.dense"], "gpt2": ["c_attn", "c_fc", "c_proj"],
                "llama": ["q_proj", "k_proj", "down_proj", "up_proj"]}[arch]
-    fast = build_method("kasa", r=4, target_modules=targets, truncation=truncation, svd_method="auto")
+    fast = build_method("kasa", r=4, target_modules=targets, truncation=truncation, svd_method="auto",
+                        keep_removed=True)
     slow = build_method("kasa", r=4, target_modules=targets, truncation=truncation, svd_method="svd",
                         svd_dtype="float64")
     originals = {n: get_weight(m).detach().clone() for n, m in base.named_modules() if
@@ -201,7 +202,7 @@ def test_yaml_carries_every_config_field():
 
 # -- the on-disk cache ---------------------------------------------------------------------------------
 def _apply(model, **kw):
-    method = build_method("kasa", r=4, target_modules=["query", "value"], **kw)
+    method = build_method("kasa", r=4, target_modules=["query", "value"], **{"keep_removed": True, **kw})
     method.apply(model)
     return method
 

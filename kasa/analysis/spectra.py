@@ -7,8 +7,9 @@ For a wrapped layer (``lora_A`` = dV^T, r x in; ``lora_B`` = dU, out x r; KaSA's
   adapter's singular vectors are from the orthonormal frame that L3 pulls them towards;
 - :func:`weight_spectra`: singular values of the original W, the truncated base W_world and W_world + dW.
   The base layer holds W_world after ``method.apply`` (KaSA truncates in place) and W is rebuilt as
-  ``W_world + kasa_removed_us @ kasa_removed_vh``; a merged layer is unmerged first in thought
-  (``W_world = base - dW``).
+  ``W_world + kasa_removed_us @ kasa_removed_vh`` (``keep_removed=true``), or its spectrum as W_world's kept
+  singular values plus the removed ones (``kasa_removed_s``, the default); a merged layer is unmerged
+  first in thought (``W_world = base - dW``).
 
 :class:`SpectraCallback` writes ``<dir>/epoch_NNN.npz`` (dsigma per module) and appends to
 ``<dir>/spectra.json`` (dsigma and drift per module, epoch, step) every N epochs, and logs a heatmap image
@@ -62,8 +63,8 @@ def _base_weight(m: nn.Module) -> torch.Tensor:
 def weight_spectra(model: nn.Module) -> dict[str, dict[str, np.ndarray]]:
     """``{name: {"W": s, "W_world": s, "W_plus_dW": s}}``: singular values (descending) of each adapted weight.
 
-    ``W_world`` is the truncated base (``W - U_t S_t V_t^T`` from KaSA's ``kasa_removed_*`` buffers; equal to
-    W for methods without them), ``W_plus_dW`` the weight the model computes with (W_world + dW).
+    ``W_world`` is the truncated base (KaSA's ``W - U_t S_t V_t^T``; equal to W for methods that do not
+    truncate), ``W_plus_dW`` the weight the model computes with (W_world + dW).
     """
     out = {}
     for n, m in adapter_layers(model).items():
@@ -71,9 +72,18 @@ def weight_spectra(model: nn.Module) -> dict[str, dict[str, np.ndarray]]:
         dw = m.delta_weight().double()
         world = base - dw if getattr(m, "merged", False) else base
         us, vh = getattr(m, "kasa_removed_us", None), getattr(m, "kasa_removed_vh", None)
-        w = world + us.double() @ vh.double() if us is not None and us.numel() else world
+        removed_s = getattr(m, "kasa_removed_s", None)
         sv = lambda x: torch.linalg.svdvals(x).cpu().numpy()  # noqa: E731
-        out[n] = {"W": sv(w), "W_world": sv(world), "W_plus_dW": sv(world + dw)}
+        s_world = sv(world)
+        if us is not None and us.numel():
+            s_w = sv(world + us.double() @ vh.double())
+        elif removed_s is not None and removed_s.numel():
+            # W_world holds exactly W's kept triplets, so W's spectrum is those plus the removed values
+            kept = s_world[: s_world.size - removed_s.numel()]
+            s_w = np.sort(np.concatenate([kept, removed_s.double().cpu().numpy()]))[::-1].copy()
+        else:
+            s_w = s_world
+        out[n] = {"W": s_w, "W_world": s_world, "W_plus_dW": sv(world + dw)}
     return out
 
 
@@ -193,8 +203,8 @@ class SpectraCallback(_Callback):
 def load_run_model(run_dir: str | Path, checkpoint: str = "last") -> tuple[nn.Module, Any]:
     """Rebuild a finished run's model from its ``results.json`` config and adapter checkpoint.
 
-    Returns ``(model, method)`` with the method applied (KaSA: the base truncated exactly as in training,
-    from the saved removed factors) and the trained adapter loaded. ``checkpoint``: ``last`` or ``best``.
+    Returns ``(model, method)`` with the method applied (KaSA: the base truncated as in training, from the
+    saved removed factors when the run kept them, else re-derived) and the trained adapter loaded. ``checkpoint``: ``last`` or ``best``.
     Methods that calibrate on data (CorDA) are not supported here.
     """
     from omegaconf import OmegaConf

@@ -381,7 +381,8 @@ class PeftMethod:
         for lname, layer in model.named_modules():
             if isinstance(layer, AdapterLayer):
                 for bname, _ in layer.named_buffers(recurse=False):
-                    keys.append(f"{lname}.{bname}")
+                    if bname not in layer._non_persistent_buffers_set:  # derived state is not saved
+                        keys.append(f"{lname}.{bname}")
         return keys
 
     def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:

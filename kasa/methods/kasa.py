@@ -23,9 +23,12 @@ spectrum makes that inaccurate (:mod:`kasa.methods.svd`); ``svd`` is the plain f
 env ``KASA_TRUNCATION_CACHE``) keeps the removed factors on disk, keyed by the weight's content
 (:mod:`kasa.methods.truncation_cache`), so a sweep pays each decomposition once.
 
-The removed part ``U_t S_t`` / ``V_t^T`` is kept as buffers: saved with the adapter, it lets a fresh base
-be re-truncated exactly, disabling the adapter gives ``W_world``, and :func:`export_lora` writes an exact
-plain LoRA of rank ``t + r`` on the ORIGINAL weights.
+With ``keep_removed=true`` the removed part ``U_t S_t`` / ``V_t^T`` is kept as buffers: saved with the
+adapter, it lets a fresh base be re-truncated from the saved factors, and :func:`export_lora` writes an
+exact plain LoRA of rank ``t + r`` on the ORIGINAL weights. It costs as much memory as ``A`` and ``B``
+together (2.3 % of the training memory of the bench's small Llama, see docs/benchmarks.md), so the default
+(``false``, memory as HF PEFT's KaSA) drops it after truncating; a reload then re-derives the same
+truncation through ``apply`` (deterministic, and cached on disk with ``truncation_cache``).
 """
 
 from __future__ import annotations
@@ -123,7 +126,7 @@ class KasaLayer(LoraLayer):
     def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float, use_rslora: bool,
                  truncation: str, truncation_rank: int, singular_values: str, svd_dtype_name: str,
                  name: str = "", removed: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 svd_method: str = "auto", keep_removed: bool = True):
+                 svd_method: str = "auto", keep_removed: bool = False):
         super().__init__(base_layer, r, alpha, dropout, use_rslora, name=name)
         w = base_layer.weight
         if singular_values == "learnable":
@@ -135,10 +138,14 @@ class KasaLayer(LoraLayer):
             check_rank(name, t, self.out_features, self.in_features, what="truncation_rank")
         keep = kept_components(self.out_features, self.in_features, t, truncation)
         t_eff = min(self.out_features, self.in_features) - keep
+        self.removed_rank = t_eff  # how many smallest triplets were truncated (kept even without the buffers)
         if removed is None:
             U, S, Vh = smallest_triplets(get_weight(base_layer), t_eff, svd_dtype(svd_dtype_name), svd_method)
             removed = (U * S, Vh)
         us, vh = removed
+        # The removed singular values (U_t S_t has orthogonal columns of norm s_i): t floats, kept in every
+        # mode so spectra of W can be rebuilt (kasa.analysis.spectra); derived, so not saved with the adapter.
+        self.register_buffer("kasa_removed_s", us.float().norm(dim=0).to(w.device), persistent=False)
         # float32 at least: these reproduce W exactly (export, reload onto a fresh base).
         self.register_buffer("kasa_removed_us", us.to(device=w.device, dtype=torch.promote_types(us.dtype, torch.float32)))
         self.register_buffer("kasa_removed_vh", vh.to(device=w.device, dtype=torch.promote_types(vh.dtype, torch.float32)))
@@ -259,7 +266,7 @@ class KasaConfig(LoraConfigBase):
     svd_dtype: str = "float32"  # float32 | float64 (dtype of the SVD in `svd` mode and of the stored factors)
     svd_method: str = "auto"  # auto (float64 Gram fast path, full SVD where inaccurate) | gram | svd
     truncation_cache: str | None = None  # directory caching the removed factors; env KASA_TRUNCATION_CACHE
-    keep_removed: bool = True  # keep U_t S_t, V_t^T as buffers: exact export_lora and reload; false: PEFT-like memory
+    keep_removed: bool = False  # true: keep U_t S_t, V_t^T as buffers (export_lora, exact reload); false: PEFT-like memory
 
 
 @register("kasa")
@@ -322,9 +329,17 @@ class Kasa(PeftMethod):
         with torch.no_grad():  # the same batched reductions training uses
             return {"l2": _batched_l2(layers), "l3": _batched_l3(layers, self.config.regularizer)}
 
+    def load_adapter_state_dict(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+        """As the base class; removed factors saved by a ``keep_removed=true`` run are dropped for layers built
+        without them (their truncation was re-derived by ``apply`` from the same base weights)."""
+        lean = {f"{n}.{b}" for n, m in model.named_modules() if isinstance(m, KasaLayer) and m.kasa_removed_us is None
+                for b in ("kasa_removed_us", "kasa_removed_vh")}
+        return super().load_adapter_state_dict(model, {k: v for k, v in state_dict.items() if k not in lean})
+
     def before_load(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
         for lname, layer in model.named_modules():
-            if isinstance(layer, KasaLayer):
+            # keep_removed=false: apply already re-derived the same truncation; saved factors are not needed
+            if isinstance(layer, KasaLayer) and layer.kasa_removed_us is not None:
                 us, vh = state_dict.get(f"{lname}.kasa_removed_us"), state_dict.get(f"{lname}.kasa_removed_vh")
                 if us is not None and vh is not None:
                     layer.replace_removed(us, vh)

@@ -78,7 +78,7 @@ def test_truncation_removes_exactly_the_smallest_triplets(truncation_rank):
         s_new = torch.linalg.svdvals(got)
         torch.testing.assert_close(s_new[:k - t], S[:k - t], atol=2e-6, rtol=0)  # the rest is untouched
         assert s_new[k - t:].abs().max() < 1e-5  # exactly t directions gone
-        assert layer.kasa_removed_us.shape == (W.shape[0], t)
+        assert layer.removed_rank == t
 
 
 def test_reference_truncation_keeps_in_features_minus_r_and_spares_wide_weights():
@@ -88,10 +88,10 @@ def test_reference_truncation_keeps_in_features_minus_r_and_spares_wide_weights(
     down = get_weight(model.model.layers[0].mlp.down_proj).detach().clone()
     build_method("kasa", r=4, target_modules=["q_proj", "down_proj"], truncation="reference").apply(model)
     wide = model.model.layers[0].mlp.down_proj
-    assert wide.kasa_removed_us.shape[1] == 0  # in - r = 44 >= min(32, 48): nothing truncated
+    assert wide.removed_rank == 0  # in - r = 44 >= min(32, 48): nothing truncated
     torch.testing.assert_close(get_weight(wide.base_layer), down)
     square = model.model.layers[0].self_attn.q_proj
-    assert square.kasa_removed_us.shape[1] == 4
+    assert square.removed_rank == 4
 
 
 def test_truncation_none_and_singular_values_off():
@@ -102,7 +102,7 @@ def test_truncation_none_and_singular_values_off():
     method.apply(model)
     for layer in _layers(model).values():
         assert layer.lora_diag is None
-        assert layer.kasa_removed_us.shape[1] == 0
+        assert layer.removed_rank == 0
     x = tiny_inputs()
     torch.testing.assert_close(model_output(model, x), model_output(base, x))  # B = 0 and no truncation
     # singular values off == plain LoRA on the truncated base
@@ -149,7 +149,7 @@ def test_merge_export_and_reload(arch, tmp_path):
     base = TINY_MODELS[arch]()
     targets = {"bert": ["query", "value"], "gpt2": ["c_attn"], "llama": ["q_proj", "v_proj", "down_proj"]}[arch]
     model = copy.deepcopy(base)
-    method = build_method("kasa", r=3, alpha=6, target_modules=targets)
+    method = build_method("kasa", r=3, alpha=6, target_modules=targets, keep_removed=True)
     method.apply(model)
     _randomise(model)
     x = tiny_inputs()
@@ -172,21 +172,28 @@ def test_merge_export_and_reload(arch, tmp_path):
     path = tmp_path / "adapter.pt"
     torch.save(method.adapter_state_dict(model), path)
     fresh = copy.deepcopy(base)
-    method2 = build_method("kasa", r=3, alpha=6, target_modules=targets)
+    method2 = build_method("kasa", r=3, alpha=6, target_modules=targets, keep_removed=True)
     method2.apply(fresh)
     method2.load_adapter_state_dict(fresh, torch.load(path))
     torch.testing.assert_close(model_output(fresh, x), expected, atol=1e-5, rtol=0)
+    # the default (keep_removed=false) re-derives the truncation itself and ignores the saved factors
+    lean = copy.deepcopy(base)
+    method3 = build_method("kasa", r=3, alpha=6, target_modules=targets)
+    method3.apply(lean)
+    method3.load_adapter_state_dict(lean, torch.load(path))
+    torch.testing.assert_close(model_output(lean, x), expected, atol=1e-5, rtol=0)
 
 
 def test_reload_re_truncates_when_the_saved_svd_differs():
     torch.manual_seed(0)
     base = tiny_bert()
     src = copy.deepcopy(base)
-    m_src = build_method("kasa", r=4, target_modules=["query"], truncation_rank=2)
+    m_src = build_method("kasa", r=4, target_modules=["query"], truncation_rank=2, keep_removed=True)
     m_src.apply(src)
     _randomise(src)
     dst = copy.deepcopy(base)
-    m_dst = build_method("kasa", r=4, target_modules=["query"], truncation_rank=2, svd_dtype="float64")
+    m_dst = build_method("kasa", r=4, target_modules=["query"], truncation_rank=2, svd_dtype="float64",
+                         keep_removed=True)
     m_dst.apply(dst)
     with torch.no_grad():  # perturb the destination's removed part: loading must restore then re-truncate
         for layer in _layers(dst).values():
@@ -271,12 +278,13 @@ def test_keep_removed_false_same_model_less_memory(tmp_path):
     torch.manual_seed(0)
     base = tiny_bert()
     kept, lean = copy.deepcopy(base), copy.deepcopy(base)
-    m_kept = build_method("kasa", r=4, target_modules=["query", "value"])
-    m_lean = build_method("kasa", r=4, target_modules=["query", "value"], keep_removed=False)
+    m_kept = build_method("kasa", r=4, target_modules=["query", "value"], keep_removed=True)
+    m_lean = build_method("kasa", r=4, target_modules=["query", "value"])  # the default
     m_kept.apply(kept)
     m_lean.apply(lean)
+    assert m_lean.config.keep_removed is False
     for n, layer in _layers(lean).items():
-        assert layer.kasa_removed_us is None
+        assert layer.kasa_removed_us is None and layer.removed_rank == _layers(kept)[n].removed_rank == 4
         torch.testing.assert_close(layer.base_layer.weight, _layers(kept)[n].base_layer.weight)
         with torch.no_grad():
             for p in ("lora_A", "lora_B", "lora_diag"):
