@@ -93,14 +93,14 @@ class AdaLoraLayer(AdapterLayer):
 class AdaLoraConfig(MethodConfig):
     init_r: int = 12  # initial rank of every adapter (the paper: 1.5 x the target budget)
     target_r: int = 8  # average rank after allocation
-    alpha: float = 8.0  # scaling numerator (HF PEFT's lora_alpha); divided by init_r
+    alpha: float = 16.0  # scaling numerator (HF PEFT's lora_alpha); divided by init_r
     dropout: float = 0.0
     tinit: int = 0  # warm-up steps at the full budget
     tfinal: int = 0  # final steps at the fixed target budget
-    deltaT: int = 1  # steps between two allocations
+    deltaT: int = 100  # steps between two allocations
     beta1: float = 0.85  # sensitivity EMA
     beta2: float = 0.85  # uncertainty EMA
-    orth_reg_weight: float = 0.5  # weight of the orthogonality regulariser
+    orth_reg_weight: float = 0.1  # weight of the orthogonality regulariser
     total_steps: int | None = None  # T; None: taken from the training loop
 
 
