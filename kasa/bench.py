@@ -14,7 +14,9 @@ config on the device, bf16), ``--tiny`` (seconds; what the tests run). Prints Ma
    form built explicitly, HF PEFT's);
 5. truncation of 7B-shaped weights: full SVD (float32, the previous default and HF PEFT's) against
    the fast path (``svd_method="auto"``), per weight, and an extrapolation to LLaMA-2 7B's targets;
-6. Lightning's training step (``kasa.module.PeftModule``) against a bare PyTorch loop.
+6. every registry method (and HF PEFT's DoRA, PiSSA, AdaLoRA, VeRA) over the frozen floor, with its
+   counted memory, one method at a time (``--skip-methods`` leaves it out);
+7. Lightning's training step (``kasa.module.PeftModule``) against a bare PyTorch loop.
 """
 
 from __future__ import annotations
@@ -79,13 +81,15 @@ LLAMA7B_TARGET_SHAPES = {(4096, 4096): 96, (11008, 4096): 32, (4096, 11008): 32}
 
 
 # ----------------------------------------------------------------------------------------------------
-def build_llama(p: Profile, layers: int | None = None) -> nn.Module:
+def build_llama(p: Profile, layers: int | None = None, bias: bool = False) -> nn.Module:
+    """The profile's Llama from its config, on the device in its dtype; ``bias`` adds attention and MLP biases
+    (so BitFit has something to train in the all-methods table)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(vocab_size=p.vocab, hidden_size=p.hidden, intermediate_size=p.intermediate,
                       num_hidden_layers=layers or p.layers, num_attention_heads=p.heads,
                       num_key_value_heads=p.heads, max_position_embeddings=max(64, p.seq),
-                      bos_token_id=0, eos_token_id=0, pad_token_id=0)
+                      bos_token_id=0, eos_token_id=0, pad_token_id=0, attention_bias=bias, mlp_bias=bias)
     with torch.device(p.device):  # built on the device in its dtype: a 7B float32 detour would not fit
         model = LlamaForCausalLM._from_config(cfg, dtype=p.dtype)
     return model.train()
@@ -111,8 +115,12 @@ class Runner:
     """One method on one model: its training step, its merged forward, its regulariser."""
 
     def __init__(self, name: str, model: nn.Module, reg: Callable[[], torch.Tensor] | None,
-                 merge: Callable[[], None] | None, method=None):
+                 merge: Callable[[], None] | None, method=None, after_step: Callable[[int], None] | None = None,
+                 hooks: bool = False):
         self.name, self.model, self.reg, self.merge_fn, self.method = name, model, reg, merge, method
+        # hooks: call the method's per-step hooks as the training loop does (DyLoRA's rank draw before the
+        # forward, AdaLoRA's importance update and rank allocation after the optimizer step)
+        self.hooks, self.after_step, self.steps = hooks, after_step, 0
         params = [q for q in model.parameters() if q.requires_grad]
         self.params = params
         self.opt = torch.optim.AdamW(params, lr=1e-5) if params else None
@@ -122,12 +130,19 @@ class Runner:
     def step(self, batch: torch.Tensor, with_reg: bool = True) -> None:
         if self.opt is not None:
             self.opt.zero_grad(set_to_none=True)
+        if self.hooks:
+            self.method.on_before_forward(self.model, self.steps)
         loss = self.model(input_ids=batch, labels=batch).loss
         if self.reg is not None and with_reg:
             loss = loss + self.reg()
         loss.backward()
         if self.opt is not None:
             self.opt.step()
+        if self.hooks:
+            self.method.on_train_step(self.model, self.steps, ALL_METHODS_TOTAL_STEPS)
+        if self.after_step is not None:
+            self.after_step(self.steps)
+        self.steps += 1
 
     @torch.no_grad()
     def infer(self, batch: torch.Tensor) -> None:
@@ -191,14 +206,24 @@ def saved_activation_bytes(runner: Runner, batch: torch.Tensor) -> int:
     return total
 
 
-def memory_row(runner: Runner, batch: torch.Tensor, device: str) -> dict[str, float]:
+def _buffer_bytes(model: nn.Module) -> int:
+    return sum(b.numel() * b.element_size() for b in model.buffers())
+
+
+def memory_row(runner: Runner, batch: torch.Tensor, device: str, base_buffers: int | None = None
+               ) -> dict[str, float]:
+    """Counted bytes of one training step; ``buffers``: what the method added (all buffers minus
+    ``base_buffers``, the frozen model's own; by default KaSA's removed factors only)."""
     trainable = sum(q.numel() * q.element_size() for q in runner.params)
     opt_state = 0
     if runner.opt is not None:
         for st in runner.opt.state.values():
             opt_state += sum(v.numel() * v.element_size() for v in st.values() if torch.is_tensor(v))
-    buffers = sum(b.numel() * b.element_size() for m in runner.model.modules() if isinstance(m, KasaLayer)
-                  for b in m.buffers(recurse=False))
+    if base_buffers is None:
+        buffers = sum(b.numel() * b.element_size() for m in runner.model.modules() if isinstance(m, KasaLayer)
+                      for b in m.buffers(recurse=False))
+    else:
+        buffers = max(0, _buffer_bytes(runner.model) - base_buffers)
     acts = saved_activation_bytes(runner, batch)
     row = {"trainable": trainable, "grads": trainable, "adamw": opt_state, "buffers": buffers, "saved": acts}
     row["total"] = sum(row.values())
@@ -306,6 +331,90 @@ def bench_regularisers(p: Profile, kasa_runner: Runner, peft_runner: Runner, bat
         fns["reference built explicitly (in x in, out x out)"] = run(explicit_reference)
     fns["step"] = lambda: kasa_runner.step(batch)  # the denominator, timed in the same interleaving
     return interleaved(fns, p.reps, p.warmup, p.device)
+
+
+# Every registry method, in the issue's order, then HF PEFT's implementations of those peft has.
+ALL_METHODS = ["fft", "bitfit", "adapter_h", "adapter_p", "adapter_l", "adapter_d", "lora", "adalora", "dylora",
+               "vera", "sara", "pissa", "milora", "dora", "corda", "kasa"]
+PEFT_PEERS = ["peft_dora", "peft_pissa", "peft_adalora", "peft_vera"]
+ALL_METHODS_TOTAL_STEPS = 1000  # AdaLoRA's budget schedule horizon in the bench (allocation every deltaT)
+
+
+def _method_kwargs(name: str, r: int, layers: int) -> dict:
+    """The method's defaults, with the rank and q/k/v/up/down targets of the comparison where it has them."""
+    if name == "adapter_d":  # AdapterDrop's 5 of 12 layers, scaled to the bench model's depth
+        return {"drop_layers": max(1, layers * 5 // 12)}
+    if name in ("fft", "bitfit") or name.startswith("adapter_"):
+        return {}  # all weights / all biases / the adapters' placement presets
+    if name == "adalora":
+        return {"init_r": int(1.5 * r), "target_r": r, "target_modules": TARGETS,
+                "total_steps": ALL_METHODS_TOTAL_STEPS}
+    if name in ("vera", "sara"):
+        return {"target_modules": TARGETS}  # VeRA's own r (1024), SARA's per-layer rank rule
+    return {"r": r, "alpha": 2 * r, "target_modules": TARGETS}
+
+
+def _build_method_runner(name: str, base: nn.Module, r: int, batch: torch.Tensor, layers: int) -> Runner:
+    m = copy.deepcopy(base)
+    if name.startswith("peft_"):
+        from peft import AdaLoraConfig, LoraConfig, VeraConfig, get_peft_model
+
+        kind = name.removeprefix("peft_")
+        if kind == "adalora":
+            cfg = AdaLoraConfig(init_r=int(1.5 * r), target_r=r, total_step=ALL_METHODS_TOTAL_STEPS,
+                                target_modules=TARGETS, lora_alpha=2 * r)
+        elif kind == "vera":
+            cfg = VeraConfig(r=1024, target_modules=TARGETS)
+        else:
+            cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=TARGETS, lora_dropout=0.0,
+                             use_dora=kind == "dora", init_lora_weights="pissa" if kind == "pissa" else True)
+        pm = get_peft_model(m, cfg, autocast_adapter_dtype=False)
+        after = (lambda step: pm.base_model.update_and_allocate(step)) if kind == "adalora" else None
+        return Runner(name, pm, None, None, after_step=after)
+    method = build_method(name, **_method_kwargs(name, r, layers))
+    if getattr(method, "needs_calibration", False):  # CorDA: covariances from the benchmark batch
+        method.apply(m, calibration=[{"input_ids": batch}])
+    else:
+        method.apply(m)
+    reg = lambda: method.regularization_loss(m)  # noqa: E731 (zero for methods without one)
+    return Runner(name, m, reg, None, method, hooks=True)
+
+
+def bench_all_methods(p: Profile, r: int, batch: torch.Tensor) -> list[dict]:
+    """Every method's training step over the frozen floor, and its counted memory, one method at a time.
+
+    The model has attention and MLP biases (BitFit's parameters). Each method is timed interleaved with the
+    floor (so only two models are alive at once, as a 7B GPU run needs); ratios are medians of
+    per-repetition ratios.
+    """
+    import gc
+
+    torch.manual_seed(0)
+    base = build_llama(p, bias=True)
+    for q in base.parameters():
+        q.requires_grad_(False)
+    floor = Runner("frozen", copy.deepcopy(base), None, None)
+    base_buffers = _buffer_bytes(base)
+    reps = max(5, p.reps // 2)
+    rows = []
+    for name in ALL_METHODS + PEFT_PEERS:
+        torch.manual_seed(0)
+        try:
+            rr = _build_method_runner(name, base, r, batch, p.layers)
+        except Exception as exc:  # a method that cannot run here is reported, not silently dropped
+            rows.append({"method": name, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        raw = interleaved_raw({"frozen": lambda: floor.step(batch), name: lambda: rr.step(batch)}, reps,
+                              p.warmup, p.device)
+        mem = memory_row(rr, batch, p.device, base_buffers)
+        rows.append({"method": name, "step": statistics.median(raw[name]), "floor": statistics.median(raw["frozen"]),
+                     "over_floor": paired_ratio(raw, name, "frozen"),
+                     "trainable_params": sum(q.numel() for q in rr.params), **mem})
+        del rr
+        gc.collect()
+        if p.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return rows
 
 
 def bench_merged(p: Profile, runners: dict[str, Runner], batch: torch.Tensor) -> dict[str, float]:
@@ -433,8 +542,47 @@ LABELS = {"frozen": "frozen model (floor)", "lora": "LoRA (ours)", "kasa": "KaSA
           "kasa_keep": "KaSA (ours), keep_removed=true"}
 
 
+def all_methods_table(p: Profile, r: int, batch: torch.Tensor) -> list[str]:
+    """The Markdown section of :func:`bench_all_methods`."""
+    rows = bench_all_methods(p, r, batch)
+    out = ["### Every method: training step over the frozen floor, counted memory\n",
+           f"The same Llama with attention and MLP biases (BitFit's parameters); each method timed interleaved "
+           f"with the frozen floor ({max(5, p.reps // 2)} repetitions after {p.warmup} warm-up rounds), one method "
+           f"at a time; the per-step hooks run as in training (DyLoRA's rank draw, AdaLoRA's allocation, "
+           f"horizon {ALL_METHODS_TOTAL_STEPS} steps). Defaults of each method, with r = {r}, alpha = {2 * r} and "
+           f"targets {', '.join(TARGETS)} where it takes them; VeRA and SARA keep their own ranks (VeRA r = 1024, "
+           f"SARA's per-layer rule), the adapters their placement presets (AdapterDrop without adapters in the lowest "
+           f"{max(1, p.layers * 5 // 12)} of {p.layers} layers, its 5 of 12 scaled), FFT trains everything. HF PEFT rows: "
+           f"the same settings in peft {_peft_version()}. Memory counted as in the memory table (buffers: what "
+           f"the method added to the model).\n",
+           "| method | step (ms) | / floor | / LoRA (ours), over floor | trainable params | buffers | memory total "
+           "| / LoRA (ours) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lora = next((x for x in rows if x["method"] == "lora" and "error" not in x), None)
+    for x in rows:
+        label = METHOD_LABELS.get(x["method"], x["method"])
+        if "error" in x:
+            out.append(f"| {label} | failed: {x['error'][:120]} | | | | | | |")
+            continue
+        rel = (x["step"] - x["floor"]) / max(lora["step"] - lora["floor"], 1e-12) if lora else math.nan
+        mem = x["total"] / lora["total"] if lora else math.nan
+        out.append(f"| {label} | {x['step'] * 1e3:.1f} | {x['over_floor']:.3f} | {rel:.2f} | "
+                   f"{x['trainable_params']:,} | {_fmt_bytes(x['buffers'])} | {_fmt_bytes(x['total'])} | {mem:.3f} |")
+    out.append("")
+    return out
+
+
+def _peft_version() -> str:
+    import peft
+
+    return peft.__version__
+
+
+METHOD_LABELS = {"peft_dora": "HF PEFT DoRA", "peft_pissa": "HF PEFT PiSSA", "peft_adalora": "HF PEFT AdaLoRA",
+                 "peft_vera": "HF PEFT VeRA"}
+
+
 def run(profile: str, r: int = 8, beta: float = 1e-4, gamma: float = 1e-3, layers: int | None = None,
-        skip_truncation: bool = False, threads: int | None = None) -> str:
+        skip_truncation: bool = False, threads: int | None = None, skip_methods: bool = False) -> str:
     """Run every measurement of ``profile`` and return the Markdown report."""
     p = copy.deepcopy(PROFILES[profile])
     if layers:
@@ -517,6 +665,9 @@ def run(profile: str, r: int = 8, beta: float = 1e-4, gamma: float = 1e-3, layer
     out.append("")
     del runners
 
+    if not skip_methods:
+        out.extend(all_methods_table(p, r, batch))
+
     if not skip_truncation:
         if p.trunc_threads:
             torch.set_num_threads(p.trunc_threads)
@@ -572,11 +723,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--r", type=int, default=8)
     ap.add_argument("--layers", type=int, default=None, help="override the number of decoder layers")
     ap.add_argument("--skip-truncation", action="store_true")
+    ap.add_argument("--skip-methods", action="store_true", help="skip the every-method table")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="also write the Markdown report here")
     a = ap.parse_args(argv)
     profile = "full" if a.full else "tiny" if a.tiny else "quick"
-    report = run(profile, r=a.r, layers=a.layers, skip_truncation=a.skip_truncation, threads=a.threads)
+    report = run(profile, r=a.r, layers=a.layers, skip_truncation=a.skip_truncation, threads=a.threads,
+                 skip_methods=a.skip_methods)
     print(report)
     if a.out:
         with open(a.out, "w") as f:

@@ -18,7 +18,7 @@ def report(tmp_path_factory) -> str:
 
 def test_every_section_and_method_is_reported(report):
     for heading in ("Training step", "Memory per training step", "Regulariser", "Merged inference",
-                    "KaSA truncation", "Lightning step vs bare PyTorch loop"):
+                    "KaSA truncation", "Every method", "Lightning step vs bare PyTorch loop"):
         assert f"### {heading}" in report
     for label in bench.LABELS.values():
         assert f"| {label} |" in report
@@ -44,3 +44,17 @@ def test_memory_counts_adapter_state(report):
     kasa_row = next(line for line in section.splitlines() if line.startswith("| KaSA (ours) |"))
     frozen_row = next(line for line in section.splitlines() if line.startswith("| frozen model (floor) |"))
     assert kasa_row.split("|")[2].strip() != "0 B" and frozen_row.split("|")[2].strip() == "0 B"
+
+
+def test_every_method_and_peft_peer_has_a_row_over_the_floor(report):
+    section = report.split("### Every method")[1].split("###")[0]
+    rows = {line.split("|")[1].strip(): line for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith("| method")}
+    expected = bench.ALL_METHODS + [bench.METHOD_LABELS[n] for n in bench.PEFT_PEERS]
+    assert list(rows) == expected
+    for name, line in rows.items():
+        assert "failed" not in line, line
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert float(cells[2]) > 0 and int(cells[4].replace(",", "")) > 0, line
+    lora = [c.strip() for c in rows["lora"].strip("|").split("|")]
+    assert lora[3] == "1.00" and lora[7] == "1.000"  # LoRA against itself
