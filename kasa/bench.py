@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import datetime
 import math
 import platform
@@ -35,7 +36,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .methods import build_method
+from .methods import REGISTRY, build_method
 from .methods.kasa import KasaLayer, _batched_l2, _batched_l3
 from .methods.svd import batched_smallest_triplets
 from .methods.truncation_cache import weight_fingerprint
@@ -371,7 +372,10 @@ def _build_method_runner(name: str, base: nn.Module, r: int, batch: torch.Tensor
         pm = get_peft_model(m, cfg, autocast_adapter_dtype=False)
         after = (lambda step: pm.base_model.update_and_allocate(step)) if kind == "adalora" else None
         return Runner(name, pm, None, None, after_step=after)
-    method = build_method(name, **_method_kwargs(name, r, layers))
+    kw = _method_kwargs(name, r, layers)
+    if "dropout" in {f.name for f in dataclasses.fields(REGISTRY[name].config_cls)}:
+        kw["dropout"] = 0.0  # as the HF PEFT rows: the table compares mechanisms, not dropout (DoRA/MiLoRA: 0.05)
+    method = build_method(name, **kw)
     if getattr(method, "needs_calibration", False):  # CorDA: covariances from the benchmark batch
         method.apply(m, calibration=[{"input_ids": batch}])
     else:
@@ -551,7 +555,7 @@ def all_methods_table(p: Profile, r: int, batch: torch.Tensor) -> list[str]:
            f"at a time; the per-step hooks run as in training (DyLoRA's rank draw, AdaLoRA's allocation, "
            f"horizon {ALL_METHODS_TOTAL_STEPS} steps). Defaults of each method, with r = {r}, alpha = {2 * r} and "
            f"targets {', '.join(TARGETS)} where it takes them; VeRA and SARA keep their own ranks (VeRA r = 1024, "
-           f"SARA's per-layer rule), the adapters their placement presets (AdapterDrop without adapters in the lowest "
+           f"SARA's per-layer rule), dropout 0 everywhere, the adapters their placement presets (AdapterDrop without adapters in the lowest "
            f"{max(1, p.layers * 5 // 12)} of {p.layers} layers, its 5 of 12 scaled), FFT trains everything. HF PEFT rows: "
            f"the same settings in peft {_peft_version()}. Memory counted as in the memory table (buffers: what "
            f"the method added to the model).\n",
