@@ -34,9 +34,10 @@ projections truncated-normal with std 1e-3 cut at 2 std, biases zero: near, not 
 the other variants (and ``init_scale=null``) keep ``nn.Linear``'s default down-projection and a zero
 up-projection, an exact identity at step 0.
 
-Simplification, stated: the adapter sees the projection's output before the block's dropout (adapter-bert
-applies it after the dropout: ``Adapter(dropout(Project(h)))``); the two are identical in eval mode and
-differ only in where training-time dropout falls.
+Dropout: with a placement preset the block's dropout after the projection (BERT/RoBERTa/DeBERTa
+``*.output.dropout``, GPT-2 ``attn.resid_dropout`` / ``mlp.dropout``) moves into the adapter layer and is
+replaced by ``nn.Identity`` in the block, so the adapter sees the dropped output as adapter-bert and
+AdapterHub apply it: ``Adapter(dropout(Project(h)))``. Llama-style blocks have no such dropout.
 """
 
 from __future__ import annotations
@@ -70,6 +71,15 @@ PLACEMENT_PRESETS: dict[str, tuple[str, str]] = {
     "gemma": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
 }
+# The block's dropout that follows each output projection (a sibling of it), per architecture: with a
+# placement preset it moves into the adapter layer, so the adapter sees the dropped output as the reference
+# implementations apply it (adapter-bert: ``Adapter(dropout(Project(h)))``; AdapterHub the same). Llama-style
+# blocks have no dropout module after o_proj / down_proj.
+_BERT_DROPOUT = ("dropout", "dropout")
+POST_DROPOUT: dict[str, tuple[str, str]] = {
+    "bert": _BERT_DROPOUT, "roberta": _BERT_DROPOUT, "xlm-roberta": _BERT_DROPOUT, "deberta-v2": _BERT_DROPOUT,
+    "deberta": _BERT_DROPOUT, "gpt2": ("resid_dropout", "dropout"),
+}
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)(?:\.|$)")
 
 
@@ -92,13 +102,16 @@ def placement_patterns(model: nn.Module, where: tuple[str, ...]) -> list[str]:
 
 
 class BottleneckAdapterLayer(AdapterLayer):
-    """``y = base_layer(x); y + up(f(down(norm(y))))`` with ``up`` zero-initialised (identity at init)."""
+    """``h = dropout(base_layer(x)); h + up(f(down(norm(h))))``; ``dropout`` is the block's own dropout after
+    the projection, moved in here (identity when the architecture has none)."""
 
     mergeable = False
 
     def __init__(self, base_layer: nn.Module, bottleneck: int, activation: str = "relu",
-                 layer_norm: bool = False, name: str = "", init_scale: float | None = None):
+                 layer_norm: bool = False, name: str = "", init_scale: float | None = None,
+                 block_dropout: nn.Module | None = None):
         super().__init__(base_layer)
+        self.block_dropout = block_dropout
         if bottleneck < 1:
             raise MethodError(f"adapter bottleneck={bottleneck} must be at least 1 (layer '{name}')")
         d = self.out_features
@@ -124,11 +137,15 @@ class BottleneckAdapterLayer(AdapterLayer):
             h = self.adapter_norm(h)
         return self.adapter_up(ACTIVATIONS[self.activation](self.adapter_down(h)))
 
+    def _projected(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base_layer(x)
+        return self.block_dropout(y) if self.block_dropout is not None else y
+
     def delta(self, x: torch.Tensor) -> torch.Tensor:  # the branch depends on y, not x: see forward
-        return self.adapter(self.base_layer(x))
+        return self.adapter(self._projected(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base_layer(x)
+        y = self._projected(x)
         if self.disabled:
             return y
         return y + self.adapter(y).to(y.dtype)
@@ -224,10 +241,30 @@ class BottleneckAdapters(PeftMethod):
         c = self.config
         return c.bottleneck if c.bottleneck is not None else max(1, int(hidden // c.reduction_factor))
 
+    def before_wrap(self, model: nn.Module, names: list[str]) -> None:
+        """With a placement preset, find the dropout after each wrapped projection (moved in by :meth:`wrap`)."""
+        self._dropouts: dict[str, tuple[nn.Module, str]] = {}
+        sib = POST_DROPOUT.get(model_type(model)) if self.config.target_modules is None else None
+        if sib is None:
+            return
+        attn, ffn = (re.compile(pat) for pat in placement_patterns(model, ("attn", "ffn")))
+        for n in names:
+            attr = sib[0] if attn.fullmatch(n) else sib[1] if ffn.fullmatch(n) else None
+            parent_name = n.rpartition(".")[0]
+            parent = model.get_submodule(parent_name) if parent_name else model
+            if attr is not None and isinstance(getattr(parent, attr, None), nn.Module):
+                self._dropouts[n] = (parent, attr)
+
     def wrap(self, name: str, module: nn.Module) -> BottleneckAdapterLayer:
         out_features, _ = layer_shape(module)
+        drop = None
+        if name in getattr(self, "_dropouts", {}):
+            parent, attr = self._dropouts[name]
+            drop = getattr(parent, attr)
+            setattr(parent, attr, nn.Identity().train(drop.training))  # the adapter layer applies it now
         return BottleneckAdapterLayer(module, self.bottleneck_for(out_features), self.config.activation,
-                                      layer_norm=self.own_norm, name=name, init_scale=self.config.init_scale)
+                                      layer_norm=self.own_norm, name=name, init_scale=self.config.init_scale,
+                                      block_dropout=drop)
 
     def mark_trainable(self, model: nn.Module) -> None:
         super().mark_trainable(model)

@@ -165,3 +165,35 @@ def test_explicit_target_modules_override_the_preset():
     assert _adapter_names(model) == [f"bert.encoder.layer.{i}.attention.self.query" for i in range(2)]
     with pytest.raises(MethodError, match="match no module"):
         _adapted("bert", "adapter_p", target_modules=["nothing_here"])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_block_dropout_moves_into_the_adapter(tiny_model_name, variant):
+    """adapter-bert / AdapterHub order: Adapter(dropout(Project(h))), with the block's own dropout module."""
+    torch.manual_seed(0)
+    model = TINY_MODELS[tiny_model_name]()
+    drops = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Dropout)}
+    build_method(variant, **KW.get(variant, {}), bottleneck=4).apply(model)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, BottleneckAdapterLayer)}
+    for n, layer in layers.items():
+        parent = n.rpartition(".")[0]
+        if tiny_model_name == "llama":  # no dropout module after o_proj / down_proj
+            assert layer.block_dropout is None
+            continue
+        attr = "resid_dropout" if (tiny_model_name == "gpt2" and n.endswith("attn.c_proj")) else "dropout"
+        assert layer.block_dropout is drops[f"{parent}.{attr}"]  # the model's own module, moved
+        assert isinstance(model.get_submodule(f"{parent}.{attr}"), torch.nn.Identity)
+    # training mode: the branch sees exactly the dropped projection output
+    n, layer = next(iter(layers.items()))
+    layer.train()
+    with torch.no_grad():
+        for lin in (layer.adapter_down, layer.adapter_up):
+            lin.weight.normal_()
+    x = torch.randn(2, 3, layer.in_features)
+    torch.manual_seed(1)
+    out = layer(x)
+    torch.manual_seed(1)
+    h = layer.block_dropout(layer.base_layer(x)) if layer.block_dropout is not None else layer.base_layer(x)
+    torch.testing.assert_close(out, h + layer.adapter(h))
+    if layer.block_dropout is not None and layer.block_dropout.p > 0:
+        assert (h == 0).any()  # dropout did drop something, so the check above is not trivial
