@@ -17,7 +17,11 @@ Variants (registry name: paper; what differs):
   trains the model's layer-normalisation parameters (``train_layer_norm=True``). Defaults from the
   reference code (google-research/adapter-bert): bottleneck 64, GELU.
 - ``adapter_p``: Pfeiffer et al. 2021, "AdapterFusion". One adapter per block after the FFN output;
-  reduction factor 16 (bottleneck = hidden / 16), ReLU.
+  reduction factor 16 (bottleneck = hidden / 16), ReLU. Not reproduced: AdapterHub's Pfeiffer config also
+  routes the adapter through the block's own LayerNorm (``original_ln_before`` / ``original_ln_after``:
+  the adapter reads ``LN(h + x)`` and the block re-applies ``LN(. + x)`` after it), which needs the whole
+  output module rewritten per architecture; here the bottleneck sits on the dropped FFN output, before the
+  block's residual sum and LayerNorm, as for the other variants.
 - ``adapter_l``: Lin et al. 2020, "Exploring Versatile Generative Language Model via Parameter-Efficient
   Transfer Learning": ``Adapter(H) = ReLU(LN(H) W_E) W_D + H``, i.e. one adapter with its OWN LayerNorm
   applied to the adapter's input. Lin et al. put it on top of each transformer layer (after the block's
