@@ -219,7 +219,9 @@ def instruction_splits(source: str, path: str | None = None, split_seed: int = 0
         return f"{r['instruction']}\x00{r.get('input') or ''}"
 
     if eval_path or eval_split:
-        held = _chat_rows(eval_path or path or "", eval_split or "test", revision if not eval_path else None)
+        if not (eval_path or path):
+            raise DatasetError("a held-out split (eval_split) needs source_args.eval_path or source_args.path")
+        held = _chat_rows(eval_path or path, eval_split or "test", revision if not eval_path else None)
         seen = {key(r) for r in held}
         train = [r for r in rows if key(r) not in seen]
         if len(train) < len(rows):

@@ -98,6 +98,8 @@ def test_chat_source_errors_name_the_problem(tmp_path):
         instruction_splits("chat", path=str(synth), split="train", eval_split="test")
     with pytest.raises(DatasetError, match="source_args.path"):
         instruction_splits("chat")
+    with pytest.raises(DatasetError, match="eval_path"):
+        instruction_splits("bigbench", eval_split="test")
     flat = _write(tmp_path / "flat", {"train": {"instruction": ["a"], "output": ["b"]}})
     with pytest.raises(DatasetError, match="no 'messages' column"):
         instruction_splits("chat", path=str(flat), eval_split="train")
