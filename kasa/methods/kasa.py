@@ -176,6 +176,7 @@ class KasaLayer(LoraLayer):
         self._subtract_removed(sign=+1.0)
         self.kasa_removed_us = us.to(self.kasa_removed_us)
         self.kasa_removed_vh = vh.to(self.kasa_removed_vh)
+        self.kasa_removed_s = self.kasa_removed_us.float().norm(dim=0)
         self._subtract_removed(sign=-1.0)
 
     def _middle(self) -> torch.Tensor | float:
