@@ -17,11 +17,12 @@ Variants (registry name: paper; what differs):
   trains the model's layer-normalisation parameters (``train_layer_norm=True``). Defaults from the
   reference code (google-research/adapter-bert): bottleneck 64, GELU.
 - ``adapter_p``: Pfeiffer et al. 2021, "AdapterFusion". One adapter per block after the FFN output;
-  reduction factor 16 (bottleneck = hidden / 16), ReLU. Not reproduced: AdapterHub's Pfeiffer config also
-  routes the adapter through the block's own LayerNorm (``original_ln_before`` / ``original_ln_after``:
-  the adapter reads ``LN(h + x)`` and the block re-applies ``LN(. + x)`` after it), which needs the whole
-  output module rewritten per architecture; here the bottleneck sits on the dropped FFN output, before the
-  block's residual sum and LayerNorm, as for the other variants.
+  reduction factor 16 (bottleneck = hidden / 16), ReLU. On post-LN (BERT/RoBERTa/DeBERTa) blocks it follows
+  AdapterHub's PfeifferConfig (``original_ln=True``: :class:`OutputBlockAdapterLayer` wraps the FFN output
+  block, the adapter reads ``LN(h + x)``, keeps ``h`` as its skip and the block re-applies ``LN(. + x)``).
+  GPT-2 / Llama blocks (pre-LN, residual added outside the MLP) get the bottleneck on the dropped FFN
+  output, as the other variants; AdapterHub's GPT-2 arrangement (the adapter reading ``h + x``) is not
+  reproduced.
 - ``adapter_l``: Lin et al. 2020, "Exploring Versatile Generative Language Model via Parameter-Efficient
   Transfer Learning": ``Adapter(H) = ReLU(LN(H) W_E) W_D + H``, i.e. one adapter with its OWN LayerNorm
   applied to the adapter's input. Lin et al. put it on top of each transformer layer (after the block's
@@ -84,6 +85,19 @@ POST_DROPOUT: dict[str, tuple[str, str]] = {
     "bert": _BERT_DROPOUT, "roberta": _BERT_DROPOUT, "xlm-roberta": _BERT_DROPOUT, "deberta-v2": _BERT_DROPOUT,
     "deberta": _BERT_DROPOUT, "gpt2": ("resid_dropout", "dropout"),
 }
+# Post-LN output blocks ``LN(dropout(dense(x)) + residual)`` (modules with ``dense``, ``dropout``,
+# ``LayerNorm``) that AdapterHub's Pfeiffer arrangement wraps as a whole, per architecture.
+OUTPUT_BLOCK_PRESETS: dict[str, str] = {mt: r".*\.layer\.\d+\.output" for mt in
+                                        ("bert", "roberta", "xlm-roberta", "deberta-v2", "deberta")}
+
+
+def is_output_block(module: nn.Module) -> bool:
+    """A post-LN output block: a linear ``dense``, a ``dropout`` and a ``LayerNorm`` (BERT-style *Output)."""
+    return (isinstance(getattr(module, "dense", None), nn.Linear) and isinstance(getattr(module, "LayerNorm", None),
+                                                                                 nn.Module)
+            and isinstance(getattr(module, "dropout", None), nn.Module))
+
+
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)(?:\.|$)")
 
 
@@ -113,13 +127,13 @@ class BottleneckAdapterLayer(AdapterLayer):
 
     def __init__(self, base_layer: nn.Module, bottleneck: int, activation: str = "relu",
                  layer_norm: bool = False, name: str = "", init_scale: float | None = None,
-                 block_dropout: nn.Module | None = None):
-        super().__init__(base_layer)
+                 block_dropout: nn.Module | None = None, shape: tuple[int, int] | None = None):
+        super().__init__(base_layer, shape)
         self.block_dropout = block_dropout
         if bottleneck < 1:
             raise MethodError(f"adapter bottleneck={bottleneck} must be at least 1 (layer '{name}')")
         d = self.out_features
-        w = base_layer.weight
+        w = self.weight
         kw = {"device": w.device, "dtype": w.dtype}
         self.bottleneck = bottleneck
         self.activation = activation
@@ -158,6 +172,41 @@ class BottleneckAdapterLayer(AdapterLayer):
         return f"bottleneck={self.bottleneck}, activation={self.activation}, own_norm={self.adapter_norm is not None}"
 
 
+class OutputBlockAdapterLayer(BottleneckAdapterLayer):
+    """AdapterHub's Pfeiffer arrangement around a post-LN output block ``LN(dropout(dense(x)) + r)``.
+
+    With ``h = dropout(dense(x))``: ``out = LN(h + up(f(down(LN(h + r)))) + r)``, i.e. AdapterHub's
+    ``original_ln_before`` (the adapter reads the block's normalised output), ``residual_before_ln`` (its
+    skip connection is ``h``) and ``original_ln_after`` (the block's LayerNorm with the residual again).
+    The block's dense, dropout and LayerNorm are its own, frozen; with the up-projection at zero this is
+    the block itself.
+    """
+
+    def __init__(self, block: nn.Module, bottleneck: int, activation: str = "relu", name: str = "",
+                 init_scale: float | None = None):
+        super().__init__(block, bottleneck, activation, layer_norm=False, name=name, init_scale=init_scale,
+                         shape=layer_shape(block.dense))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.dense.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.dense.bias
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        raise MethodError("an output-block adapter needs the block's residual input: call the layer itself")
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        b = self.base_layer
+        h = b.dropout(b.dense(hidden_states))
+        if self.disabled:
+            return b.LayerNorm(h + input_tensor)
+        a = h + self.adapter(b.LayerNorm(h + input_tensor)).to(h.dtype)
+        return b.LayerNorm(a + input_tensor)
+
+
 @dataclass
 class AdapterConfig(MethodConfig):
     """Shared hyper-parameters; ``target_modules`` (None: the architecture's placement preset)."""
@@ -167,6 +216,9 @@ class AdapterConfig(MethodConfig):
     activation: str = "gelu"  # gelu | relu | swish | silu | tanh
     train_layer_norm: bool = False  # also train the model's own LayerNorm/RMSNorm parameters (Houlsby)
     init_scale: float | None = None  # None: up-projection zero (exact identity); s: both ~ truncnormal(0, s)
+    # FFN-only adapters on post-LN (BERT-style) blocks: AdapterHub's Pfeiffer LayerNorm arrangement
+    # (OutputBlockAdapterLayer); false, or other architectures: the bottleneck on the dropped FFN output
+    original_ln: bool = False
 
 
 @dataclass
@@ -182,6 +234,7 @@ class PfeifferConfig(AdapterConfig):
     bottleneck: int | None = None
     reduction_factor: float = 16.0
     activation: str = "relu"
+    original_ln: bool = True  # AdapterHub's PfeifferConfig: original_ln_before / original_ln_after
 
 
 @dataclass
@@ -196,6 +249,7 @@ class AdapterDropConfig(AdapterConfig):
     reduction_factor: float = 16.0
     activation: str = "relu"
     style: str = "pfeiffer"  # pfeiffer (FFN output only) | houlsby (attention and FFN outputs)
+    original_ln: bool = True  # pfeiffer style: AdapterHub's LayerNorm arrangement (as adapter_p)
     drop_layers: int = 5  # no adapter in blocks 0 .. drop_layers-1
 
 
@@ -230,6 +284,9 @@ class BottleneckAdapters(PeftMethod):
         if self.config.target_modules is not None:
             spec = self.config.target_modules
             names = [n for n, _ in model.named_modules() if n and match_target(n, spec)]
+        elif self.uses_output_blocks(model):
+            pat = re.compile(OUTPUT_BLOCK_PRESETS[model_type(model)])
+            names = [n for n, m in model.named_modules() if pat.fullmatch(n) and is_output_block(m)]
         else:
             pats = [re.compile(p) for p in placement_patterns(model, self.placement())]
             names = [n for n, _ in model.named_modules() if any(p.fullmatch(n) for p in pats)]
@@ -244,6 +301,17 @@ class BottleneckAdapters(PeftMethod):
     def bottleneck_for(self, hidden: int) -> int:
         c = self.config
         return c.bottleneck if c.bottleneck is not None else max(1, int(hidden // c.reduction_factor))
+
+    def uses_output_blocks(self, model: nn.Module) -> bool:
+        """AdapterHub's Pfeiffer arrangement applies: FFN-only adapters, ``original_ln``, a post-LN preset."""
+        return (self.config.original_ln and self.config.target_modules is None and self.placement() == ("ffn",)
+                and model_type(model) in OUTPUT_BLOCK_PRESETS)
+
+    def accepts(self, name: str, module: nn.Module) -> bool:
+        return super().accepts(name, module) or is_output_block(module)
+
+    def target_weights(self, module: nn.Module) -> list[torch.Tensor]:
+        return [module.dense.weight] if is_output_block(module) else super().target_weights(module)
 
     def before_wrap(self, model: nn.Module, names: list[str]) -> None:
         """With a placement preset, find the dropout after each wrapped projection (moved in by :meth:`wrap`)."""
@@ -260,6 +328,9 @@ class BottleneckAdapters(PeftMethod):
                 self._dropouts[n] = (parent, attr)
 
     def wrap(self, name: str, module: nn.Module) -> BottleneckAdapterLayer:
+        if is_output_block(module):
+            return OutputBlockAdapterLayer(module, self.bottleneck_for(module.dense.out_features),
+                                           self.config.activation, name=name, init_scale=self.config.init_scale)
         out_features, _ = layer_shape(module)
         drop = None
         if name in getattr(self, "_dropouts", {}):
@@ -290,7 +361,7 @@ class BottleneckAdapters(PeftMethod):
 def _norm_layers(model: nn.Module) -> Iterator[nn.Module]:
     """The model's own LayerNorm / RMSNorm modules (not the adapters' ones)."""
     own = {id(m) for layer in model.modules() if isinstance(layer, BottleneckAdapterLayer)
-           for m in layer.modules()}
+           for n, m in layer.named_modules() if n and not n.startswith("base_layer")}
     for m in model.modules():
         if id(m) in own:
             continue

@@ -180,10 +180,11 @@ class AdapterLayer(nn.Module):
 
     mergeable: ClassVar[bool] = True
 
-    def __init__(self, base_layer: nn.Module):
+    def __init__(self, base_layer: nn.Module, shape: tuple[int, int] | None = None):
         super().__init__()
         self.base_layer = base_layer
-        self.out_features, self.in_features = layer_shape(base_layer)
+        # shape: (out, in) for a base that is not itself a linear layer (an adapter around a whole block)
+        self.out_features, self.in_features = shape or layer_shape(base_layer)
         self.merged = False
         self.disabled = False
 
@@ -297,13 +298,13 @@ class PeftMethod:
                 )
             for n in names:
                 module = model.get_submodule(n)
-                if not is_linear_like(module):
+                if not self.accepts(n, module):
                     raise MethodError(
                         f"method '{self.name}' cannot wrap '{n}' of type {type(module).__name__}; "
                         "it wraps nn.Linear and Conv1D layers"
                     )
             # Every weight read (SVDs in before_wrap and in the layers' init) and residual write happens in here.
-            with gathered([model.get_submodule(n).weight for n in names]):
+            with gathered([w for n in names for w in self.target_weights(model.get_submodule(n))]):
                 self.before_wrap(model, names)
                 for n in names:
                     parent_name, _, child = n.rpartition(".")
@@ -316,6 +317,14 @@ class PeftMethod:
 
     def before_wrap(self, model: nn.Module, names: list[str]) -> None:
         """Hook run once with every target name before wrapping (batched SVDs, calibration, ...)."""
+
+    def accepts(self, name: str, module: nn.Module) -> bool:
+        """Hook: whether this method can wrap ``module`` (linear layers; adapters also take output blocks)."""
+        return is_linear_like(module)
+
+    def target_weights(self, module: nn.Module) -> list[torch.Tensor]:
+        """Hook: the weights a wrap reads or writes (gathered together under DeepSpeed ZeRO-3)."""
+        return [module.weight]
 
     def mark_trainable(self, model: nn.Module) -> None:
         """Unfreeze the adapter parameters and the task head."""

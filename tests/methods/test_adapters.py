@@ -9,7 +9,7 @@ import torch
 from conftest import TINY_MODELS, model_output, tiny_inputs
 
 from kasa.methods import MethodError, build_method
-from kasa.methods.adapters import BottleneckAdapterLayer, layer_index
+from kasa.methods.adapters import BottleneckAdapterLayer, OutputBlockAdapterLayer, layer_index
 
 VARIANTS = ["adapter_h", "adapter_p", "adapter_l", "adapter_d"]
 # Tiny models have 2 blocks: AdapterDrop drops block 0 so that something is left to test.
@@ -68,7 +68,8 @@ def test_placement_counts(tiny_model_name):
             assert sum(layer_index(n) == i for n in names) == per_block
     h_names = _adapter_names(h)
     assert sum(n.endswith(("attention.output.dense", "attn.c_proj", "self_attn.o_proj")) for n in h_names) == n_blocks
-    assert all(n.endswith(("layer.0.output.dense", "layer.1.output.dense", "mlp.c_proj", "mlp.down_proj"))
+    # Pfeiffer: the whole post-LN output block on BERT (AdapterHub's arrangement), the FFN projection elsewhere
+    assert all(n.endswith(("layer.0.output", "layer.1.output", "mlp.c_proj", "mlp.down_proj"))
                for n in _adapter_names(p))
     # Lin et al.'s adapter has its own LayerNorm; the others do not.
     assert all(m.adapter_norm is not None for m in lin.modules() if isinstance(m, BottleneckAdapterLayer))
@@ -119,9 +120,11 @@ def test_only_trainable_move(variant):
 def test_houlsby_trains_layer_norms_others_do_not():
     _, h, _ = _adapted("bert", "adapter_h")
     _, p, _ = _adapted("bert", "adapter_p")
-    ln = "bert.encoder.layer.0.output.LayerNorm.weight"
-    assert dict(h.named_parameters())[ln].requires_grad
-    assert not dict(p.named_parameters())[ln].requires_grad
+    assert dict(h.named_parameters())["bert.encoder.layer.0.output.LayerNorm.weight"].requires_grad
+    # Pfeiffer wraps the output block: its LayerNorm sits under base_layer and stays frozen
+    assert not dict(p.named_parameters())["bert.encoder.layer.0.output.base_layer.LayerNorm.weight"].requires_grad
+    _, p_ln, _ = _adapted("bert", "adapter_p", train_layer_norm=True)  # ... unless asked: it is the model's own
+    assert dict(p_ln.named_parameters())["bert.encoder.layer.0.output.base_layer.LayerNorm.weight"].requires_grad
 
 
 def test_bottleneck_and_reduction_factor():
@@ -177,12 +180,16 @@ def test_block_dropout_moves_into_the_adapter(tiny_model_name, variant):
     layers = {n: m for n, m in model.named_modules() if isinstance(m, BottleneckAdapterLayer)}
     for n, layer in layers.items():
         parent = n.rpartition(".")[0]
-        if tiny_model_name == "llama":  # no dropout module after o_proj / down_proj
+        if tiny_model_name == "llama" or isinstance(layer, OutputBlockAdapterLayer):
+            # Llama: no dropout module after o_proj / down_proj; an output block applies its own in place
             assert layer.block_dropout is None
             continue
         attr = "resid_dropout" if (tiny_model_name == "gpt2" and n.endswith("attn.c_proj")) else "dropout"
         assert layer.block_dropout is drops[f"{parent}.{attr}"]  # the model's own module, moved
         assert isinstance(model.get_submodule(f"{parent}.{attr}"), torch.nn.Identity)
+    layers = {n: m for n, m in layers.items() if not isinstance(m, OutputBlockAdapterLayer)}
+    if not layers:
+        return
     # training mode: the branch sees exactly the dropped projection output
     n, layer = next(iter(layers.items()))
     layer.train()
@@ -197,3 +204,34 @@ def test_block_dropout_moves_into_the_adapter(tiny_model_name, variant):
     torch.testing.assert_close(out, h + layer.adapter(h))
     if layer.block_dropout is not None and layer.block_dropout.p > 0:
         assert (h == 0).any()  # dropout did drop something, so the check above is not trivial
+
+
+@pytest.mark.parametrize("variant", ["adapter_p", "adapter_d"])
+def test_pfeiffer_on_post_ln_blocks_is_adapterhubs_arrangement(variant):
+    """AdapterHub's PfeifferConfig (original_ln_before/after, residual_before_ln) on BERT's output blocks:
+    h = dropout(dense(x)); out = LN(h + up(relu(down(LN(h + r)))) + r)."""
+    _, model, _ = _adapted("bert", variant, bottleneck=4)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, BottleneckAdapterLayer)}
+    first = 1 if variant == "adapter_d" else 0  # AdapterDrop (drop_layers=1 here) keeps Pfeiffer's arrangement
+    assert sorted(layers) == [f"bert.encoder.layer.{i}.output" for i in range(first, 2)]
+    assert all(isinstance(m, OutputBlockAdapterLayer) for m in layers.values())
+    layer = layers["bert.encoder.layer.1.output"]
+    assert layer.weight is layer.base_layer.dense.weight and layer.bottleneck == 4
+    layer.train()
+    with torch.no_grad():
+        for lin in (layer.adapter_down, layer.adapter_up):
+            lin.weight.normal_()
+    x, r = torch.randn(2, 3, layer.in_features), torch.randn(2, 3, layer.out_features)
+    torch.manual_seed(1)
+    out = layer(x, r)
+    torch.manual_seed(1)
+    b = layer.base_layer
+    h = b.dropout(b.dense(x))
+    assert b.dropout.p > 0 and (h == 0).any()  # training-time dropout did act
+    torch.testing.assert_close(out, b.LayerNorm(h + layer.adapter(b.LayerNorm(h + r)) + r))
+    layer.disabled = True  # without the adapter: the block itself
+    torch.manual_seed(1)
+    torch.testing.assert_close(layer(x, r), b.LayerNorm(h + r))
+    # original_ln=false: the bottleneck on the dropped FFN projection output, as the other variants
+    _, plain, _ = _adapted("bert", variant, bottleneck=4, original_ln=False)
+    assert all(n.endswith("output.dense") for n in _adapter_names(plain))
