@@ -66,16 +66,20 @@ class Profile:
     # spikes), one thread only slows down in proportion. Truncation's large LAPACK calls use `trunc_threads`.
     threads: int | None = None
     trunc_threads: int | None = None
+    # Decoder layers of the model whose whole KaSA truncation (`method.apply`, q/k/v/up/down) is timed end to
+    # end; None skips it (a 7B-shaped model on a 2-core CPU takes ~12 min: the quick profile extrapolates).
+    trunc_model_layers: int | None = None
 
 
 PROFILES = {
-    "tiny": Profile("tiny", 32, 48, 2, 4, 100, 2, 8, 3, 1, [(64, 64), (64, 172)], 1, torch.float32, "cpu", 3, 1, 1),
+    "tiny": Profile("tiny", 32, 48, 2, 4, 100, 2, 8, 3, 1, [(64, 64), (64, 172)], 1, torch.float32, "cpu", 3, 1, 1,
+                    trunc_model_layers=2),
     "quick": Profile("quick", 512, 1376, 4, 8, 2048, 4, 64, 25, 2, [(4096, 4096), (4096, 11008)], 1,
                      torch.float32, "cpu", 6, 1, 2),
     # 7B-shaped layers; 8 of LLaMA-2 7B's 32 by default so five model copies and HF PEFT's per-weight float32
     # SVDs fit a short GPU slot (`--layers 32` for the full depth).
     "full": Profile("full", 4096, 11008, 8, 32, 32000, 4, 512, 9, 2, [(4096, 4096), (4096, 11008), (11008, 4096)],
-                    3, torch.bfloat16, "cuda", 10),
+                    3, torch.bfloat16, "cuda", 10, trunc_model_layers=32),
 }
 # LLaMA-2 7B targets (q, k, v, up, down) x 32 layers, for the truncation extrapolation.
 LLAMA7B_TARGET_SHAPES = {(4096, 4096): 96, (11008, 4096): 32, (4096, 11008): 32}
@@ -473,6 +477,29 @@ def bench_truncation(p: Profile, r: int) -> list[dict]:
     return rows
 
 
+def bench_truncation_model(p: Profile, r: int) -> dict[str, float]:
+    """Wall time of KaSA's whole truncation: ``method.apply`` on a model of ``p.trunc_model_layers`` decoder
+    layers (the issue's 7B target: LLaMA-2-7B shape, 32 layers, q/k/v/up/down), fast path, no cache."""
+    import gc
+
+    torch.manual_seed(0)
+    model = build_llama(p, layers=p.trunc_model_layers)
+    for q in model.parameters():
+        q.requires_grad_(False)
+    method = build_method("kasa", r=r, alpha=2 * r, target_modules=TARGETS, svd_method="auto")
+    n = sum(1 for name, _ in model.named_modules() if name.rsplit(".", 1)[-1] in TARGETS)
+    _sync(p.device)
+    t0 = time.perf_counter()
+    method.apply(model)
+    _sync(p.device)
+    secs = time.perf_counter() - t0
+    del model
+    gc.collect()
+    if p.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return {"layers": p.trunc_model_layers, "weights": n, "seconds": secs}
+
+
 def bench_lightning(p: Profile, r: int) -> dict[str, float] | None:
     """Median step of PeftModule under a Lightning Trainer vs a bare loop, same model and batch."""
     try:
@@ -700,6 +727,15 @@ def run(profile: str, r: int = 8, beta: float = 1e-4, gamma: float = 1e-3, layer
                        f"fast path {tot['fast'] / 60:.1f} min ({tot['svd'] / tot['fast']:.1f}x).")
         out.append("The rel. diff compares against the float32 SVD (itself ~1e-6 off a float64 reference); "
                    "tests/test_svd_fast.py checks the fast path against float64 SVD.\n")
+        if p.trunc_model_layers:
+            if p.trunc_threads:
+                torch.set_num_threads(p.trunc_threads)
+            tm = bench_truncation_model(p, r)
+            if p.threads:
+                torch.set_num_threads(p.threads)
+            out.append(f"Whole-model truncation, measured end to end: `method.apply` of KaSA (t = {r}, svd_method "
+                       f"auto) on a {tm['layers']}-layer model of this shape ({tm['weights']} q/k/v/up/down weights): "
+                       f"**{tm['seconds']:.1f} s**.\n")
 
     try:
         lt = bench_lightning(p, r)

@@ -58,3 +58,9 @@ def test_every_method_and_peft_peer_has_a_row_over_the_floor(report):
         assert float(cells[2]) > 0 and int(cells[4].replace(",", "")) > 0, line
     lora = [c.strip() for c in rows["lora"].strip("|").split("|")]
     assert lora[3] == "1.00" and lora[7] == "1.000"  # LoRA against itself
+
+
+def test_whole_model_truncation_is_timed_end_to_end(report):
+    m = re.search(r"on a (\d+)-layer model of this shape \((\d+) q/k/v/up/down weights\): \*\*([0-9.]+) s\*\*", report)
+    assert m and int(m.group(1)) == bench.PROFILES["tiny"].trunc_model_layers and int(m.group(2)) == 5 * 2
+    assert bench.PROFILES["full"].trunc_model_layers == 32  # the 7B target: all 32 layers
