@@ -178,6 +178,80 @@ def mtbench_prompt(turns: Sequence[str], answers: Sequence[str]) -> str:
     return text
 
 
+class PromptFormat:
+    """How instruction conversations are written for the fine-tuned model.
+
+    ``alpaca``: the Alpaca / LLM-Adapters template (``### Instruction:`` / ``### Response:``; later MT-Bench
+    turns appended in the same style). ``chat``: the tokenizer's chat template (or ``chat_template``, a Jinja
+    string such as LlamaDuo's ChatML template), user and assistant roles; the training target is what the
+    template writes after the generation prompt (the answer and its end-of-turn marker), the final EOS token
+    coming from the encoder. A BOS the template writes is dropped from the text when the tokenizer adds one.
+    """
+
+    KINDS = ("alpaca", "chat")
+
+    def __init__(self, kind: str = "alpaca", tokenizer: Any = None, chat_template: str | None = None):
+        if kind not in self.KINDS:
+            raise ValueError(f"benchmark.prompt_format='{kind}' is unknown; use one of {list(self.KINDS)}")
+        if kind == "chat" and not (chat_template or getattr(tokenizer, "chat_template", None)):
+            raise ValueError("benchmark.prompt_format=chat: the tokenizer has no chat template; set "
+                             "benchmark.chat_template to a Jinja template or use prompt_format=alpaca")
+        self.kind, self.tokenizer, self.chat_template = kind, tokenizer, chat_template
+
+    def _render(self, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+        tok = self.tokenizer
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
+                                       chat_template=self.chat_template)
+        bos = tok.bos_token
+        if bos and text.startswith(bos) and tok("", add_special_tokens=True)["input_ids"][:1] == [tok.bos_token_id]:
+            text = text[len(bos):]  # the encoder adds it
+        return text
+
+    @staticmethod
+    def _messages(turns: Sequence[str], answers: Sequence[str]) -> list[dict[str, str]]:
+        msgs = []
+        for i, turn in enumerate(turns):
+            msgs.append({"role": "user", "content": turn})
+            if i < len(answers):
+                msgs.append({"role": "assistant", "content": answers[i]})
+        return msgs
+
+    def prompt(self, turns: Sequence[str], answers: Sequence[str] = ()) -> str:
+        """The conversation up to the model's next answer: ``turns[k]`` user turns, ``answers`` the model's
+        earlier answers (one fewer than the turns)."""
+        if self.kind == "alpaca":
+            return mtbench_prompt(turns, answers)
+        return self._render(self._messages(turns, answers), generation_prompt=True)
+
+    def completion(self, turn: str, answer: str) -> str:
+        """The supervised text after :meth:`prompt` for a single-turn pair."""
+        if self.kind == "alpaca":
+            return answer
+        prompt = self._render(self._messages([turn], []), generation_prompt=True)
+        full = self._render(self._messages([turn], [answer]), generation_prompt=False)
+        if not full.startswith(prompt):
+            raise ValueError("the chat template does not write the generation prompt as a prefix of the full "
+                             "conversation; set benchmark.chat_template or use prompt_format=alpaca")
+        target = full[len(prompt):]
+        eos = self.tokenizer.eos_token
+        cut = target.rfind(eos) if eos else -1
+        if cut >= 0 and not target[cut + len(eos):].strip():  # the encoder appends EOS itself
+            target = target[:cut]
+        return target
+
+    def example(self, instruction: str, input: str | None, answer: str) -> CompletionExample:
+        """A training pair; Alpaca keeps its ``### Input:`` block, chat puts the input after the instruction."""
+        if self.kind == "alpaca":
+            return CompletionExample(cs.build_prompt(instruction, input or None), answer)
+        turn = instruction + (f"\n\n{input}" if input else "")
+        return CompletionExample(self.prompt([turn]), self.completion(turn, answer))
+
+    def eval_prompt(self, instruction: str, input: str | None) -> str:
+        if self.kind == "alpaca":
+            return cs.build_prompt(instruction, input or None)
+        return self.prompt([instruction + (f"\n\n{input}" if input else "")])
+
+
 class JudgeEvaluator:
     """Single-answer 1-10 grading of the held-out responses and, optionally, MT-Bench (both turns).
 
@@ -185,9 +259,11 @@ class JudgeEvaluator:
     ``mtbench``, ``mtbench_turn1``, ``mtbench_turn2``. Judgements go to ``judgements/epoch<N>.jsonl``.
     """
 
-    def __init__(self, judge_spec: Mapping[str, Any], mtbench: Mapping[str, Any] | None = None, judge: Any = None):
+    def __init__(self, judge_spec: Mapping[str, Any], mtbench: Mapping[str, Any] | None = None, judge: Any = None,
+                 prompt_format: PromptFormat | None = None):
         self.judge_spec, self.mtbench = dict(judge_spec), dict(mtbench or {})
         self._judge = judge
+        self.prompt_format = prompt_format or PromptFormat()
         self.info: dict[str, Any] = {"evaluator": "llm-judge"}
 
     def judge(self, device: Any = None):
@@ -219,9 +295,10 @@ class JudgeEvaluator:
             gen_kw = {"max_new_tokens": self.mtbench["max_new_tokens"]} if self.mtbench.get("max_new_tokens") else {}
             print(f"[kasa] MT-Bench: answering {len(questions)} questions (2 turns) and judging", flush=True)
             # every rank generates (FSDP's forwards need all ranks); only the scoring rank judges
-            first = module.generate_texts([mtbench_prompt(q["turns"], []) for q in questions],
+            fmt = self.prompt_format
+            first = module.generate_texts([fmt.prompt(q["turns"][:1]) for q in questions],
                                           desc="MT-Bench turn 1", **gen_kw)
-            second = module.generate_texts([mtbench_prompt(q["turns"], [a]) for q, a in zip(questions, first)],
+            second = module.generate_texts([fmt.prompt(q["turns"][:2], [a]) for q, a in zip(questions, first)],
                                            desc="MT-Bench turn 2", **gen_kw)
             if scoring:
                 answers = {q["question_id"]: [a1, a2] for q, a1, a2 in zip(questions, first, second)}
@@ -251,18 +328,25 @@ class JudgeEvaluator:
 
 @family("instruction")
 def instruction(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
-    """Alpaca-format instruction tuning, judged by an LLM on held-out prompts and on MT-Bench."""
+    """Instruction tuning (Alpaca template or the model's chat template), judged by an LLM on held-out prompts
+    and on MT-Bench."""
     from .data.generation import instruction_splits
 
     d, b = cfg.dataset, cfg.benchmark
     train_rows, eval_rows = instruction_splits(d.source, max_train=d.get("max_train"), max_eval=d.get("max_eval"),
                                                **as_dict(d.get("source_args")))
-    train = [CompletionExample(cs.build_prompt(r["instruction"], r.get("input") or None), r["output"])
-             for r in train_rows]
+    kind = b.get("prompt_format", "alpaca")
+    tok = None
+    if kind == "chat":
+        from .models import load_tokenizer
+
+        tok = load_tokenizer(cfg.model.name_or_path, revision=cfg.model.get("revision"))
+    fmt = PromptFormat(kind, tok, b.get("chat_template"))
+    train = [fmt.example(r["instruction"], r.get("input"), r["output"]) for r in train_rows]
     items = []
     for r in eval_rows:
         question = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
-        items.append(EvalItem(cs.build_prompt(r["instruction"], r.get("input") or None),
+        items.append(EvalItem(fmt.eval_prompt(r["instruction"], r.get("input")),
                               {"question": question, "reference": r["output"], "source": r.get("source")}))
-    evaluator = JudgeEvaluator(as_dict(b.judge), as_dict(b.get("mtbench")))
+    evaluator = JudgeEvaluator(as_dict(b.judge), as_dict(b.get("mtbench")), prompt_format=fmt)
     return _bundle(cfg, method, train, items, evaluator, {"train": len(train), "validation": len(items)})

@@ -269,3 +269,54 @@ def test_judge_evaluator_judges_on_rank_zero_only_but_generates_on_every_rank():
     out = ev(items, ["g"], m1, None)
     assert len(m1.prompts) == 4 and ev.info == {"evaluator": "llm-judge"}  # 2 questions x 2 turns, no judging
     assert all(math.isnan(v) for v in out.values())  # placeholders: the module broadcasts rank 0's scores
+
+
+LLAMADUO_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+                     "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+                     "{% endif %}")
+
+
+def test_chat_prompt_format_uses_the_chat_template_and_supervises_the_answer(tiny_causal_dir):
+    from transformers import AutoTokenizer
+
+    from kasa.gen_families import PromptFormat
+    from kasa.generation import IGNORE_INDEX, encode_pair
+
+    tok = AutoTokenizer.from_pretrained(tiny_causal_dir)
+    fmt = PromptFormat("chat", tok)
+    ex = fmt.example("Say hi.", "to Ann", "Hi, Ann!")
+    assert ex.prompt == tok.apply_chat_template([{"role": "user", "content": "Say hi.\n\nto Ann"}], tokenize=False,
+                                                add_generation_prompt=True)
+    assert ex.completion == "Hi, Ann!"  # the template's end of turn is SmolLM2's EOS, which the encoder appends
+    enc = encode_pair(tok, ex.prompt, ex.completion, max_length=512)
+    target = [t for t, lab in zip(enc["input_ids"], enc["labels"]) if lab != IGNORE_INDEX]
+    assert tok.decode(target) == "Hi, Ann!<|im_end|>" and enc["input_ids"][-1] == tok.eos_token_id
+    assert fmt.eval_prompt("Say hi.", None) == fmt.prompt(["Say hi."])
+    second = fmt.prompt(["Q1?", "Q2?"], ["A1."])  # MT-Bench turn 2: the first answer as the assistant's turn
+    assert second.index("Q1?") < second.index("<|im_start|>assistant\nA1.<|im_end|>") < second.index("Q2?")
+    assert second.endswith("<|im_start|>assistant\n")
+    # a template passed in (LlamaDuo's ChatML one); its end of turn is again SmolLM2's EOS
+    duo = PromptFormat("chat", tok, chat_template=LLAMADUO_TEMPLATE)
+    ex = duo.example("Say hi.", None, "Hi!")
+    assert ex.prompt == "<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n" and ex.completion == "Hi!"
+    # alpaca is the LLM-Adapters template, unchanged
+    from kasa.eval import commonsense as cs
+
+    assert PromptFormat().example("Say hi.", None, "Hi!").prompt == cs.build_prompt("Say hi.")
+    tok.chat_template = None
+    with pytest.raises(ValueError, match="benchmark.chat_template"):
+        PromptFormat("chat", tok)
+    with pytest.raises(ValueError, match="prompt_format"):
+        PromptFormat("vicuna")
+
+
+def test_instruction_with_chat_prompts_end_to_end(tiny_causal_dir, tmp_path, monkeypatch):
+    import kasa.gen_families as gf
+    from kasa.eval.judge import Judge
+
+    monkeypatch.setattr(gf, "build_judge", lambda spec, device=None: Judge(_FixedJudge(), tmp_path / "c.sqlite"))
+    res = run(_cfg("instruction", tiny_causal_dir, "method=lora", "benchmark.prompt_format=chat",
+                   "benchmark.mtbench.max_questions=1"), run_dir=tmp_path / "a")
+    assert res["metrics"]["final"]["judge_score"] == 7.0 and res["metrics"]["final"]["mtbench"] == 7.0
+    rows = [json.loads(x) for x in (tmp_path / "a" / "generations" / "epoch0.jsonl").read_text().splitlines()]
+    assert rows and all(r["prompt"].endswith("<|im_start|>assistant\n") for r in rows)
