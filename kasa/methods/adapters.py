@@ -24,12 +24,10 @@ Variants (registry name: paper; what differs):
   output, as the other variants; AdapterHub's GPT-2 arrangement (the adapter reading ``h + x``) is not
   reproduced.
 - ``adapter_l``: Lin et al. 2020, "Exploring Versatile Generative Language Model via Parameter-Efficient
-  Transfer Learning": ``Adapter(H) = ReLU(LN(H) W_E) W_D + H``, i.e. one adapter with its OWN LayerNorm
-  applied to the adapter's input. Lin et al. put it on top of each transformer layer (after the block's
-  residual sum); the LoRA paper (Hu et al. 2021), whose GPT-2 baselines the KaSA paper follows, describes
-  Adapter-L as "applied only after the MLP module and after a LayerNorm". We place it at the FFN output
-  projection like Adapter-P; the two placements differ only in whether the adapter sees the residual
-  stream (pre-LN GPT-2/Llama) or the FFN output alone.
+  Transfer Learning": ``Adapter(H) = ReLU(LN(H) W_E) W_D + H``, one adapter with its OWN LayerNorm on the
+  output ``H`` of each transformer block (``placement=block``, :class:`BlockAdapterLayer`; the LoRA paper's
+  GPT-2 baseline describes it as "after the MLP module and after a LayerNorm"). ``placement=ffn`` puts it
+  on the dropped FFN output instead, inside the residual sum, as Adapter-P.
 - ``adapter_d``: Rücklé et al. 2021, "AdapterDrop". Pfeiffer- (default) or Houlsby-style adapters,
   removed from the lowest ``drop_layers`` layers (default 5: the paper's setting that keeps task
   performance while speeding up a 12-layer model).
@@ -91,6 +89,14 @@ OUTPUT_BLOCK_PRESETS: dict[str, str] = {mt: r".*\.layer\.\d+\.output" for mt in
                                         ("bert", "roberta", "xlm-roberta", "deberta-v2", "deberta")}
 
 
+# Whole transformer blocks (Adapter-L's placement: Lin et al. put the adapter on each block's output).
+BLOCK_PRESETS: dict[str, str] = {
+    **{mt: r".*\.encoder\.layer\.\d+" for mt in ("bert", "roberta", "xlm-roberta", "deberta-v2", "deberta")},
+    "gpt2": r".*\.h\.\d+",
+    **{mt: r".*\.layers\.\d+" for mt in ("llama", "mistral", "gemma", "qwen2")},
+}
+
+
 def is_output_block(module: nn.Module) -> bool:
     """A post-LN output block: a linear ``dense``, a ``dropout`` and a ``LayerNorm`` (BERT-style *Output)."""
     return (isinstance(getattr(module, "dense", None), nn.Linear) and isinstance(getattr(module, "LayerNorm", None),
@@ -133,7 +139,7 @@ class BottleneckAdapterLayer(AdapterLayer):
         if bottleneck < 1:
             raise MethodError(f"adapter bottleneck={bottleneck} must be at least 1 (layer '{name}')")
         d = self.out_features
-        w = self.weight
+        w = self._like()
         kw = {"device": w.device, "dtype": w.dtype}
         self.bottleneck = bottleneck
         self.activation = activation
@@ -154,6 +160,10 @@ class BottleneckAdapterLayer(AdapterLayer):
         if self.adapter_norm is not None:
             h = self.adapter_norm(h)
         return self.adapter_up(ACTIVATIONS[self.activation](self.adapter_down(h)))
+
+    def _like(self) -> torch.Tensor:
+        """A base tensor whose device and dtype the adapter takes."""
+        return self.weight
 
     def _projected(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
@@ -207,6 +217,41 @@ class OutputBlockAdapterLayer(BottleneckAdapterLayer):
         return b.LayerNorm(a + input_tensor)
 
 
+class BlockAdapterLayer(BottleneckAdapterLayer):
+    """An adapter on a whole transformer block's output (Lin et al. 2020): ``H = block(...)``,
+    ``out = H + up(f(down(norm(H))))``; the block's call, arguments and other outputs pass through unchanged.
+    Attributes the model reads from its blocks (``attention_type`` and the like) are forwarded to the block."""
+
+    def __init__(self, block: nn.Module, hidden: int, bottleneck: int, activation: str = "relu",
+                 layer_norm: bool = True, name: str = "", init_scale: float | None = None):
+        super().__init__(block, bottleneck, activation, layer_norm=layer_norm, name=name, init_scale=init_scale,
+                         shape=(hidden, hidden))
+
+    def _like(self) -> torch.Tensor:
+        return next(self.base_layer.parameters())
+
+    @property
+    def weight(self) -> torch.Tensor:
+        raise AttributeError("a block adapter wraps a whole transformer block, which has no single weight")
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["base_layer"], name)
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        raise MethodError("a block adapter needs the block's own arguments: call the layer itself")
+
+    def forward(self, *args, **kwargs):
+        out = self.base_layer(*args, **kwargs)
+        if self.disabled:
+            return out
+        h = out[0] if isinstance(out, tuple) else out
+        h = h + self.adapter(h).to(h.dtype)
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+
 @dataclass
 class AdapterConfig(MethodConfig):
     """Shared hyper-parameters; ``target_modules`` (None: the architecture's placement preset)."""
@@ -241,6 +286,7 @@ class PfeifferConfig(AdapterConfig):
 class LinConfig(AdapterConfig):
     bottleneck: int | None = 64
     activation: str = "relu"
+    placement: str = "block"  # block (Lin et al.: on each transformer block's output) | ffn (the FFN output)
 
 
 @dataclass
@@ -266,6 +312,8 @@ class BottleneckAdapters(PeftMethod):
             raise MethodError(f"{self.name} activation='{c.activation}' is unknown; choose one of {sorted(ACTIVATIONS)}")
         if c.bottleneck is not None and c.bottleneck < 1:
             raise MethodError(f"{self.name} bottleneck={c.bottleneck} must be at least 1")
+        if getattr(c, "placement", "block") not in ("block", "ffn"):
+            raise MethodError(f"{self.name} placement='{c.placement}' is unknown; choose block or ffn")
         if c.init_scale is not None and not c.init_scale > 0:
             raise MethodError(f"{self.name} init_scale={c.init_scale} must be positive (or null for a zero "
                               "up-projection)")
@@ -279,11 +327,22 @@ class BottleneckAdapters(PeftMethod):
         """Placement hook: whether this matched module gets an adapter (AdapterDrop filters by depth)."""
         return True
 
+    _blocks: dict[str, nn.Module] = {}
+
     def targets(self, model: nn.Module) -> list[str] | str:
         """Full names of the modules to wrap (explicit names, so the base matcher cannot over-match)."""
+        self._blocks = {}
         if self.config.target_modules is not None:
             spec = self.config.target_modules
             names = [n for n, _ in model.named_modules() if n and match_target(n, spec)]
+        elif self.uses_blocks(model):
+            pat = re.compile(BLOCK_PRESETS[model_type(model)])
+            names = [n for n, _ in model.named_modules() if pat.fullmatch(n)]
+            cfg = getattr(model, "config", None)
+            self._hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None)
+            if not self._hidden:
+                raise MethodError(f"{self.name} placement=block needs the model's hidden size (config.hidden_size)")
+            self._blocks = {n: model.get_submodule(n) for n in names if self.keep_layer(n)}
         elif self.uses_output_blocks(model):
             pat = re.compile(OUTPUT_BLOCK_PRESETS[model_type(model)])
             names = [n for n, m in model.named_modules() if pat.fullmatch(n) and is_output_block(m)]
@@ -302,15 +361,22 @@ class BottleneckAdapters(PeftMethod):
         c = self.config
         return c.bottleneck if c.bottleneck is not None else max(1, int(hidden // c.reduction_factor))
 
+    def uses_blocks(self, model: nn.Module) -> bool:
+        """Adapters on whole transformer blocks (Adapter-L's ``placement=block``) with a preset for the model."""
+        return (getattr(self.config, "placement", None) == "block" and self.config.target_modules is None
+                and model_type(model) in BLOCK_PRESETS)
+
     def uses_output_blocks(self, model: nn.Module) -> bool:
         """AdapterHub's Pfeiffer arrangement applies: FFN-only adapters, ``original_ln``, a post-LN preset."""
         return (self.config.original_ln and self.config.target_modules is None and self.placement() == ("ffn",)
                 and model_type(model) in OUTPUT_BLOCK_PRESETS)
 
     def accepts(self, name: str, module: nn.Module) -> bool:
-        return super().accepts(name, module) or is_output_block(module)
+        return super().accepts(name, module) or is_output_block(module) or name in self._blocks
 
     def target_weights(self, module: nn.Module) -> list[torch.Tensor]:
+        if any(module is b for b in self._blocks.values()):
+            return []  # nothing of the block is read or written
         return [module.dense.weight] if is_output_block(module) else super().target_weights(module)
 
     def before_wrap(self, model: nn.Module, names: list[str]) -> None:
@@ -328,6 +394,9 @@ class BottleneckAdapters(PeftMethod):
                 self._dropouts[n] = (parent, attr)
 
     def wrap(self, name: str, module: nn.Module) -> BottleneckAdapterLayer:
+        if name in self._blocks:
+            return BlockAdapterLayer(module, self._hidden, self.bottleneck_for(self._hidden), self.config.activation,
+                                     layer_norm=self.own_norm, name=name, init_scale=self.config.init_scale)
         if is_output_block(module):
             return OutputBlockAdapterLayer(module, self.bottleneck_for(module.dense.out_features),
                                            self.config.activation, name=name, init_scale=self.config.init_scale)

@@ -9,7 +9,7 @@ import torch
 from conftest import TINY_MODELS, model_output, tiny_inputs
 
 from kasa.methods import MethodError, build_method
-from kasa.methods.adapters import BottleneckAdapterLayer, OutputBlockAdapterLayer, layer_index
+from kasa.methods.adapters import BlockAdapterLayer, BottleneckAdapterLayer, OutputBlockAdapterLayer, layer_index
 
 VARIANTS = ["adapter_h", "adapter_p", "adapter_l", "adapter_d"]
 # Tiny models have 2 blocks: AdapterDrop drops block 0 so that something is left to test.
@@ -180,14 +180,14 @@ def test_block_dropout_moves_into_the_adapter(tiny_model_name, variant):
     layers = {n: m for n, m in model.named_modules() if isinstance(m, BottleneckAdapterLayer)}
     for n, layer in layers.items():
         parent = n.rpartition(".")[0]
-        if tiny_model_name == "llama" or isinstance(layer, OutputBlockAdapterLayer):
-            # Llama: no dropout module after o_proj / down_proj; an output block applies its own in place
+        if tiny_model_name == "llama" or isinstance(layer, (OutputBlockAdapterLayer, BlockAdapterLayer)):
+            # Llama: no dropout module after o_proj / down_proj; blocks apply their own dropout in place
             assert layer.block_dropout is None
             continue
         attr = "resid_dropout" if (tiny_model_name == "gpt2" and n.endswith("attn.c_proj")) else "dropout"
         assert layer.block_dropout is drops[f"{parent}.{attr}"]  # the model's own module, moved
         assert isinstance(model.get_submodule(f"{parent}.{attr}"), torch.nn.Identity)
-    layers = {n: m for n, m in layers.items() if not isinstance(m, OutputBlockAdapterLayer)}
+    layers = {n: m for n, m in layers.items() if not isinstance(m, (OutputBlockAdapterLayer, BlockAdapterLayer))}
     if not layers:
         return
     # training mode: the branch sees exactly the dropped projection output
@@ -235,3 +235,32 @@ def test_pfeiffer_on_post_ln_blocks_is_adapterhubs_arrangement(variant):
     # original_ln=false: the bottleneck on the dropped FFN projection output, as the other variants
     _, plain, _ = _adapted("bert", variant, bottleneck=4, original_ln=False)
     assert all(n.endswith("output.dense") for n in _adapter_names(plain))
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "llama"])
+def test_adapter_l_sits_on_each_block_output(arch):
+    """Lin et al.: Adapter(H) = ReLU(LN(H) W_E) W_D + H on the output H of every transformer block."""
+    torch.manual_seed(0)
+    _, model, _ = _adapted(arch, "adapter_l", bottleneck=4)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, BlockAdapterLayer)}
+    assert len(layers) == 2 and sorted(layer_index(n) for n in layers) == [0, 1]
+    assert all(n.rsplit(".", 1)[-1].isdigit() for n in layers)  # the blocks themselves
+    seen = {}
+    for n, layer in layers.items():
+        with torch.no_grad():
+            for lin in (layer.adapter_down, layer.adapter_up):
+                lin.weight.normal_()
+        layer.base_layer.register_forward_hook(lambda m, a, o, n=n: seen.__setitem__(("block", n), o))
+        layer.register_forward_hook(lambda m, a, o, n=n: seen.__setitem__(("adapted", n), o))
+    with torch.no_grad():
+        model_output(model, tiny_inputs())
+        for n, layer in layers.items():
+            first = (lambda o: o[0] if isinstance(o, tuple) else o)
+            h, out = first(seen[("block", n)]), first(seen[("adapted", n)])
+            expected = h + layer.adapter_up(torch.relu(layer.adapter_down(layer.adapter_norm(h))))
+            torch.testing.assert_close(out, expected)
+            assert not torch.allclose(out, h)
+    _, ffn, _ = _adapted(arch, "adapter_l", bottleneck=4, placement="ffn")  # the FFN-output placement
+    assert all(n.endswith(("output.dense", "mlp.c_proj", "mlp.down_proj")) for n in _adapter_names(ffn))
+    with pytest.raises(MethodError, match="placement"):
+        build_method("adapter_l", placement="nope")
