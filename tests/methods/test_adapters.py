@@ -260,6 +260,9 @@ def test_adapter_l_sits_on_each_block_output(arch):
             expected = h + layer.adapter_up(torch.relu(layer.adapter_down(layer.adapter_norm(h))))
             torch.testing.assert_close(out, expected)
             assert not torch.allclose(out, h)
+    if arch != "bert":  # cached generation passes through the wrapped blocks
+        out = model.generate(input_ids=torch.tensor([[1, 2, 3]]), max_new_tokens=4, do_sample=False, pad_token_id=0)
+        assert out.shape == (1, 7)
     _, ffn, _ = _adapted(arch, "adapter_l", bottleneck=4, placement="ffn")  # the FFN-output placement
     assert all(n.endswith(("output.dense", "mlp.c_proj", "mlp.down_proj")) for n in _adapter_names(ffn))
     with pytest.raises(MethodError, match="placement"):
