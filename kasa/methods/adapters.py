@@ -53,8 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import (AdapterLayer, MethodConfig, MethodError, PeftMethod, layer_shape, match_target, model_type,
-                   register)
+from .base import (AdapterLayer, MethodConfig, MethodError, PeftMethod, is_linear_like, layer_shape, match_target,
+                   model_type, register)
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "swish": F.silu, "silu": F.silu, "tanh": torch.tanh}
 
@@ -327,11 +327,11 @@ class BottleneckAdapters(PeftMethod):
         """Placement hook: whether this matched module gets an adapter (AdapterDrop filters by depth)."""
         return True
 
-    _blocks: dict[str, nn.Module] = {}
+    _block_names: frozenset[str] = frozenset()
 
     def targets(self, model: nn.Module) -> list[str] | str:
         """Full names of the modules to wrap (explicit names, so the base matcher cannot over-match)."""
-        self._blocks = {}
+        self._block_names = frozenset()
         if self.config.target_modules is not None:
             spec = self.config.target_modules
             names = [n for n, _ in model.named_modules() if n and match_target(n, spec)]
@@ -342,7 +342,7 @@ class BottleneckAdapters(PeftMethod):
             self._hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None)
             if not self._hidden:
                 raise MethodError(f"{self.name} placement=block needs the model's hidden size (config.hidden_size)")
-            self._blocks = {n: model.get_submodule(n) for n in names if self.keep_layer(n)}
+            self._block_names = frozenset(n for n in names if self.keep_layer(n))
         elif self.uses_output_blocks(model):
             pat = re.compile(OUTPUT_BLOCK_PRESETS[model_type(model)])
             names = [n for n, m in model.named_modules() if pat.fullmatch(n) and is_output_block(m)]
@@ -372,12 +372,14 @@ class BottleneckAdapters(PeftMethod):
                 and model_type(model) in OUTPUT_BLOCK_PRESETS)
 
     def accepts(self, name: str, module: nn.Module) -> bool:
-        return super().accepts(name, module) or is_output_block(module) or name in self._blocks
+        return super().accepts(name, module) or is_output_block(module) or name in self._block_names
 
     def target_weights(self, module: nn.Module) -> list[torch.Tensor]:
-        if any(module is b for b in self._blocks.values()):
-            return []  # nothing of the block is read or written
-        return [module.dense.weight] if is_output_block(module) else super().target_weights(module)
+        if is_output_block(module):
+            return [module.dense.weight]
+        if is_linear_like(module):
+            return super().target_weights(module)
+        return []  # a whole transformer block: nothing of it is read or written
 
     def before_wrap(self, model: nn.Module, names: list[str]) -> None:
         """With a placement preset, find the dropout after each wrapped projection (moved in by :meth:`wrap`)."""
@@ -394,7 +396,7 @@ class BottleneckAdapters(PeftMethod):
                 self._dropouts[n] = (parent, attr)
 
     def wrap(self, name: str, module: nn.Module) -> BottleneckAdapterLayer:
-        if name in self._blocks:
+        if name in self._block_names:
             return BlockAdapterLayer(module, self._hidden, self.bottleneck_for(self._hidden), self.config.activation,
                                      layer_norm=self.own_norm, name=name, init_scale=self.config.init_scale)
         if is_output_block(module):
@@ -411,6 +413,7 @@ class BottleneckAdapters(PeftMethod):
                                       block_dropout=drop)
 
     def mark_trainable(self, model: nn.Module) -> None:
+        self._dropouts = {}  # the end of apply: keep no references to the model's modules
         super().mark_trainable(model)
         if self.config.train_layer_norm:
             for m in _norm_layers(model):
