@@ -16,13 +16,13 @@ Variants (registry name: paper; what differs):
   block (after the attention output projection and after the FFN output projection); the paper also
   trains the model's layer-normalisation parameters (``train_layer_norm=True``). Defaults from the
   reference code (google-research/adapter-bert): bottleneck 64, GELU.
-- ``adapter_p``: Pfeiffer et al. 2021, "AdapterFusion". One adapter per block after the FFN output;
-  reduction factor 16 (bottleneck = hidden / 16), ReLU. On post-LN (BERT/RoBERTa/DeBERTa) blocks it follows
-  AdapterHub's PfeifferConfig (``original_ln=True``: :class:`OutputBlockAdapterLayer` wraps the FFN output
-  block, the adapter reads ``LN(h + x)``, keeps ``h`` as its skip and the block re-applies ``LN(. + x)``).
-  GPT-2 / Llama blocks (pre-LN, residual added outside the MLP) get the bottleneck on the dropped FFN
-  output, as the other variants; AdapterHub's GPT-2 arrangement (the adapter reading ``h + x``) is not
-  reproduced.
+- ``adapter_p``: Pfeiffer et al. 2021, "AdapterFusion". One adapter per block after the FFN, reduction
+  factor 16 (bottleneck = hidden / 16), ReLU, in AdapterHub's PfeifferConfig arrangement (``original_ln``,
+  ``residual_before_ln``): on post-LN (BERT/RoBERTa/DeBERTa) blocks :class:`OutputBlockAdapterLayer` wraps
+  the FFN output block, the adapter reads ``LN(h + x)``, keeps ``h`` as its skip and the block re-applies
+  ``LN(. + x)``; on pre-LN (GPT-2/Llama) blocks, where AdapterHub passes no LayerNorm, that arrangement is
+  ``H + up(f(down(H)))`` on the block's output ``H = x + ffn`` (:class:`BlockAdapterLayer` without a norm).
+  ``original_ln=false``: the bottleneck on the dropped FFN output, inside the residual sum.
 - ``adapter_l``: Lin et al. 2020, "Exploring Versatile Generative Language Model via Parameter-Efficient
   Transfer Learning": ``Adapter(H) = ReLU(LN(H) W_E) W_D + H``, one adapter with its OWN LayerNorm on the
   output ``H`` of each transformer block (``placement=block``, :class:`BlockAdapterLayer`; the LoRA paper's
@@ -362,9 +362,15 @@ class BottleneckAdapters(PeftMethod):
         return c.bottleneck if c.bottleneck is not None else max(1, int(hidden // c.reduction_factor))
 
     def uses_blocks(self, model: nn.Module) -> bool:
-        """Adapters on whole transformer blocks (Adapter-L's ``placement=block``) with a preset for the model."""
-        return (getattr(self.config, "placement", None) == "block" and self.config.target_modules is None
-                and model_type(model) in BLOCK_PRESETS)
+        """Adapters on whole transformer blocks: Adapter-L's ``placement=block``, and Pfeiffer's
+        ``original_ln`` arrangement on pre-LN blocks (AdapterHub: ``H + up(f(down(H)))`` with ``H`` the block's
+        output ``residual + ffn``, no LayerNorm to re-apply)."""
+        if self.config.target_modules is not None or model_type(model) not in BLOCK_PRESETS:
+            return False
+        if getattr(self.config, "placement", None) == "block":
+            return True
+        return (self.config.original_ln and self.placement() == ("ffn",)
+                and model_type(model) not in OUTPUT_BLOCK_PRESETS)
 
     def uses_output_blocks(self, model: nn.Module) -> bool:
         """AdapterHub's Pfeiffer arrangement applies: FFN-only adapters, ``original_ln``, a post-LN preset."""

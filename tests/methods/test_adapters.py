@@ -68,8 +68,8 @@ def test_placement_counts(tiny_model_name):
             assert sum(layer_index(n) == i for n in names) == per_block
     h_names = _adapter_names(h)
     assert sum(n.endswith(("attention.output.dense", "attn.c_proj", "self_attn.o_proj")) for n in h_names) == n_blocks
-    # Pfeiffer: the whole post-LN output block on BERT (AdapterHub's arrangement), the FFN projection elsewhere
-    assert all(n.endswith(("layer.0.output", "layer.1.output", "mlp.c_proj", "mlp.down_proj"))
+    # Pfeiffer (AdapterHub's arrangement): BERT's post-LN output block, the whole block on GPT-2 / Llama
+    assert all(n.endswith(("layer.0.output", "layer.1.output", "h.0", "h.1", "layers.0", "layers.1"))
                for n in _adapter_names(p))
     # Lin et al.'s adapter has its own LayerNorm; the others do not.
     assert all(m.adapter_norm is not None for m in lin.modules() if isinstance(m, BottleneckAdapterLayer))
@@ -267,3 +267,26 @@ def test_adapter_l_sits_on_each_block_output(arch):
     assert all(n.endswith(("output.dense", "mlp.c_proj", "mlp.down_proj")) for n in _adapter_names(ffn))
     with pytest.raises(MethodError, match="placement"):
         build_method("adapter_l", placement="nope")
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_pfeiffer_on_pre_ln_blocks_is_adapterhubs_arrangement(arch):
+    """AdapterHub on GPT-2 (layer_norm None): H + up(relu(down(H))) with H = residual + FFN, the block's output."""
+    torch.manual_seed(0)
+    _, model, _ = _adapted(arch, "adapter_p", bottleneck=4)
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, BottleneckAdapterLayer)}
+    assert len(layers) == 2 and all(isinstance(m, BlockAdapterLayer) and m.adapter_norm is None for m in layers.values())
+    seen = {}
+    for n, layer in layers.items():
+        with torch.no_grad():
+            for lin in (layer.adapter_down, layer.adapter_up):
+                lin.weight.normal_()
+        layer.base_layer.register_forward_hook(lambda m, a, o, n=n: seen.__setitem__(("block", n), o))
+        layer.register_forward_hook(lambda m, a, o, n=n: seen.__setitem__(("adapted", n), o))
+    with torch.no_grad():
+        model_output(model, tiny_inputs())
+    for n, layer in layers.items():
+        h, out = seen[("block", n)], seen[("adapted", n)]
+        torch.testing.assert_close(out, h + layer.adapter_up(torch.relu(layer.adapter_down(h))))
+    _, plain, _ = _adapted(arch, "adapter_p", bottleneck=4, original_ln=False)
+    assert all(n.endswith(("mlp.c_proj", "mlp.down_proj")) for n in _adapter_names(plain))
