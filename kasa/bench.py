@@ -392,8 +392,8 @@ def bench_all_methods(p: Profile, r: int, batch: torch.Tensor) -> list[dict]:
     """Every method's training step over the frozen floor, and its counted memory, one method at a time.
 
     The model has attention and MLP biases (BitFit's parameters). Each method is timed interleaved with the
-    floor (so only two models are alive at once, as a 7B GPU run needs); ratios are medians of
-    per-repetition ratios.
+    floor, one method at a time (three model copies alive at most: the base to copy from, the floor and the
+    method's, as a 7B GPU run needs); ratios are medians of per-repetition ratios.
     """
     import gc
 
