@@ -197,15 +197,19 @@ class PromptFormat:
             raise ValueError("benchmark.prompt_format=chat: the tokenizer has no chat template; set "
                              "benchmark.chat_template to a Jinja template or use prompt_format=alpaca")
         self.kind, self.tokenizer, self.chat_template = kind, tokenizer, chat_template
+        # a BOS the template writes is dropped from the text when the encoder adds one itself
+        self._bos = (tokenizer.bos_token if kind == "chat" and tokenizer.bos_token and
+                     tokenizer("", add_special_tokens=True)["input_ids"][:1] == [tokenizer.bos_token_id] else None)
+
+    @staticmethod
+    def turn(instruction: str, input: str | None = None) -> str:
+        """One user turn from an Alpaca record: the instruction, then its input after a blank line."""
+        return instruction + (f"\n\n{input}" if input else "")
 
     def _render(self, messages: list[dict[str, str]], generation_prompt: bool) -> str:
-        tok = self.tokenizer
-        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
-                                       chat_template=self.chat_template)
-        bos = tok.bos_token
-        if bos and text.startswith(bos) and tok("", add_special_tokens=True)["input_ids"][:1] == [tok.bos_token_id]:
-            text = text[len(bos):]  # the encoder adds it
-        return text
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
+                                                  chat_template=self.chat_template)
+        return text[len(self._bos):] if self._bos and text.startswith(self._bos) else text
 
     @staticmethod
     def _messages(turns: Sequence[str], answers: Sequence[str]) -> list[dict[str, str]]:
@@ -223,11 +227,13 @@ class PromptFormat:
             return mtbench_prompt(turns, answers)
         return self._render(self._messages(turns, answers), generation_prompt=True)
 
-    def completion(self, turn: str, answer: str) -> str:
-        """The supervised text after :meth:`prompt` for a single-turn pair."""
+    def example(self, instruction: str, input: str | None, answer: str) -> CompletionExample:
+        """A training pair; Alpaca keeps its ``### Input:`` block, chat puts the input after the instruction and
+        supervises what the template writes after the generation prompt (the answer and its end of turn)."""
         if self.kind == "alpaca":
-            return answer
-        prompt = self._render(self._messages([turn], []), generation_prompt=True)
+            return CompletionExample(cs.build_prompt(instruction, input or None), answer)
+        turn = self.turn(instruction, input)
+        prompt = self.prompt([turn])
         full = self._render(self._messages([turn], [answer]), generation_prompt=False)
         if not full.startswith(prompt):
             raise ValueError("the chat template does not write the generation prompt as a prefix of the full "
@@ -237,19 +243,12 @@ class PromptFormat:
         cut = target.rfind(eos) if eos else -1
         if cut >= 0 and not target[cut + len(eos):].strip():  # the encoder appends EOS itself
             target = target[:cut]
-        return target
-
-    def example(self, instruction: str, input: str | None, answer: str) -> CompletionExample:
-        """A training pair; Alpaca keeps its ``### Input:`` block, chat puts the input after the instruction."""
-        if self.kind == "alpaca":
-            return CompletionExample(cs.build_prompt(instruction, input or None), answer)
-        turn = instruction + (f"\n\n{input}" if input else "")
-        return CompletionExample(self.prompt([turn]), self.completion(turn, answer))
+        return CompletionExample(prompt, target)
 
     def eval_prompt(self, instruction: str, input: str | None) -> str:
         if self.kind == "alpaca":
             return cs.build_prompt(instruction, input or None)
-        return self.prompt([instruction + (f"\n\n{input}" if input else "")])
+        return self.prompt([self.turn(instruction, input)])
 
 
 class JudgeEvaluator:
@@ -345,7 +344,7 @@ def instruction(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
     train = [fmt.example(r["instruction"], r.get("input"), r["output"]) for r in train_rows]
     items = []
     for r in eval_rows:
-        question = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
+        question = PromptFormat.turn(r["instruction"], r.get("input"))
         items.append(EvalItem(fmt.eval_prompt(r["instruction"], r.get("input")),
                               {"question": question, "reference": r["output"], "source": r.get("source")}))
     evaluator = JudgeEvaluator(as_dict(b.judge), as_dict(b.get("mtbench")), prompt_format=fmt)
