@@ -215,20 +215,15 @@ def _buffer_bytes(model: nn.Module) -> int:
     return sum(b.numel() * b.element_size() for b in model.buffers())
 
 
-def memory_row(runner: Runner, batch: torch.Tensor, device: str, base_buffers: int | None = None
-               ) -> dict[str, float]:
-    """Counted bytes of one training step; ``buffers``: what the method added (all buffers minus
-    ``base_buffers``, the frozen model's own; by default KaSA's removed factors only)."""
+def memory_row(runner: Runner, batch: torch.Tensor, device: str, base_buffers: int) -> dict[str, float]:
+    """Counted bytes of one training step; ``buffers``: what the method added to the model (all its buffers
+    minus ``base_buffers``, the frozen model's own: KaSA's removed factors, VeRA's shared matrices, ...)."""
     trainable = sum(q.numel() * q.element_size() for q in runner.params)
     opt_state = 0
     if runner.opt is not None:
         for st in runner.opt.state.values():
             opt_state += sum(v.numel() * v.element_size() for v in st.values() if torch.is_tensor(v))
-    if base_buffers is None:
-        buffers = sum(b.numel() * b.element_size() for m in runner.model.modules() if isinstance(m, KasaLayer)
-                      for b in m.buffers(recurse=False))
-    else:
-        buffers = max(0, _buffer_bytes(runner.model) - base_buffers)
+    buffers = max(0, _buffer_bytes(runner.model) - base_buffers)
     acts = saved_activation_bytes(runner, batch)
     row = {"trainable": trainable, "grads": trainable, "adamw": opt_state, "buffers": buffers, "saved": acts}
     row["total"] = sum(row.values())
@@ -635,7 +630,7 @@ def run(profile: str, r: int = 8, beta: float = 1e-4, gamma: float = 1e-3, layer
     out.append(f"- medians of {p.reps} interleaved repetitions (rotated order) after {p.warmup} warm-up rounds; "
                f"{p.threads or torch.get_num_threads()} CPU thread(s) for the step timings\n")
 
-    runners, _ = build_runners(p, r, beta, gamma)
+    runners, base = build_runners(p, r, beta, gamma)
     batch = torch.randint(0, p.vocab, (p.batch, p.seq), generator=torch.Generator().manual_seed(1)).to(p.device)
     raw = bench_steps(p, runners, batch)
     steps = {n: statistics.median(v) for n, v in raw.items()}
@@ -666,7 +661,7 @@ def run(profile: str, r: int = 8, beta: float = 1e-4, gamma: float = 1e-3, layer
     out.append("|---|" + "---:|" * (len(cols) + 1))
     mem_runners = {**runners, "kasa_keep": build_kasa_keeping_removed(p, r, beta, gamma)}
     mem_runners["kasa_keep"].step(batch)  # AdamW allocates its state on the first step, as the others had
-    rows = {n: memory_row(rr, batch, p.device) for n, rr in mem_runners.items()}
+    rows = {n: memory_row(rr, batch, p.device, _buffer_bytes(base)) for n, rr in mem_runners.items()}
     for n, row in rows.items():
         out.append(f"| {LABELS[n]} | " + " | ".join(_fmt_bytes(row[c]) for c in cols)
                    + f" | {row['total'] / rows['lora']['total']:.3f} |")
