@@ -407,7 +407,7 @@ def bench_all_methods(p: Profile, r: int, batch: torch.Tensor) -> list[dict]:
         except Exception as exc:  # a method that cannot run here is reported, not silently dropped
             rows.append({"method": name, "error": f"{type(exc).__name__}: {exc}"})
             continue
-        raw = interleaved_raw({"frozen": lambda: floor.step(batch), name: lambda: rr.step(batch)}, reps,
+        raw = interleaved_raw({"frozen": lambda: floor.step(batch), name: lambda rr=rr: rr.step(batch)}, reps,
                               p.warmup, p.device)
         mem = memory_row(rr, batch, p.device, base_buffers)
         rows.append({"method": name, "step": statistics.median(raw[name]), "floor": statistics.median(raw["frozen"]),
