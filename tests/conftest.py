@@ -107,3 +107,29 @@ def tiny_causal_dir(tmp_path_factory) -> Path:
     return out
 
 
+
+
+class FixedJudge:
+    """An offline judge backend that always rates 7 and counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def identity(self) -> dict:
+        return {"backend": "fixed", "model": "seven"}
+
+    def complete(self, messages) -> str:
+        self.calls += 1
+        return "Fine. Rating: [[7]]"
+
+
+@pytest.fixture
+def fixed_judge(monkeypatch, tmp_path) -> FixedJudge:
+    """Every run's LLM judge becomes one :class:`FixedJudge` with one on-disk cache (kasa-train's judge builder
+    patched); the backend is returned so a test can count its calls."""
+    import kasa.gen_families as gf
+    from kasa.eval.judge import Judge
+
+    backend = FixedJudge()
+    monkeypatch.setattr(gf, "build_judge", lambda spec, device=None: Judge(backend, tmp_path / "judge-cache.sqlite"))
+    return backend

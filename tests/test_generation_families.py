@@ -108,20 +108,6 @@ def test_commonsense_generates_and_scores(tiny_causal_dir, tmp_path):
     assert rows[0]["prompt"].endswith("### Response:\n" + " " * 16)  # the LLM-Adapters evaluation prompt
 
 
-class _FixedJudge:
-    """An offline judge backend that always rates 7 and counts its calls."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def identity(self) -> dict:
-        return {"backend": "fixed", "model": "seven"}
-
-    def complete(self, messages) -> str:
-        self.calls += 1
-        return "Fine. Rating: [[7]]"
-
-
 def test_instruction_judged_with_local_judge_and_mtbench(tiny_causal_dir, tmp_path):
     cache = tmp_path / "judge.sqlite"
     overrides = ("method=lora", f"benchmark.judge.model={tiny_causal_dir}", "benchmark.judge.max_new_tokens=4",
@@ -141,12 +127,8 @@ def test_instruction_judged_with_local_judge_and_mtbench(tiny_causal_dir, tmp_pa
     assert len(JudgementCache(cache)) == 7
 
 
-def test_instruction_scores_are_finite_and_judgements_cached(tiny_causal_dir, tmp_path, monkeypatch):
-    import kasa.gen_families as gf
-    from kasa.eval.judge import Judge
-
-    backend = _FixedJudge()
-    monkeypatch.setattr(gf, "build_judge", lambda spec, device=None: Judge(backend, tmp_path / "cache.sqlite"))
+def test_instruction_scores_are_finite_and_judgements_cached(tiny_causal_dir, tmp_path, fixed_judge):
+    backend = fixed_judge
     overrides = ("method=lora", "benchmark.mtbench.max_questions=2")
     res = run(_cfg("instruction", tiny_causal_dir, *overrides), run_dir=tmp_path / "a")
     final = res["metrics"]["final"]
@@ -165,26 +147,18 @@ def _adapter(run_dir: Path) -> dict:
 
 
 def test_seed_and_resume_unchanged(tiny_causal_dir, tmp_path):
-    import lightning as L
-
-    class Crash(RuntimeError):
-        pass
-
-    class CrashAtEpoch(L.Callback):
-        def on_train_epoch_start(self, trainer, pl_module):
-            if trainer.current_epoch == 1:
-                raise Crash("simulated interruption")
+    from conftest import Crash, crash_at_epoch
 
     # commonsense: the cheapest evaluator (no Java); the loop under test is the same for every family
     common = ("method=kasa", "method.dropout=0.1", "trainer.max_epochs=2", "dataset.max_eval=2")
     full = run(_cfg("commonsense", tiny_causal_dir, *common), run_dir=tmp_path / "full")
     again = run(_cfg("commonsense", tiny_causal_dir, *common), run_dir=tmp_path / "again")
-    other = run(_cfg("commonsense", tiny_causal_dir, *common, "seed=1"), run_dir=tmp_path / "other")
+    run(_cfg("commonsense", tiny_causal_dir, *common, "seed=1"), run_dir=tmp_path / "other")
     assert full["history"] == again["history"] and len(full["history"]) == 2
     a, b, c = _adapter(tmp_path / "full"), _adapter(tmp_path / "again"), _adapter(tmp_path / "other")
     assert all(torch.equal(a[k], b[k]) for k in a) and any(not torch.equal(a[k], c[k]) for k in a)
     with pytest.raises(Crash):
-        run(_cfg("commonsense", tiny_causal_dir, *common), run_dir=tmp_path / "part", callbacks=[CrashAtEpoch()])
+        run(_cfg("commonsense", tiny_causal_dir, *common), run_dir=tmp_path / "part", callbacks=[crash_at_epoch(1)])
     resumed = run(_cfg("commonsense", tiny_causal_dir, *common, "resume=last"), run_dir=tmp_path / "part")
     assert resumed["history"] == full["history"]
     r = _adapter(tmp_path / "part")
@@ -310,11 +284,7 @@ def test_chat_prompt_format_uses_the_chat_template_and_supervises_the_answer(tin
         PromptFormat("vicuna")
 
 
-def test_instruction_with_chat_prompts_end_to_end(tiny_causal_dir, tmp_path, monkeypatch):
-    import kasa.gen_families as gf
-    from kasa.eval.judge import Judge
-
-    monkeypatch.setattr(gf, "build_judge", lambda spec, device=None: Judge(_FixedJudge(), tmp_path / "c.sqlite"))
+def test_instruction_with_chat_prompts_end_to_end(tiny_causal_dir, tmp_path, fixed_judge):
     res = run(_cfg("instruction", tiny_causal_dir, "method=lora", "benchmark.prompt_format=chat",
                    "benchmark.mtbench.max_questions=1"), run_dir=tmp_path / "a")
     assert res["metrics"]["final"]["judge_score"] == 7.0 and res["metrics"]["final"]["mtbench"] == 7.0

@@ -124,22 +124,12 @@ def test_each_synthetic_config_names_llamaduo_ids_and_loads_the_hub_layout(name,
     assert len(train) == 12 and [r["instruction"] for r in held] == [f"held-out {name} prompt {i}" for i in range(3)]
 
 
-def test_synthetic_set_runs_end_to_end_with_a_judge(tiny_causal_dir, tmp_path, monkeypatch):
+def test_synthetic_set_runs_end_to_end_with_a_judge(tiny_causal_dir, tmp_path, fixed_judge):
     """``kasa-train benchmark=instruction dataset=synth_coding`` trains on the chat pairs and judges held-out answers."""
     import json
 
-    import kasa.gen_families as gf
-    from kasa.eval.judge import Judge
     from kasa.train import run
 
-    class Seven:
-        def identity(self) -> dict:
-            return {"backend": "fixed", "model": "seven"}
-
-        def complete(self, messages, **kw) -> str:
-            return "Rating: [[7]]"
-
-    monkeypatch.setattr(gf, "build_judge", lambda spec, device=None: Judge(Seven(), tmp_path / "cache.sqlite"))
     synth, cover = write_synth_set(tmp_path / "s", "coding"), write_coverage(tmp_path / "c")
 
     def cfg(*extra: str):
