@@ -48,6 +48,17 @@ def tiny_inputs(seed: int = 0, batch: int = 2, seq: int = 7) -> dict[str, torch.
             "attention_mask": torch.ones(batch, seq, dtype=torch.long)}
 
 
+def train_steps(model, labels: list[int], steps: int = 3, lr: float = 1e-2) -> None:
+    """A few AdamW steps (default weight decay) of a tiny classifier on ``tiny_inputs(step)``, in training mode."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    for step in range(steps):
+        loss = model(**tiny_inputs(step), labels=torch.tensor(labels)).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 def model_output(model, inputs) -> torch.Tensor:
     return model(**inputs).logits
 

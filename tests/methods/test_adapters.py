@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import TINY_MODELS, model_output, tiny_inputs
+from conftest import TINY_MODELS, model_output, tiny_inputs, train_steps
 
 from kasa.methods import MethodError, build_method
 from kasa.methods.adapters import BlockAdapterLayer, BottleneckAdapterLayer, OutputBlockAdapterLayer, layer_index
@@ -27,6 +27,30 @@ def _adapted(model_name: str, variant: str, **kw):
 
 def _adapter_names(model) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, BottleneckAdapterLayer)]
+
+
+def _randomise(layer: BottleneckAdapterLayer) -> None:
+    """Non-zero adapter weights, so the branch visibly acts (the up-projection starts at zero)."""
+    with torch.no_grad():
+        for lin in (layer.adapter_down, layer.adapter_up):
+            lin.weight.normal_()
+
+
+def _block_in_out(model, layers: dict[str, BlockAdapterLayer]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{name: (block output H, adapted output)}`` of each block adapter in one forward of ``model``
+    (adapter weights randomised first)."""
+    seen: dict[tuple[str, str], torch.Tensor] = {}
+    handles = []
+    for n, layer in layers.items():
+        _randomise(layer)
+        handles.append(layer.base_layer.register_forward_hook(lambda m, a, o, n=n: seen.__setitem__(("block", n), o)))
+        handles.append(layer.register_forward_hook(lambda m, a, o, n=n: seen.__setitem__(("adapted", n), o)))
+    with torch.no_grad():
+        model_output(model, tiny_inputs())
+    for h in handles:
+        h.remove()
+    first = (lambda o: o[0] if isinstance(o, tuple) else o)  # noqa: E731 (blocks may return tuples)
+    return {n: (first(seen[("block", n)]), first(seen[("adapted", n)])) for n in layers}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -103,13 +127,7 @@ def test_only_trainable_move(variant):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("adapter_up" in n for n in trainable) and not any("base_layer" in n for n in trainable)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    model.train()
-    for step in range(3):
-        loss = model(**tiny_inputs(step), labels=torch.tensor([0, 1])).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_steps(model, [0, 1])
     for n, p in model.named_parameters():
         moved = not torch.equal(before[n], p.detach())
         if n not in trainable:
@@ -193,9 +211,7 @@ def test_block_dropout_moves_into_the_adapter(tiny_model_name, variant):
     # training mode: the branch sees exactly the dropped projection output
     n, layer = next(iter(layers.items()))
     layer.train()
-    with torch.no_grad():
-        for lin in (layer.adapter_down, layer.adapter_up):
-            lin.weight.normal_()
+    _randomise(layer)
     x = torch.randn(2, 3, layer.in_features)
     torch.manual_seed(1)
     out = layer(x)
@@ -218,9 +234,7 @@ def test_pfeiffer_on_post_ln_blocks_is_adapterhubs_arrangement(variant):
     layer = layers["bert.encoder.layer.1.output"]
     assert layer.weight is layer.base_layer.dense.weight and layer.bottleneck == 4
     layer.train()
-    with torch.no_grad():
-        for lin in (layer.adapter_down, layer.adapter_up):
-            lin.weight.normal_()
+    _randomise(layer)
     x, r = torch.randn(2, 3, layer.in_features), torch.randn(2, 3, layer.out_features)
     torch.manual_seed(1)
     out = layer(x, r)
@@ -245,18 +259,9 @@ def test_adapter_l_sits_on_each_block_output(arch):
     layers = {n: m for n, m in model.named_modules() if isinstance(m, BlockAdapterLayer)}
     assert len(layers) == 2 and sorted(layer_index(n) for n in layers) == [0, 1]
     assert all(n.rsplit(".", 1)[-1].isdigit() for n in layers)  # the blocks themselves
-    seen = {}
-    for n, layer in layers.items():
-        with torch.no_grad():
-            for lin in (layer.adapter_down, layer.adapter_up):
-                lin.weight.normal_()
-        layer.base_layer.register_forward_hook(lambda m, a, o, n=n: seen.__setitem__(("block", n), o))
-        layer.register_forward_hook(lambda m, a, o, n=n: seen.__setitem__(("adapted", n), o))
     with torch.no_grad():
-        model_output(model, tiny_inputs())
-        for n, layer in layers.items():
-            first = (lambda o: o[0] if isinstance(o, tuple) else o)
-            h, out = first(seen[("block", n)]), first(seen[("adapted", n)])
+        for n, (h, out) in _block_in_out(model, layers).items():
+            layer = layers[n]
             expected = h + layer.adapter_up(torch.relu(layer.adapter_down(layer.adapter_norm(h))))
             torch.testing.assert_close(out, expected)
             assert not torch.allclose(out, h)
@@ -276,17 +281,9 @@ def test_pfeiffer_on_pre_ln_blocks_is_adapterhubs_arrangement(arch):
     _, model, _ = _adapted(arch, "adapter_p", bottleneck=4)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, BottleneckAdapterLayer)}
     assert len(layers) == 2 and all(isinstance(m, BlockAdapterLayer) and m.adapter_norm is None for m in layers.values())
-    seen = {}
-    for n, layer in layers.items():
-        with torch.no_grad():
-            for lin in (layer.adapter_down, layer.adapter_up):
-                lin.weight.normal_()
-        layer.base_layer.register_forward_hook(lambda m, a, o, n=n: seen.__setitem__(("block", n), o))
-        layer.register_forward_hook(lambda m, a, o, n=n: seen.__setitem__(("adapted", n), o))
     with torch.no_grad():
-        model_output(model, tiny_inputs())
-    for n, layer in layers.items():
-        h, out = seen[("block", n)], seen[("adapted", n)]
-        torch.testing.assert_close(out, h + layer.adapter_up(torch.relu(layer.adapter_down(h))))
+        for n, (h, out) in _block_in_out(model, layers).items():
+            layer = layers[n]
+            torch.testing.assert_close(out, h + layer.adapter_up(torch.relu(layer.adapter_down(h))))
     _, plain, _ = _adapted(arch, "adapter_p", bottleneck=4, original_ln=False)
     assert all(n.endswith(("mlp.c_proj", "mlp.down_proj")) for n in _adapter_names(plain))

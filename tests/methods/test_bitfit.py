@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import TINY_MODELS, model_output, tiny_inputs
+from conftest import TINY_MODELS, model_output, tiny_inputs, train_steps
 
 from kasa.methods import MethodError, build_method
 
@@ -41,13 +41,7 @@ def test_only_trainable_move_and_round_trip():
     method = build_method("bitfit")
     method.apply(model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    model.train()
-    for step in range(3):
-        loss = model(**tiny_inputs(step), labels=torch.tensor([0, 2])).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_steps(model, [0, 2])
     model.eval()
     for n, p in model.named_parameters():
         moved = not torch.equal(before[n], p.detach())
