@@ -133,15 +133,3 @@ def test_errors():
     with pytest.raises(MethodError, match="r=32"):
         build_method("pissa", r=32, target_modules=["query"]).apply(a)
 
-
-def test_config_file_matches_dataclass():
-    import dataclasses
-    from pathlib import Path
-
-    import yaml
-
-    from kasa.methods import REGISTRY
-
-    cfg = yaml.safe_load((Path(__file__).parents[2] / "conf/method/pissa.yaml").read_text())
-    assert cfg.pop("name") == "pissa"
-    assert cfg == {f.name: f.default for f in dataclasses.fields(REGISTRY["pissa"].config_cls)}
