@@ -65,6 +65,7 @@ __all__ = [
     "METRICS",
     "E2EScores",
     "group_references",
+    "one_line",
     "mteval_normalize",
     "bleu",
     "nist",
@@ -97,6 +98,18 @@ def group_references(mrs: Sequence[str], refs: Sequence[str]) -> "OrderedDict[st
     for mr, ref in zip(mrs, refs):
         grouped.setdefault(mr, []).append(ref)
     return grouped
+
+
+# Every line boundary of str.splitlines (\r\n first, so it becomes one space). The texts go to the CoreNLP
+# tokeniser one per line, and it also breaks lines at \r, \x0b, \x0c, U+2028 and U+2029 (and writes U+0085 as
+# "..."): one such character in one output shifted every later line onto the wrong references. Replaced by a
+# space before any metric sees the text.
+_LINE_BREAK = re.compile("\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with every line break (``str.splitlines`` semantics) replaced by a space."""
+    return _LINE_BREAK.sub(" ", text)
 
 
 def _check_inputs(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> None:
@@ -238,16 +251,19 @@ def _ptb_java(texts: Sequence[str]) -> list[str]:
     # folder may be read-only.
     with tempfile.TemporaryDirectory(prefix="kasa-ptb-") as tmp:
         path = Path(tmp) / "sentences.txt"
-        path.write_text("\n".join(t.replace("\n", " ") for t in texts), encoding="utf-8")
+        path.write_text("\n".join(one_line(t) for t in texts), encoding="utf-8")
         out = subprocess.run(
             ["java", "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines",
              "-lowerCase", str(path)],
             capture_output=True, check=True,
         ).stdout.decode("utf-8")
     lines = out.split("\n")
-    if len(lines) < len(texts):
-        raise RuntimeError(f"PTBTokenizer returned {len(lines)} lines for {len(texts)} texts")
-    return [" ".join(w for w in line.rstrip().split(" ") if w not in COCO_PUNCTUATIONS) for line in lines[: len(texts)]]
+    # One line per text, exactly: anything else means a text was split or merged, and every later line would be
+    # scored against the wrong references.
+    if len(lines) != len(texts):
+        raise RuntimeError(f"PTBTokenizer returned {len(lines)} lines for {len(texts)} texts; a text was split or "
+                           "merged by a line break the normalisation missed")
+    return [" ".join(w for w in line.rstrip().split(" ") if w not in COCO_PUNCTUATIONS) for line in lines]
 
 
 # CoreNLP's PTB normalisations that matter after lower-casing: brackets, currency, quotes.
@@ -264,7 +280,7 @@ _PTB_TOKEN = re.compile(
 
 def _ptb_python(text: str) -> str:
     """Approximation of CoreNLP's PTBTokenizer (-lowerCase) + COCO punctuation removal."""
-    text = text.lower().replace("\n", " ")
+    text = one_line(text).lower()
     text = re.sub(r"(\w)(n't)\b", r"\1 \2", text)
     text = re.sub(r"(\w)('(?:s|re|ve|ll|d|m))\b", r"\1 \2", text)
     tokens = []
@@ -409,8 +425,8 @@ def e2e_metrics(
     pure-Python approximations with a warning; ``True`` insists on Java, ``False`` forbids it.
     """
     _check_inputs(hypotheses, references)
-    hypotheses = [str(h) for h in hypotheses]
-    references = [[str(r) for r in refs] for refs in references]
+    hypotheses = [one_line(str(h)) for h in hypotheses]
+    references = [[one_line(str(r)) for r in refs] for refs in references]
     if use_java is None:
         use_java = java_available()
         if not use_java:

@@ -332,3 +332,52 @@ def test_load_e2e_nlg_hub_format_from_local_files(tmp_path):
     assert out["test"] == {"name[C], eatType[pub]": ["C is a pub.", "The pub C."]}
     with pytest.raises(KeyError, match="lacks fields"):
         e2e.load_e2e_nlg("csv", data_files=files, cache_dir=str(tmp_path / "cache"), ref_field="target")
+
+
+# ------------------------------------------------------------------ line breaks inside texts
+
+
+def test_one_line_replaces_exactly_what_splitlines_splits():
+    import sys
+
+    for cp in range(sys.maxunicode + 1):
+        if 0xD800 <= cp <= 0xDFFF:
+            continue
+        ch = chr(cp)
+        breaks = len(f"a{ch}b".splitlines()) == 2
+        assert e2e.one_line(f"a{ch}b") == ("a b" if breaks else f"a{ch}b"), hex(cp)
+    assert e2e.one_line("a\r\nb\n") == "a b "  # CRLF is one break, as for splitlines
+
+
+BREAKS = ["\r", "\r\n", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+
+
+@pytest.mark.skipif(not e2e.java_available(), reason="java or the pycocoevalcap jars are not available")
+def test_java_tokeniser_keeps_one_line_per_text_whatever_the_breaks(fixture):
+    hyps, refs, _ = fixture
+    texts = hyps + [r for rs in refs for r in rs]
+    broken = [t.replace(" ", br, 1) for t, br in zip(texts, BREAKS * len(texts))]
+    spaced = [t.replace(" ", " ", 1) for t in texts]
+    assert e2e.ptb_tokenize(broken, use_java=True) == e2e.ptb_tokenize(spaced, use_java=True)
+
+
+@pytest.mark.skipif(not e2e.java_available(), reason="java or the pycocoevalcap jars are not available")
+def test_carriage_return_in_an_output_changes_no_official_metric(fixture):
+    hyps, refs, _ = fixture
+    with_cr = [hyps[0].replace(" ", "\r", 1), *hyps[1:-1], hyps[-1] + "\r"]
+    with_cr_ref = [list(rs) for rs in refs]
+    with_cr_ref[1][0] = with_cr_ref[1][0].replace(" ", "\u2028", 1)
+    plain = [hyps[0].replace(" ", " ", 1), *hyps[1:]]
+    a = e2e.e2e_metrics(with_cr, with_cr_ref, use_java=True).as_dict()
+    b = e2e.e2e_metrics(plain, refs, use_java=True).as_dict()
+    assert a == pytest.approx(b, abs=1e-12)
+
+
+def test_tokeniser_line_count_must_be_exact(monkeypatch):
+    class Out:
+        stdout = "one\ntwo\nthree".encode()
+
+    monkeypatch.setattr(e2e.subprocess, "run", lambda *a, **k: Out())
+    monkeypatch.setattr(e2e, "_coco_dir", lambda: Path("/nonexistent"))
+    with pytest.raises(RuntimeError, match="3 lines for 2 texts"):
+        e2e._ptb_java(["one", "two"])
