@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from kasa.eval import glue
-from kasa.module import build_metrics
+from kasa.training.classification import build_metrics
 
 
 def _mcc_definition(y: np.ndarray, p: np.ndarray, k: int) -> float:
