@@ -214,3 +214,33 @@ def test_bigbench_conversion_rejects_malformed_rows():
         cs.bigbench_strategyqa([{"input": "q", "target_scores": {"Maybe": 1, "No": 0}}])
     with pytest.raises(ValueError, match="single correct"):
         cs.bigbench_siqa([{"input": "q", "target_scores": {"a": 1, "b": 1, "c": 0}}])
+
+
+def test_module_decodes_prompt_and_generation_for_upstream_segmentation(tiny_causal_dir):
+    """End to end from token ids: the model writes "the correct answer is true ### Response: ..." and the
+    task scores "true" (LLM-Adapters' split of prompt + generation), whatever it writes after its own marker."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from kasa.benchmarks.commonsense import CommonsenseEvaluator
+    from kasa.training.causal_lm import CausalLMModule, EvalItem, encode_prompt, pad_left
+
+    tok = AutoTokenizer.from_pretrained(tiny_causal_dir)
+    prompts = [cs.build_prompt("Is it? Answer format: true/false", style=s) for s in ("alpaca", "llm_adapters_eval")]
+    written = tok("the correct answer is true ### Response: the correct answer is false",
+                  add_special_tokens=False)["input_ids"]
+
+    class Scripted(torch.nn.Module):
+        def generate(self, input_ids, attention_mask=None, **kw):
+            new = torch.tensor([written] * input_ids.shape[0])
+            return torch.cat([input_ids, new], dim=1)
+
+    evaluator = CommonsenseEvaluator("alpaca")
+    module = SimpleNamespace(model=Scripted(), tokenizer=tok, evaluator=evaluator, _pad_id=tok.eos_token_id,
+                             generation=SimpleNamespace(generate_kwargs=lambda: {}))
+    ids, mask = pad_left([encode_prompt(tok, p) for p in prompts], tok.eos_token_id)
+    texts = CausalLMModule.generate_ids(module, ids, mask)
+    items = [EvalItem(p, {"task": "boolq", "answer": "true"}) for p in prompts]
+    assert evaluator(items, texts, None, None) == {"boolq": 1.0, "average": 1.0}
