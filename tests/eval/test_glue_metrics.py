@@ -26,7 +26,7 @@ def _mcc_definition(y: np.ndarray, p: np.ndarray, k: int) -> float:
 
 
 def _mcc(preds, target, k: int = 2) -> float:
-    m = build_metrics(["mcc"], k)  # what training logs: kasa.module's table
+    m = build_metrics(["mcc"], k)  # what training logs: kasa.training.classification's table
     m.update(torch.as_tensor(preds), torch.as_tensor(target))
     return float(m.compute()["mcc"])
 
