@@ -5,6 +5,7 @@ from __future__ import annotations
 import torchmetrics
 from torch import nn
 
+from ..eval import glue
 from ..methods.base import PeftMethod
 from .base import PeftModule
 from .optim import OptimConfig
@@ -13,11 +14,12 @@ CLASSIFICATION_METRICS = {
     "accuracy": lambda n: torchmetrics.Accuracy(task="multiclass" if n > 2 else "binary", num_classes=n),
     "f1": lambda n: torchmetrics.F1Score(task="multiclass" if n > 2 else "binary", num_classes=n,
                                          average="macro" if n > 2 else "micro"),
-    "mcc": lambda n: torchmetrics.MatthewsCorrCoef(task="multiclass" if n > 2 else "binary", num_classes=n),
+    # sklearn's MCC (0 when one class is predicted everywhere); torchmetrics' is not (kasa.eval.glue)
+    "mcc": lambda n: glue.MatthewsCorrCoef(num_classes=n),
 }
 REGRESSION_METRICS = {
-    "pearson": lambda n: torchmetrics.PearsonCorrCoef(),
-    "spearman": lambda n: torchmetrics.SpearmanCorrCoef(),
+    "pearson": lambda n: glue.PearsonCorrCoef(),
+    "spearman": lambda n: glue.SpearmanCorrCoef(),
 }
 
 
