@@ -22,11 +22,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from .checks import ConfigError, check_config  # noqa: E402,F401  (kasa.train.ConfigError stays public)
+
 CONF_DIR = Path(os.environ.get("KASA_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
-
-
-class ConfigError(ValueError):
-    """A run configuration that cannot work; raised before any training starts."""
 
 
 def _wandb_mode(requested: str) -> str:
@@ -63,7 +61,9 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Name checks that need no model or data, so bad input fails in a second, before any loading."""
+    """Checks that need no model weights or data, so bad input fails in a second, before any loading:
+    the value table and the rest of :mod:`kasa.checks`, then the registries' names."""
+    check_config(cfg)
     from .data.classification import SOURCES
     from .families import FAMILIES
     from .methods import REGISTRY
