@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -367,13 +368,51 @@ def _known_errors() -> tuple[type[Exception], ...]:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from .console import quiet_console
+    from .hydra_callbacks import clear_failure, record_failure, remove_if_empty
+
+    quiet_console()
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
     try:
         results = run(cfg)
-    except _known_errors() as exc:
-        # One clear line naming the problem; SystemExit passes through Hydra's own error reporting.
-        print(f"kasa-train: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as exc:
+        known = isinstance(exc, _known_errors())
+        if not (known or multirun):
+            raise  # a bug: Hydra prints the traceback
+        # One clear line naming the problem (a traceback only for what kasa does not know).
+        if known:
+            print(f"kasa-train: error: {exc}", file=sys.stderr)
+        else:
+            traceback.print_exc()
+        if not multirun:
+            remove_if_empty(hc.runtime.output_dir)  # a failed run leaves no empty folder
+            remove_if_empty(_sweep_point_dir(cfg), stop=cfg.get("sweep_dir"))
+            sys.exit(2)  # SystemExit passes through Hydra's own error reporting
+        # A multirun goes on with the other points: the record makes the summary and the retry.
+        record_failure([Path(hc.runtime.output_dir), *filter(None, [_sweep_point_dir(cfg)])], exc,
+                       list(hc.overrides.task), _safe_hash(cfg), with_traceback=not known)
+        return float("nan")
+    clear_failure(results.get("run_dir"))
     return float(results["metrics"]["reported"].get(cfg.dataset.monitor, float("nan")))
+
+
+def _safe_hash(cfg: DictConfig) -> str | None:
+    try:
+        return config_hash(cfg)
+    except Exception:  # an interpolation that does not resolve: the record still names the overrides
+        return None
+
+
+def _sweep_point_dir(cfg: DictConfig) -> Path | None:
+    """The folder ``run`` gives this config under ``sweep_dir`` (``None`` without one)."""
+    key = _safe_hash(cfg)
+    if not cfg.get("sweep_dir") or key is None:
+        return None
+    return Path(cfg.sweep_dir) / f"{cfg.run_name}-{key}"
 
 
 def main() -> None:
