@@ -35,10 +35,10 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-# What kasa.module.OptimConfig accepts (tests/test_checks.py keeps the two in step).
+# What kasa.training.optim.OptimConfig accepts (tests/test_checks.py keeps the two in step).
 SCHEDULERS = ("linear", "constant")
 SELECTIONS = ("best", "last")
-# Benchmark families whose backbone is a causal LM (kasa/gen_families.py).
+# Benchmark families whose backbone is a causal LM (kasa/benchmarks/: they build on causal_lm_bundle).
 CAUSAL_LM_FAMILIES = ("e2e", "commonsense", "instruction")
 OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
 _UNSET = object()

@@ -28,6 +28,15 @@ from .checks import ConfigError, check_config  # noqa: E402,F401  (kasa.train.Co
 CONF_DIR = Path(os.environ.get("KASA_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
 
 
+def _register_configs() -> None:
+    from .configs import register_configs
+
+    register_configs(CONF_DIR)
+
+
+_register_configs()  # the method group's typed nodes, before Hydra composes (ours or a test's compose)
+
+
 def _wandb_mode(requested: str) -> str:
     """``auto``: online only with an API key (env or netrc); never block a run on a login prompt."""
     if requested != "auto":
@@ -66,14 +75,14 @@ def validate(cfg: DictConfig) -> None:
     the value table and the rest of :mod:`kasa.checks`, then the registries' names."""
     check_config(cfg)
     from .data.classification import SOURCES
-    from .families import FAMILIES
+    from .benchmarks import BENCHMARKS
     from .methods import REGISTRY
 
     if cfg.method.name not in REGISTRY:
         raise ConfigError(f"unknown method '{cfg.method.name}'; known: {' '.join(sorted(REGISTRY))}")
     fam = cfg.benchmark.get("family")
-    if fam not in FAMILIES:
-        raise ConfigError(f"unknown benchmark family '{fam}'; known: {sorted(FAMILIES)}")
+    if fam not in BENCHMARKS:
+        raise ConfigError(f"unknown benchmark family '{fam}'; known: {sorted(BENCHMARKS)}")
     if fam == "classification" and cfg.dataset.source not in SOURCES:
         raise ConfigError(f"unknown dataset source '{cfg.dataset.source}'; known: {sorted(SOURCES)}")
     check_strategy(cfg.get("trainer"))
@@ -159,12 +168,6 @@ def check_launch(trainer: Any) -> None:
                           "hydra/launcher=slurm, or with torchrun")
 
 
-def method_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    kw = OmegaConf.to_container(cfg.method, resolve=True)
-    kw.pop("name")
-    return kw
-
-
 def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | None = None) -> dict[str, Any]:
     """Train one configuration and return what was written to ``results.json``.
 
@@ -175,9 +178,9 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | No
     from hydra.errors import InstantiationException
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from .families import FAMILIES
-    from .methods import build_method, count_parameters
-    from .module import StepSeed
+    from .benchmarks import BENCHMARKS
+    from .methods import count_parameters, method_from_config
+    from .training import StepSeed
 
     t0 = time.time()
     validate(cfg)
@@ -192,11 +195,11 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | No
             print(f"[kasa] skipped: {run_dir / 'results.json'} already holds this config's results")
             return {**done, "skipped": True}
     run_dir.mkdir(parents=True, exist_ok=True)
-    method = build_method(cfg.method.name, **method_kwargs(cfg))  # hyper-parameter errors before loading
+    method = method_from_config(cfg.method)  # hyper-parameter errors before loading
     L.seed_everything(cfg.seed, verbose=False)
 
     d, b = cfg.dataset, cfg.benchmark
-    bundle = FAMILIES[b.family](cfg, method)
+    bundle = BENCHMARKS[b.family](cfg, method)
     model, module = bundle.model, bundle.module
     if getattr(method, "needs_calibration", False):
         method.apply(model, calibration=bundle.calibration_batches())  # CorDA: input covariances
@@ -415,8 +418,42 @@ def _sweep_point_dir(cfg: DictConfig) -> Path | None:
     return Path(cfg.sweep_dir) / f"{cfg.run_name}-{key}"
 
 
+def compose_error(argv: list[str]) -> str | None:
+    """One line for overrides that do not compose (``method.alpha=abc`` against the method's typed config,
+    ``model=nope``), ``None`` when they do. Hydra itself would print a multi-line report and exit 1.
+
+    Only plain runs are checked here: ``-m`` sweeps, ``--cfg``/``--help`` and other config names go straight to Hydra.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.utils import get_args_parser
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        args = get_args_parser().parse_args(argv)
+    except SystemExit:
+        return None  # Hydra's own parser names the problem
+    if (args.multirun or args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
+            or args.config_path or args.config_name or args.config_dir or args.experimental_rerun):
+        return None
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            compose("train", overrides=list(args.overrides))
+    except Exception as exc:  # noqa: BLE001 -- every composition error becomes one line
+        root = exc
+        while root.__cause__ is not None:
+            root = root.__cause__
+        if isinstance(root, OmegaConfBaseException) and getattr(root, "full_key", None):
+            return f"{root.full_key}: {str(root).splitlines()[0]}"
+        return " ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip())
+    return None
+
+
 def main() -> None:
     """Console script entry point."""
+    problem = compose_error(sys.argv[1:])
+    if problem:
+        print(f"kasa-train: error: {problem}", file=sys.stderr)
+        sys.exit(2)
     _hydra_main()
 
 

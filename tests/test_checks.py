@@ -80,7 +80,10 @@ def kasa_train(monkeypatch, capsys, *overrides: str) -> tuple[int, list[str]]:
 # load comes before the model: no case may load a model.
 CASES = [
     ("seed=abc", "seed='abc' is not allowed; use an integer >= 0"),
-    ("method.alpha=abc", "method.alpha='abc' is not allowed; kasa takes a number for alpha"),
+    ("method.alpha=abc", "method.alpha: Value 'abc' of type 'str' could not be converted to Float"),
+    ("method.bta=1", "method.bta: Key 'bta' not in 'KasaConfig'"),
+    ("model=nope", "Could not find 'model/nope'"),
+    ("method=lora method.target_modules=3", "method.target_modules=3 is not allowed; lora takes a list of strings"),
     ("method.dropout=1.5", "method.dropout=1.5 is not allowed; use a probability in [0, 1)"),
     ("trainer.max_epochs=-1", "trainer.max_epochs=-1 is not allowed; use an integer >= 1"),
     ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed"),
@@ -172,7 +175,7 @@ def test_good_values_pass():
 
 
 def test_scheduler_names_match_what_the_optimiser_config_accepts():
-    from kasa.module import OptimConfig
+    from kasa.training.optim import OptimConfig
 
     for name in SCHEDULERS:
         OptimConfig(scheduler=name)
@@ -202,3 +205,10 @@ def test_cli_subprocess_one_line(tmp_path, overrides, message):
     assert proc.returncode == 2 and len(err) == 1, proc.stderr
     assert err[0].startswith("kasa-train: error: ") and message in err[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_causal_lm_families_are_the_generation_benchmarks():
+    from kasa.benchmarks import BENCHMARKS
+    from kasa.checks import CAUSAL_LM_FAMILIES
+
+    assert set(CAUSAL_LM_FAMILIES) == set(BENCHMARKS) - {"classification"}
