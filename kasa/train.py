@@ -57,17 +57,52 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
         loggers.append(CSVLogger(save_dir=str(run_dir), name="logs", version=""))
     wb = cfg.logger.get("wandb")
     if wb:
-        mode = _wandb_mode(wb.get("mode", "auto"))
-        os.environ["WANDB_MODE"] = mode
-        os.environ.setdefault("WANDB_SILENT", "true")
-        try:
-            loggers.append(WandbLogger(project=wb.get("project", "kasa"), entity=wb.get("entity"),
-                                       group=wb.get("group"), tags=list(wb.get("tags") or []),
-                                       name=cfg.get("run_name"), save_dir=str(run_dir), offline=mode == "offline",
-                                       config=OmegaConf.to_container(cfg, resolve=True)))
-        except Exception as exc:  # a logger must never cost a run
-            print(f"[kasa] W&B logger disabled: {exc}", file=sys.stderr)
+        logger = _wandb_logger(cfg, wb, run_dir, WandbLogger)
+        if logger is not None:
+            loggers.append(logger)
     return loggers
+
+
+# How long W&B may take to answer before a run logs offline: a probe of its host, then wandb.init's own limit.
+WANDB_PROBE_TIMEOUT_S = 3.0
+WANDB_INIT_TIMEOUT_S = 30.0
+
+
+def _wandb_logger(cfg: DictConfig, wb: Any, run_dir: Path, cls: type) -> Any:
+    """A W&B logger that never costs the run: online only when W&B's host answers within seconds and
+    ``wandb.init`` succeeds; else offline (``wandb sync`` uploads it later); else none, with one line saying so.
+
+    The W&B run is started here, not lazily when training starts, so that a failing start (no network, a bad
+    key) is caught here and falls back, instead of ending ``trainer.fit``.
+    """
+    import wandb
+
+    from .checks import probe_url
+
+    mode = _wandb_mode(wb.get("mode", "auto"))
+    if mode == "online":
+        url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+        why = probe_url(url, timeout=WANDB_PROBE_TIMEOUT_S)
+        if why:
+            print(f"[kasa] W&B: {url} does not answer ({why}); logging offline to {run_dir / 'wandb'} "
+                  "(`wandb sync` uploads it later)", file=sys.stderr)
+            mode = "offline"
+    os.environ.setdefault("WANDB_SILENT", "true")
+    if wandb.run is not None:  # one W&B run per kasa run: an earlier run of this process left one open
+        wandb.finish()
+    for attempt in dict.fromkeys([mode, "offline"]):
+        os.environ["WANDB_MODE"] = attempt
+        try:
+            logger = cls(project=wb.get("project", "kasa"), entity=wb.get("entity"), group=wb.get("group"),
+                         tags=list(wb.get("tags") or []), name=cfg.get("run_name"), save_dir=str(run_dir),
+                         offline=attempt == "offline", config=OmegaConf.to_container(cfg, resolve=True),
+                         settings=wandb.Settings(init_timeout=WANDB_INIT_TIMEOUT_S))
+            logger.experiment  # noqa: B018 -- start the W&B run now (see above)
+            return logger
+        except Exception as exc:  # noqa: BLE001 -- a logger must never cost a run
+            nxt = "logging offline" if attempt != "offline" else "W&B logger disabled"
+            print(f"[kasa] W&B {attempt} start failed ({' '.join(str(exc).split())[:300]}); {nxt}", file=sys.stderr)
+    return None
 
 
 def validate(cfg: DictConfig) -> None:

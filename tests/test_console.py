@@ -75,3 +75,34 @@ def test_missing_local_model_path_is_named(tmp_path):
     with pytest.raises(ModelLoadError, match="does not exist") as info:
         load_model(str(tmp_path / "no-such-model"))
     assert "downloaded" not in str(info.value)
+
+
+def test_wandb_with_a_key_and_no_network_logs_offline_within_seconds(tmp_path, monkeypatch, capsys):
+    """W&B's host refuses connections (a local port nobody listens on): the run logs offline, fast."""
+    import socket
+    import time
+
+    from omegaconf import OmegaConf
+
+    from kasa.train import build_loggers
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    port = sock.getsockname()[1]
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = OmegaConf.create({"run_name": "r", "logger": {"csv": False, "wandb": {"project": "kasa", "mode": "auto"}}})
+    t0 = time.time()
+    try:
+        loggers = build_loggers(cfg, tmp_path)
+        took = time.time() - t0
+        assert len(loggers) == 1 and took < 30, took
+        assert loggers[0]._offline and loggers[0].experiment.settings.mode in ("offline", "dryrun")
+        assert "logging offline" in capsys.readouterr().err
+    finally:
+        sock.close()
+        import wandb
+
+        wandb.finish()
