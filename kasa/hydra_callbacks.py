@@ -60,7 +60,8 @@ def remove_if_empty(run_dir: str | Path | None, stop: str | Path | None = None) 
     if not run_dir:
         return False
     d = Path(run_dir)
-    if not d.is_dir():
+    here = Path.cwd().resolve()
+    if not d.is_dir() or d.resolve() == here or d.resolve() in here.parents:  # never the working folder
         return False
     for p in d.rglob("*"):
         if any(part in HYDRA_BOOKKEEPING for part in p.relative_to(d).parts):
