@@ -4,8 +4,8 @@
   that cannot be written fails in one line (Hydra's own ``mkdir`` would end in a traceback).
 - A multirun point that fails leaves ``failed.json`` in its folder (:func:`record_failure`: the error, the
   point's overrides and config hash) and the sweep goes on; at the end :class:`KasaCallback` prints every
-  failed point and exits 1. A failed point has no results.json, so rerunning the sweep retries it; a point
-  that later succeeds (or is skipped as finished) drops its record.
+  failed point and exits 2 (1 if a point crashed with a traceback). A failed point has no results.json, so
+  rerunning the sweep retries it; a point that later succeeds (or is skipped as finished) drops its record.
 """
 
 from __future__ import annotations
@@ -113,7 +113,8 @@ class KasaCallback(Callback):
             print(f"  {what}: {rec.get('type')}: {rec.get('error')}  [{path}]", file=sys.stderr)
         print("kasa-train: rerun the command to retry them (with sweep_dir=..., finished points are skipped)",
               file=sys.stderr)
-        sys.exit(1)
+        # 2 as for a single run when every failure was one of kasa's named errors; 1 when a point crashed
+        sys.exit(1 if any("traceback" in rec for _, rec in failed) else 2)
 
 
 def _swept_keys(overrides: list[str]) -> set[str]:

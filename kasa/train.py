@@ -107,7 +107,8 @@ def _wandb_logger(cfg: DictConfig, wb: Any, run_dir: Path, cls: type) -> Any:
 
 def validate(cfg: DictConfig) -> None:
     """Checks that need no model weights or data, so bad input fails in a second, before any loading:
-    the value table and the rest of :mod:`kasa.checks`, then the registries' names."""
+    packages a trainer strategy needs, the value table and the rest of :mod:`kasa.checks`, the registries' names."""
+    check_strategy(cfg.get("trainer"))
     check_config(cfg)
     from .data.classification import SOURCES
     from .benchmarks import BENCHMARKS
@@ -120,7 +121,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"unknown benchmark family '{fam}'; known: {sorted(BENCHMARKS)}")
     if fam == "classification" and cfg.dataset.source not in SOURCES:
         raise ConfigError(f"unknown dataset source '{cfg.dataset.source}'; known: {sorted(SOURCES)}")
-    check_strategy(cfg.get("trainer"))
 
 
 def _strategy_name(spec: Any) -> str:

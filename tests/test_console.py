@@ -53,8 +53,8 @@ def test_transformers_load_report_has_no_colour_codes():
     handlers = hf_logging.get_logger().handlers  # what transformers prints through (its own stderr handler)
     assert handlers
     for h in handlers:
-        record = logging.LogRecord("transformers.modeling_utils", logging.WARNING, __file__, 1,
-                                   "\x1b[1mBertForSequenceClassification LOAD REPORT\x1b[0m from: somewhere", None, None)
+        msg = "\x1b[1mBertForSequenceClassification LOAD REPORT\x1b[0m from: somewhere"
+        record = logging.LogRecord("transformers.modeling_utils", logging.WARNING, __file__, 1, msg, None, None)
         assert h.filter(record)
         text = h.format(record)
         assert "BertForSequenceClassification LOAD REPORT from: somewhere" in text and "\x1b[" not in text

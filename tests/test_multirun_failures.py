@@ -1,4 +1,4 @@
-"""A multirun point that fails is recorded (failed.json) and the sweep goes on; a summary and exit 1 at the end;
+"""A multirun point that fails is recorded (failed.json) and the sweep goes on; a summary and exit 2 at the end;
 rerunning the sweep retries the failed point and skips the finished one. Real ``kasa-train -m`` subprocesses on
 the tiny BERT."""
 
@@ -24,7 +24,7 @@ def _multirun(tiny_bert_dir: Path, tmp_path: Path, sweep: str) -> subprocess.Com
 
 def test_a_failing_point_does_not_end_the_sweep_and_is_retried(tiny_bert_dir, tmp_path):
     first = _multirun(tiny_bert_dir, tmp_path, "sweep1")
-    assert first.returncode == 1, first.stderr[-3000:]
+    assert first.returncode == 2, first.stderr[-3000:]  # as a single run's named error
     # the r=0 point: one line, a record in its Hydra folder and in its sweep_dir folder
     assert "kasa-train: error: kasa r=0 must be at least 1" in first.stderr
     records = sorted((tmp_path / "sweep1").glob("*/failed.json"))
@@ -46,7 +46,7 @@ def test_a_failing_point_does_not_end_the_sweep_and_is_retried(tiny_bert_dir, tm
     assert out.count("GPU available") == 1 and "Tip:" not in out and "\x1b[" not in out
 
     again = _multirun(tiny_bert_dir, tmp_path, "sweep2")
-    assert again.returncode == 1
+    assert again.returncode == 2
     assert "skipped" in again.stdout and "already holds this config's results" in again.stdout  # r=4
     assert "kasa-train: error: kasa r=0 must be at least 1" in again.stderr  # r=0 was tried again
     assert len(list((tmp_path / "sweep2").glob("*/failed.json"))) == 1
