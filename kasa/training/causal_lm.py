@@ -7,8 +7,9 @@ tokens the model is trained to continue are exactly the tokens it is given at ge
 Validation generates a continuation for every evaluation prompt (batched, left padding, the validation
 progress bar shows it) and hands the texts to the family's :class:`Evaluator` (E2E metrics, commonsense
 answer extraction, an LLM judge). :class:`CausalLMModule` subclasses
-:class:`kasa.training.classification.PeftModule`, so the optimiser, the method's regulariser and per-step hooks,
-adapter-only checkpoints and the ``history`` rows stay one implementation; it replaces only the validation step and the epoch-end scoring.
+:class:`kasa.training.base.PeftModule`, so the optimiser, the method's regulariser and per-step hooks,
+adapter-only checkpoints and the ``history`` rows stay one implementation; it adds only the validation step and
+the epoch-end scoring.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.classification import EpochSampler, ShardSampler
 from ..methods.base import PeftMethod
-from .classification import PeftModule
+from .base import PeftModule
 from .optim import OptimConfig
 
 IGNORE_INDEX = -100
@@ -212,7 +213,7 @@ class CausalLMModule(PeftModule):
     def __init__(self, model: nn.Module, method: PeftMethod, tokenizer, evaluator: Evaluator,
                  generation: GenerationSettings | None = None, optim: OptimConfig | None = None,
                  eval_batch_size: int = 8):
-        super().__init__(model, method, num_labels=0, metrics=[], optim=optim)
+        super().__init__(model, method, optim)
         self.tokenizer, self.evaluator = tokenizer, evaluator
         self.generation = generation or GenerationSettings()
         self.eval_batch_size = eval_batch_size

@@ -16,7 +16,7 @@ from transformers import get_constant_schedule_with_warmup, get_linear_schedule_
 from conftest import tiny_bert, tiny_gpt2, tiny_inputs
 from kasa.methods import build_method
 from kasa.train import CONF_DIR, ConfigError, validate
-from kasa.training import OptimConfig, PeftModule, build_optimizer
+from kasa.training import ClassificationModule, OptimConfig, build_optimizer
 from kasa.training.causal_lm import CausalLMModule
 from kasa.training.optim import param_groups
 
@@ -121,7 +121,7 @@ def test_total_steps_are_the_optimiser_steps_lightning_takes(accumulate):
     model = tiny_bert()
     method = build_method("lora", r=2, target_modules=["query", "value"])
     method.apply(model)
-    module = PeftModule(model, method, num_labels=3, metrics=["accuracy"], optim=OptimConfig(lr=1e-3))
+    module = ClassificationModule(model, method, num_labels=3, metrics=["accuracy"], optim=OptimConfig(lr=1e-3))
     loader = torch.utils.data.DataLoader(_Pairs(37), batch_size=8, shuffle=False)
     trainer = L.Trainer(max_epochs=2, accumulate_grad_batches=accumulate, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
