@@ -121,6 +121,23 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"unknown benchmark family '{fam}'; known: {sorted(BENCHMARKS)}")
     if fam == "classification" and cfg.dataset.source not in SOURCES:
         raise ConfigError(f"unknown dataset source '{cfg.dataset.source}'; known: {sorted(SOURCES)}")
+    check_optim(cfg.benchmark.get("optim"), fam)
+
+
+def check_optim(optim_cfg: Any, family: str | None = None) -> None:
+    """``benchmark.optim`` builds an :class:`~kasa.training.optim.OptimConfig` (known keys, allowed values)."""
+    from .training.optim import OptimConfig
+
+    values = OmegaConf.to_container(optim_cfg, resolve=True) if isinstance(optim_cfg, DictConfig) else optim_cfg
+    try:
+        o = OptimConfig(**(values or {}))
+    except TypeError as exc:  # an unknown key
+        raise ConfigError(f"benchmark.optim: {exc}".replace("OptimConfig.__init__() ", "")) from None
+    except ValueError as exc:
+        raise ConfigError(f"benchmark.{exc}") from None
+    if o.label_smoothing and family == "classification":
+        raise ConfigError(f"benchmark.optim.label_smoothing={o.label_smoothing}: only the causal-LM benchmarks "
+                          "(e2e, commonsense, instruction) use it; set 0.0")
 
 
 def _strategy_name(spec: Any) -> str:
