@@ -75,6 +75,13 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"unknown benchmark family '{fam}'; known: {sorted(FAMILIES)}")
     if fam == "classification" and cfg.dataset.source not in SOURCES:
         raise ConfigError(f"unknown dataset source '{cfg.dataset.source}'; known: {sorted(SOURCES)}")
+    precision = str((cfg.get("trainer") or {}).get("precision", ""))
+    if precision in ("bf16-true", "16-true") and cfg.method.get("autocast_adapter_dtype", True) \
+            and REGISTRY[cfg.method.name].wraps_targets:
+        # Lightning's *-true precisions cast the whole module after apply: the float32 adapters with it
+        raise ConfigError(f"trainer.precision={precision} casts the float32 adapter parameters to half precision; "
+                          "load the model in half precision (model.dtype=bfloat16) with trainer.precision=32-true, "
+                          "use bf16-mixed, or set method.autocast_adapter_dtype=false")
     check_strategy(cfg.get("trainer"))
 
 

@@ -49,9 +49,10 @@ class AdaLoraLayer(AdapterLayer):
         self.scaling = alpha if alpha > 0 else float(r)
         self.ranknum = float(r)
         w = base_layer.weight
-        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, dtype=w.dtype, device=w.device))
-        self.lora_E = nn.Parameter(torch.empty(r, 1, dtype=w.dtype, device=w.device))
-        self.lora_B = nn.Parameter(torch.empty(self.out_features, r, dtype=w.dtype, device=w.device))
+        kw = dict(dtype=self.adapter_dtype, device=w.device)
+        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, **kw))
+        self.lora_E = nn.Parameter(torch.empty(r, 1, **kw))
+        self.lora_B = nn.Parameter(torch.empty(self.out_features, r, **kw))
         self.register_buffer("lora_mask", torch.ones(r, dtype=torch.bool, device=w.device))
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.reset_parameters()

@@ -53,8 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import (AdapterLayer, MethodConfig, MethodError, PeftMethod, is_linear_like, layer_shape, match_target,
-                   model_type, register)
+from .base import (AdapterLayer, MethodConfig, MethodError, PeftMethod, add_cast, is_linear_like, layer_shape,
+                   match_target, model_type, register)
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "swish": F.silu, "silu": F.silu, "tanh": torch.tanh}
 
@@ -139,8 +139,7 @@ class BottleneckAdapterLayer(AdapterLayer):
         if bottleneck < 1:
             raise MethodError(f"adapter bottleneck={bottleneck} must be at least 1 (layer '{name}')")
         d = self.out_features
-        w = self._like()
-        kw = {"device": w.device, "dtype": w.dtype}
+        kw = {"device": self._like().device, "dtype": self.adapter_dtype}
         self.bottleneck = bottleneck
         self.activation = activation
         self.adapter_norm = nn.LayerNorm(d, **kw) if layer_norm else None
@@ -162,7 +161,7 @@ class BottleneckAdapterLayer(AdapterLayer):
         return self.adapter_up(ACTIVATIONS[self.activation](self.adapter_down(h)))
 
     def _like(self) -> torch.Tensor:
-        """A base tensor whose device and dtype the adapter takes."""
+        """A base tensor whose device the adapter takes (its dtype: :attr:`adapter_dtype`)."""
         return self.weight
 
     def _projected(self, x: torch.Tensor) -> torch.Tensor:
@@ -176,7 +175,7 @@ class BottleneckAdapterLayer(AdapterLayer):
         y = self._projected(x)
         if self.disabled:
             return y
-        return y + self.adapter(y).to(y.dtype)
+        return add_cast(y, self.adapter(y))
 
     def extra_repr(self) -> str:
         return f"bottleneck={self.bottleneck}, activation={self.activation}, own_norm={self.adapter_norm is not None}"
@@ -213,7 +212,7 @@ class OutputBlockAdapterLayer(BottleneckAdapterLayer):
         h = b.dropout(b.dense(hidden_states))
         if self.disabled:
             return b.LayerNorm(h + input_tensor)
-        a = h + self.adapter(b.LayerNorm(h + input_tensor)).to(h.dtype)
+        a = add_cast(h, self.adapter(b.LayerNorm(h + input_tensor)))
         return b.LayerNorm(a + input_tensor)
 
 
@@ -248,7 +247,7 @@ class BlockAdapterLayer(BottleneckAdapterLayer):
         if self.disabled:
             return out
         h = out[0] if isinstance(out, tuple) else out
-        h = h + self.adapter(h).to(h.dtype)
+        h = add_cast(h, self.adapter(h))
         return (h, *out[1:]) if isinstance(out, tuple) else h
 
 

@@ -58,14 +58,14 @@ class SaraLayer(AdapterLayer):
         k = sara_rank(S, threshold, energy, min_rank, max_rank)
         self.r = k
         self.train_vectors = train_vectors
-        B, A = U[:, :k].to(w.dtype), Vh[:k].to(w.dtype)
+        B, A = U[:, :k].to(self.adapter_dtype), Vh[:k].to(self.adapter_dtype)
         if train_vectors:
             self.lora_B = nn.Parameter(B.contiguous())
             self.lora_A = nn.Parameter(A.contiguous())
         else:
             self.register_buffer("lora_B", B.contiguous())
             self.register_buffer("lora_A", A.contiguous())
-        self.lora_diag = nn.Parameter(torch.zeros(k, dtype=w.dtype, device=w.device))
+        self.lora_diag = nn.Parameter(torch.zeros(k, dtype=self.adapter_dtype, device=w.device))
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
