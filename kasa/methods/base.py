@@ -529,6 +529,14 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+def step_randint(seed: int, step: int, low: int, high: int) -> int:
+    """An integer uniform on ``low..high`` (inclusive) for training step ``step``: a pure function of
+    ``(seed, step)`` (a generator seeded with ``seed * 1_000_003 + step``), so reruns and resumed runs draw
+    the same values whatever happened before (DyLoRA's rank, AdapterDrop's dropped blocks)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + int(step))
+    return int(torch.randint(low, high + 1, (1,), generator=g))
+
+
 def lora_scaling(alpha: float, r: int, use_rslora: bool) -> float:
     return alpha / math.sqrt(r) if use_rslora else alpha / r
 
@@ -557,5 +565,5 @@ __all__ = [
     "REGISTRY", "TARGET_PRESETS", "AdapterLayer", "MethodConfig", "LoraConfigBase", "MethodError",
     "PeftMethod", "build_method", "register", "count_parameters", "get_weight", "set_weight",
     "layer_shape", "match_target", "lora_scaling", "check_rank", "field", "count_only", "is_count_only",
-    "gathered", "adapter_dtype", "adapter_dtype_policy", "add_cast", "HALF_DTYPES",
+    "gathered", "adapter_dtype", "adapter_dtype_policy", "add_cast", "HALF_DTYPES", "step_randint",
 ]

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LoraConfigBase, MethodError, PeftMethod, register
+from .base import LoraConfigBase, MethodError, PeftMethod, register, step_randint
 from .lora import LoraLayer
 
 
@@ -91,8 +91,7 @@ class Dylora(PeftMethod):
 
     def sample_rank(self, step: int) -> int:
         """The rank ``b`` of training step ``step`` (a pure function of ``(seed, step)``)."""
-        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + int(step))
-        return int(torch.randint(1, self.config.r + 1, (1,), generator=g))
+        return step_randint(self.config.seed, step, 1, self.config.r)
 
     def on_before_forward(self, model: nn.Module, step: int) -> None:
         self.set_rank(model, self.sample_rank(step))
