@@ -41,6 +41,13 @@ REFERENCE_COUNTS: dict[tuple[str, str], int] = {
     ("kasa", "roberta-large"): 786_816,
 }
 PUBLISHED_TOLERANCE = 0.01
+# Footnotes printed under every table that lists the method (what a count does or does not rest on).
+METHOD_NOTES: dict[str, str] = {
+    "adalora": "adalora: the count is at init_r (what trains at step 0); 'final' is the final budget (target_r per "
+               "layer on average), the count papers report",
+    "sara": "sara: rank rule unverified (no primary text of arXiv 2408.03290 was reachable; kasa/methods/sara.py "
+            "writes out the rule implemented)",
+}
 
 
 def parse_sets(items: Sequence[str]) -> dict[str, Any]:
@@ -63,15 +70,27 @@ def method_kwargs(name: str, sets: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in sets.items() if k in fields}
 
 
-def count(method_name: str, model_name: str, sets: dict[str, Any] | None = None,
-          include_heads: bool = False) -> int:
-    """Trainable parameters of ``method_name`` (defaults + ``sets``) on the meta-device ``model_name``."""
+def applied(method_name: str, model_name: str, sets: dict[str, Any] | None = None):
+    """``(method, model)``: ``method_name`` (defaults + ``sets``) applied to the meta-device ``model_name``."""
     model = meta_model(model_name)
     method = build_method(method_name, **method_kwargs(method_name, sets or {}))
     with warnings.catch_warnings(), count_only():
         warnings.simplefilter("ignore")
         method.apply(model)
+    return method, model
+
+
+def count(method_name: str, model_name: str, sets: dict[str, Any] | None = None,
+          include_heads: bool = False) -> int:
+    """Trainable parameters of ``method_name`` (defaults + ``sets``) on the meta-device ``model_name``."""
+    method, model = applied(method_name, model_name, sets)
     return method.trainable_parameter_count(model, include_heads=include_heads)
+
+
+def final_count(method_name: str, model_name: str, sets: dict[str, Any] | None = None) -> int | None:
+    """:meth:`~kasa.methods.base.PeftMethod.final_parameter_count` (AdaLoRA's final budget; None for others)."""
+    method, model = applied(method_name, model_name, sets)
+    return method.final_parameter_count(model)
 
 
 def table(methods: Sequence[str], models: Sequence[str], sets: dict[str, Any] | None = None,
@@ -86,7 +105,9 @@ def table(methods: Sequence[str], models: Sequence[str], sets: dict[str, Any] | 
         cells = []
         for mod in models:
             try:
-                n = count(meth, mod, sets, include_heads)
+                method, model = applied(meth, mod, sets)
+                n = method.trainable_parameter_count(model, include_heads=include_heads)
+                final = method.final_parameter_count(model)
             except Exception as e:  # noqa: BLE001  (a table cell, not a crash: say why)
                 reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
                 key = (meth, reason)
@@ -95,7 +116,7 @@ def table(methods: Sequence[str], models: Sequence[str], sets: dict[str, Any] | 
                     note_ids[key] = len(notes)
                 cells.append(f"n/a [{note_ids[key]}]")
                 continue
-            cell = f"{n:,}"
+            cell = f"{n:,}" + (f" (final: {final:,})" if final is not None else "")
             ref = REFERENCE_COUNTS.get((meth, mod))
             if ref is not None and not sets and not include_heads:
                 good = n == ref
@@ -103,6 +124,8 @@ def table(methods: Sequence[str], models: Sequence[str], sets: dict[str, Any] | 
                 cell += " (paper: ok)" if good else f" (MISMATCH, paper {ref:,})"
             cells.append(cell)
         lines.append(f"| {meth} | " + " | ".join(cells) + " |")
+        if meth in METHOD_NOTES:
+            notes.append(METHOD_NOTES[meth])
     totals = []
     for mod in models:
         n = sum(p.numel() for p in meta_model(mod).parameters())

@@ -237,8 +237,11 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | No
     resume = _resume_path("last" if auto else cfg.get("resume"), ckpt_dir)
     try:
         trainer.fit(module, datamodule=bundle.datamodule, ckpt_path=resume)
-        results = summarise(cfg, module, d.monitor, b.get("selection", "best"), run_dir, t0,
-                            params={"trainable": trainable, "total": total, "adapter": adapter_params},
+        params = {"trainable": trainable, "total": total, "adapter": adapter_params}
+        final = method.final_parameter_count(model)  # AdaLoRA: the final budget, the count papers report
+        if final is not None:
+            params["adapter_final"] = final
+        results = summarise(cfg, module, d.monitor, b.get("selection", "best"), run_dir, t0, params=params,
                             split_sizes=bundle.split_sizes,
                             resumed_from=resume, config_hash=key,
                             # family extras: generation settings, metric backend, judge identity

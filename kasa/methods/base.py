@@ -492,6 +492,11 @@ class PeftMethod:
         head_params = set() if include_heads else {id(p) for p in self.head_parameters(model)}
         return sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in head_params)
 
+    def final_parameter_count(self, model: nn.Module) -> int | None:
+        """Trainable parameters at the end of training where the method changes them (AdaLoRA's final budget,
+        the count papers report); ``None`` (every other method): :meth:`trainable_parameter_count` holds."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"
 
