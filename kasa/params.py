@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import dataclasses
+import functools
 import sys
 import warnings
 from typing import Any, Sequence
@@ -82,21 +84,24 @@ def presets() -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml") if p.stem not in REGISTRY)
 
 
-def resolve(name: str) -> tuple[str, dict[str, Any]]:
-    """``(registry name, settings)`` of a registry name (no settings: the defaults) or a ``conf/method/`` preset
-    (the settings it composes to, through Hydra, as ``kasa-train method=<preset>`` would)."""
-    if name in REGISTRY:
-        return name, {}
+@functools.cache
+def _composed(name: str) -> dict[str, Any]:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from .train import CONF_DIR
+    from .train import CONF_DIR  # importing kasa.train registers the methods' structured configs
 
-    if name not in presets():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="kasa.params"):
+        return OmegaConf.to_container(compose("train", overrides=[f"method={name}"]).method, resolve=True)
+
+
+def resolve(name: str) -> tuple[str, dict[str, Any]]:
+    """``(registry name, settings)`` that ``kasa-train method=<name>`` composes: a registry name gives its
+    dataclass defaults, a ``conf/method/`` preset the method it extends with the preset's values."""
+    if name not in REGISTRY and name not in presets():
         raise ValueError(f"unknown method or preset '{name}'; registry: {' '.join(sorted(REGISTRY))}; "
                          f"presets: {' '.join(presets())}")
-    with initialize_config_dir(config_dir=str(CONF_DIR / "method"), version_base="1.3", job_name="kasa.params"):
-        cfg = OmegaConf.to_container(compose(name), resolve=True)
+    cfg = copy.deepcopy(_composed(name))  # cached: one composition per name
     return cfg.pop("name"), cfg
 
 

@@ -25,6 +25,15 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 CONF_DIR = Path(os.environ.get("KASA_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
 
 
+def _register_configs() -> None:
+    from .configs import register_configs
+
+    register_configs(CONF_DIR)
+
+
+_register_configs()  # the method group's typed nodes, before Hydra composes (ours or a test's compose)
+
+
 class ConfigError(ValueError):
     """A run configuration that cannot work; raised before any training starts."""
 
@@ -65,14 +74,14 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
 def validate(cfg: DictConfig) -> None:
     """Name checks that need no model or data, so bad input fails in a second, before any loading."""
     from .data.classification import SOURCES
-    from .families import FAMILIES
+    from .benchmarks import BENCHMARKS
     from .methods import REGISTRY
 
     if cfg.method.name not in REGISTRY:
         raise ConfigError(f"unknown method '{cfg.method.name}'; known: {' '.join(sorted(REGISTRY))}")
     fam = cfg.benchmark.get("family")
-    if fam not in FAMILIES:
-        raise ConfigError(f"unknown benchmark family '{fam}'; known: {sorted(FAMILIES)}")
+    if fam not in BENCHMARKS:
+        raise ConfigError(f"unknown benchmark family '{fam}'; known: {sorted(BENCHMARKS)}")
     if fam == "classification" and cfg.dataset.source not in SOURCES:
         raise ConfigError(f"unknown dataset source '{cfg.dataset.source}'; known: {sorted(SOURCES)}")
     precision = str((cfg.get("trainer") or {}).get("precision", ""))
@@ -165,12 +174,6 @@ def check_launch(trainer: Any) -> None:
                           "hydra/launcher=slurm, or with torchrun")
 
 
-def method_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    kw = OmegaConf.to_container(cfg.method, resolve=True)
-    kw.pop("name")
-    return kw
-
-
 def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | None = None) -> dict[str, Any]:
     """Train one configuration and return what was written to ``results.json``.
 
@@ -181,9 +184,9 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | No
     from hydra.errors import InstantiationException
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from .families import FAMILIES
-    from .methods import build_method, count_parameters
-    from .module import StepSeed
+    from .benchmarks import BENCHMARKS
+    from .methods import count_parameters, method_from_config
+    from .training import StepSeed
 
     t0 = time.time()
     validate(cfg)
@@ -198,11 +201,11 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | No
             print(f"[kasa] skipped: {run_dir / 'results.json'} already holds this config's results")
             return {**done, "skipped": True}
     run_dir.mkdir(parents=True, exist_ok=True)
-    method = build_method(cfg.method.name, **method_kwargs(cfg))  # hyper-parameter errors before loading
+    method = method_from_config(cfg.method)  # hyper-parameter errors before loading
     L.seed_everything(cfg.seed, verbose=False)
 
     d, b = cfg.dataset, cfg.benchmark
-    bundle = FAMILIES[b.family](cfg, method)
+    bundle = BENCHMARKS[b.family](cfg, method)
     model, module = bundle.model, bundle.module
     if getattr(method, "needs_calibration", False):
         method.apply(model, calibration=bundle.calibration_batches())  # CorDA: input covariances

@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 
 from kasa.data.classification import DatasetError, load_splits
 from kasa.data.glue import TASKS
-from kasa.module import PeftModule, build_metrics
+from kasa.training.classification import PeftModule, build_metrics
 from kasa.train import CONF_DIR, run
 
 WORDS = ("the cat dog sat ran on a mat in house big small red blue quickly slowly park tree car road "

@@ -6,8 +6,6 @@ so a 7B run's checkpoint is megabytes, and resuming rebuilds the frozen base det
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -15,7 +13,8 @@ import torch
 import torchmetrics
 from torch import nn
 
-from .methods.base import PeftMethod
+from ..methods.base import PeftMethod
+from .optim import OptimConfig, build_optimizer
 
 CLASSIFICATION_METRICS = {
     "accuracy": lambda n: torchmetrics.Accuracy(task="multiclass" if n > 2 else "binary", num_classes=n),
@@ -27,21 +26,6 @@ REGRESSION_METRICS = {
     "pearson": lambda n: torchmetrics.PearsonCorrCoef(),
     "spearman": lambda n: torchmetrics.SpearmanCorrCoef(),
 }
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 4e-4
-    head_lr: float | None = None  # None: same as lr
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.06
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    scheduler: str = "linear"  # linear | constant
-
-    def __post_init__(self) -> None:  # checked when the config is built, before any training
-        if self.scheduler not in ("linear", "constant"):
-            raise ValueError(f"unknown scheduler '{self.scheduler}'; use linear or constant")
 
 
 def build_metrics(names: list[str], num_labels: int) -> torchmetrics.MetricCollection:
@@ -152,32 +136,8 @@ class PeftModule(L.LightningModule):
 
     # -- optimisation ----------------------------------------------------------------------------
     def configure_optimizers(self):
-        o = self.optim
-        head_ids = {id(p) for p in self.method.head_parameters(self.model)}
-        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-        for n, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            # No weight decay on biases, norms and the singular-value vectors (those have their own L2).
-            no_decay = p.ndim < 2
-            groups.setdefault((id(p) in head_ids, no_decay), []).append(p)
-        param_groups = []
-        for (is_head, no_decay), params in groups.items():
-            lr = o.head_lr if (is_head and o.head_lr is not None) else o.lr
-            param_groups.append({"params": params, "lr": lr, "weight_decay": 0.0 if no_decay else o.weight_decay})
-        opt = torch.optim.AdamW(param_groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(math.ceil(o.warmup_ratio * total))
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            if o.scheduler == "constant":
-                return 1.0
-            return max(0.0, (total - step) / max(1, total - warmup))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return build_optimizer(self.model, self.method.head_parameters(self.model), self.optim,
+                               self.trainer.estimated_stepping_batches)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -192,18 +152,3 @@ class PeftModule(L.LightningModule):
         sd = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
         self.method.load_adapter_state_dict(self.model, sd)
         checkpoint["state_dict"] = {}  # already loaded, through the method's own hook
-
-
-class StepSeed(L.Callback):
-    """Seeds torch's RNG from ``(seed, epoch, batch)`` before every training batch.
-
-    Dropout draws then depend only on the position in training, not on how much randomness Lightning,
-    the dataloader or a resume consumed before: a resumed run takes the same steps as an uninterrupted one.
-    """
-
-    def __init__(self, seed: int):
-        self.seed = seed
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
-        torch.manual_seed((self.seed * 1_000_003 + trainer.current_epoch * 100_003 + batch_idx) % (2**63))

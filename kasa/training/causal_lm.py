@@ -6,9 +6,9 @@ tokens the model is trained to continue are exactly the tokens it is given at ge
 
 Validation generates a continuation for every evaluation prompt (batched, left padding, the validation
 progress bar shows it) and hands the texts to the family's :class:`Evaluator` (E2E metrics, commonsense
-answer extraction, an LLM judge). :class:`CausalLMModule` subclasses :class:`kasa.module.PeftModule`, so the
-optimiser, the method's regulariser and per-step hooks, adapter-only checkpoints and the ``history`` rows
-stay one implementation; it replaces only the validation step and the epoch-end scoring.
+answer extraction, an LLM judge). :class:`CausalLMModule` subclasses
+:class:`kasa.training.classification.PeftModule`, so the optimiser, the method's regulariser and per-step hooks,
+adapter-only checkpoints and the ``history`` rows stay one implementation; it replaces only the validation step and the epoch-end scoring.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .data.classification import EpochSampler, ShardSampler
-from .methods.base import PeftMethod
-from .module import OptimConfig, PeftModule
+from ..data.classification import EpochSampler, ShardSampler
+from ..methods.base import PeftMethod
+from .classification import PeftModule
+from .optim import OptimConfig
 
 IGNORE_INDEX = -100
 
