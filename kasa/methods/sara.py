@@ -3,7 +3,9 @@
 **Rank rule unverified**: no primary text of arXiv 2408.03290 (nor the authors' code) was reachable here,
 so the rule below and the ``threshold=0.5`` default come from secondary descriptions ("the number of
 singular values accounting for a certain proportion of the total sum") and are written out exactly as
-implemented; ``python -m kasa.params`` and ``kasa-report`` repeat this note wherever SARA's numbers appear. For a frozen (out x in) weight ``W = U diag(s) V^T``, ``s`` descending,
+implemented; ``python -m kasa.params`` and ``kasa-report`` repeat this note wherever SARA's numbers appear.
+
+Rank rule, for a frozen (out x in) weight ``W = U diag(s) V^T``, ``s`` descending,
 ``k_max = min(out, in)``:
 
     k = min{ k >= 1 : sum_{i <= k} e_i >= threshold * sum_{i <= k_max} e_i },   e_i = s_i   (``energy="sum"``)
