@@ -20,7 +20,7 @@ import json
 import math
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -48,6 +48,7 @@ class Record:
     metric: str
     selection: str
     source: str
+    not_comparable: tuple[str, ...] = ()  # metrics the run's evaluator marks not comparable (e.g. METEOR w/o Java)
 
 
 def load_paper_numbers(path: str | Path = PAPER_NUMBERS) -> dict[str, Any]:
@@ -86,7 +87,8 @@ def records_from_results(res: dict[str, Any], source: str = "", paper: dict[str,
     table = table_key(cfg)
     method = str(res.get("method") or _get(cfg, "method.name"))
     seed = int(res.get("seed", _get(cfg, "seed") or 0))
-    common = dict(table=table, method=method, variant="", seed=seed, selection=selection, source=source)
+    common = dict(table=table, method=method, variant="", seed=seed, selection=selection, source=source,
+                  not_comparable=tuple(sorted((res.get("evaluation") or {}).get("not_comparable") or ())))
     tasks = ((paper or {}).get(table) or {}).get("tasks") or {}
     by_task = {TASK_ALIASES.get(k, k): v for k, v in reported.items()}
     multi = [t for t in tasks if isinstance(by_task.get(t), (int, float))]
@@ -201,6 +203,7 @@ class Table:
     paper_only_rows: list[str]
     selections: set[str]
     n_runs: int
+    not_comparable: dict[str, int] = field(default_factory=dict)  # metric -> runs whose evaluator says so
 
     def caption(self) -> str:
         sel = {"best": "the best validation epoch", "last": "the last epoch"}
@@ -210,7 +213,10 @@ class Table:
                 if any(r.split()[0].lower() == "sara" for r in self.rows + self.paper_only_rows) else "")
         return (f"{self.title}. Cell: median over seeds, then mean ± std (n seeds); the paper's number and "
                 f"our − paper difference beside it; {MISSING}: missing. Metric read at {read}{mixed} "
-                f"(results.json metrics.selection). {self.n_runs} run(s).{sara}")
+                f"(results.json metrics.selection). {self.n_runs} run(s)."
+                + "".join(f" NOT COMPARABLE with the official scorer: {m} in {n} run(s) (results.json "
+                          f"evaluation.not_comparable)." for m, n in sorted(self.not_comparable.items()))
+                + sara)
 
 
 def _stats(values: list[float]) -> tuple[float, float, float]:
@@ -270,8 +276,13 @@ def build_tables(recs: list[Record], paper: dict[str, Any] | None = None) -> lis
                 cells[(name, t)] = Cell(paper=nums.get(t))
             cells[(name, "avg")] = Cell(paper=statistics.fmean(nums[t] for t in tasks)
                                         if all(t in nums for t in tasks) else None)
+        flagged: dict[str, set] = {}
+        for r in rs:
+            for m in r.not_comparable:
+                flagged.setdefault(m, set()).add((r.source, r.seed))
         tables.append(Table(key, ref.get("title", key), tasks, labels, rows, cells, extra,
-                            {r.selection for r in rs}, len({(r.source, r.seed) for r in rs})))
+                            {r.selection for r in rs}, len({(r.source, r.seed) for r in rs}),
+                            {m: len(v) for m, v in flagged.items()}))
     return tables
 
 
