@@ -293,6 +293,13 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | No
     resume = _resume_path("last" if auto else cfg.get("resume"), ckpt_dir)
     try:
         trainer.fit(module, datamodule=bundle.datamodule, ckpt_path=resume)
+        judge_error = getattr(getattr(module, "evaluator", None), "error", None)
+        if judge_error:  # after the last checkpoint: the adapter and the generations are on disk
+            from .eval.judge import JudgingFailed
+
+            raise JudgingFailed(f"the LLM judge failed at {judge_error}; the trained adapter "
+                                f"({run_dir / 'checkpoints'}) and the generations ({run_dir / 'generations'}) are kept: judge them later with "
+                                f"`kasa-eval {run_dir}` once the endpoint answers")
         params = {"trainable": trainable, "total": total, "adapter": adapter_params}
         final = method.final_parameter_count(model)  # AdaLoRA: the final budget, the count papers report
         if final is not None:
@@ -426,9 +433,10 @@ def _known_errors() -> tuple[type[Exception], ...]:
     from .assets import MissingAssetError
     from .data.classification import DatasetError
     from .methods import MethodError
+    from .eval.judge import JudgingFailed
     from .models import ModelLoadError
 
-    return (ConfigError, MethodError, ModelLoadError, MissingAssetError, DatasetError)
+    return (ConfigError, MethodError, ModelLoadError, MissingAssetError, DatasetError, JudgingFailed)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")

@@ -147,6 +147,36 @@ def test_instruction_scores_are_finite_and_judgements_cached(tiny_causal_dir, tm
     assert backend.calls == calls  # every judgement came from the cache
 
 
+def test_judge_failing_mid_run_costs_only_the_judging(tiny_causal_dir, tmp_path, fixed_judge, monkeypatch):
+    """The endpoint fails at epoch 0's MT-Bench judging: training goes on to the end, the last checkpoint and
+    every generation (held-out and MT-Bench answers) are kept, the judge is not asked again, and the run ends
+    with one named error pointing at kasa-eval (no results.json claiming scores)."""
+    from kasa.eval.judge import JudgeAPIError, JudgingFailed
+
+    backend = fixed_judge
+    heldout_calls = 3  # dataset.max_eval=3 held-out answers are judged first, then MT-Bench fails
+
+    def complete(messages):
+        backend.calls += 1
+        if backend.calls > heldout_calls:
+            raise JudgeAPIError("judge endpoint http://127.0.0.1:9/v1 failed after 3 attempts: refused")
+        return "Fine. Rating: [[7]]"
+
+    monkeypatch.setattr(backend, "complete", complete)
+    run_dir = tmp_path / "run"
+    with pytest.raises(JudgingFailed, match="judge them later with `kasa-eval"):
+        run(_cfg("instruction", tiny_causal_dir, "method=lora", "benchmark.mtbench.max_questions=2",
+                 "trainer.max_epochs=2"), run_dir=run_dir)
+    assert backend.calls == heldout_calls + 1  # epoch 1 did not call the judge again
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
+    for epoch in (0, 1):
+        assert (run_dir / "generations" / f"epoch{epoch}.jsonl").exists()
+    answers = [json.loads(line) for line in (run_dir / "generations" / "epoch0-mtbench.jsonl").open()]
+    assert len(answers) == 2 and all(len(a["answers"]) == 2 for a in answers)
+    assert not (run_dir / "results.json").exists()
+
+
 # ------------------------------------------------------------------------------------------ loop behaviour
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -273,6 +274,9 @@ class JudgeEvaluator:
         self._judge = judge
         self.prompt_format = prompt_format or PromptFormat()
         self.info: dict[str, Any] = {"evaluator": "llm-judge"}
+        # The first judge failure (endpoint down mid-run): later epochs skip judging, training goes on, and the
+        # run ends with JudgingFailed after its last checkpoint (kasa.train.run), nothing trained is lost.
+        self.error: str | None = None
 
     def judge(self, device: Any = None):
         if self._judge is None:
@@ -308,7 +312,7 @@ class JudgeEvaluator:
 
     def __call__(self, items: Sequence[EvalItem], generations: Sequence[str], module: CausalLMModule,
                  out_dir: Path | None) -> dict[str, float]:
-        from ..eval.judge import load_mtbench_questions, mtbench_summary, single_answer_request
+        from ..eval.judge import JudgeAPIError, load_mtbench_questions, mtbench_summary, single_answer_request
 
         # Under data parallelism only rank 0 judges (an API judge is paid once); the module broadcasts its scores.
         trainer = getattr(module, "_trainer", None)
@@ -320,7 +324,13 @@ class JudgeEvaluator:
         jobs = [(single_answer_request(it.meta["question"], g, it.meta.get("reference") if with_ref else None),
                  {"kind": "heldout", "source": it.meta.get("source"), "prompt": it.meta["question"], "response": g})
                 for it, g in zip(items, generations)]
-        graded = judge.grade_many(jobs, desc="judging held-out answers") if scoring else []
+        nan = {k: math.nan for k in ("judge_score", "judge_parsed", "mtbench", "mtbench_turn1", "mtbench_turn2")}
+        if self.error is not None:  # the judge already failed in an earlier epoch: train on, judge later
+            return nan
+        try:
+            graded = judge.grade_many(jobs, desc="judging held-out answers") if scoring else []
+        except JudgeAPIError as exc:
+            return self._failed(exc, module, nan)
         scores = [j.score for j in graded if j.parsed]
         out = {"judge_score": sum(scores) / len(scores) if scores else math.nan,
                "judge_parsed": len(scores) / len(graded) if graded else math.nan}
@@ -338,7 +348,15 @@ class JudgeEvaluator:
                                          **gen_kw)
             if scoring:
                 answers = {q["question_id"]: [a1, a2] for q, a1, a2 in zip(questions, first, second)}
-                mt = judge.grade_mtbench(questions, answers)
+                if out_dir is not None:  # the answers are on disk before any judging: a judge failure keeps them
+                    _write_jsonl(out_dir / "generations" / f"epoch{module.current_epoch}-mtbench.jsonl",
+                                 [{"question_id": q["question_id"], "category": q.get("category"),
+                                   "turns": list(q["turns"]), "answers": answers[q["question_id"]]}
+                                  for q in questions])
+                try:
+                    mt = judge.grade_mtbench(questions, answers)
+                except JudgeAPIError as exc:
+                    return self._failed(exc, module, nan)
                 summ = mtbench_summary(mt)
                 for key, name in (("score", "mtbench"), ("turn1", "mtbench_turn1"), ("turn2", "mtbench_turn2")):
                     out[name] = summ.get(key) if summ.get(key) is not None else math.nan
@@ -361,6 +379,22 @@ class JudgeEvaluator:
                      "cache": str(getattr(judge.cache, "path", None)), "n_heldout": len(items),
                      "mtbench": mt_info or None}
         return out
+
+
+    def _failed(self, exc: Exception, module: CausalLMModule, nan: dict[str, float]) -> dict[str, float]:
+        """Record the judge's failure and go on training with NaN scores (the run then ends with JudgingFailed)."""
+        self.error = f"epoch {module.current_epoch}: {' '.join(str(exc).split())}"
+        self.info = {**self.info, "error": self.error}
+        print(f"[kasa] judge failed at {self.error}; training goes on without judging, the generations are kept",
+              file=sys.stderr, flush=True)
+        return nan
+
+
+def _write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
 
 
 def build(cfg: DictConfig, method: PeftMethod) -> TaskBundle:

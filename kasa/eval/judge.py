@@ -259,6 +259,11 @@ class JudgeAPIError(RuntimeError):
     """The judge endpoint failed after all retries (or with a non-retryable status)."""
 
 
+class JudgingFailed(RuntimeError):
+    """Training finished but the judge failed during it: the adapter checkpoints and the generations are kept,
+    and the run can be judged again later (``kasa-eval``)."""
+
+
 class OpenAIJudge:
     """An OpenAI-compatible ``/chat/completions`` endpoint (OpenAI, vLLM, TGI, ...), via ``urllib``.
 
