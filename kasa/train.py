@@ -25,6 +25,15 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 CONF_DIR = Path(os.environ.get("KASA_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
 
 
+def _register_configs() -> None:
+    from .configs import register_configs
+
+    register_configs(CONF_DIR)
+
+
+_register_configs()  # the method group's typed nodes, before Hydra composes (ours or a test's compose)
+
+
 class ConfigError(ValueError):
     """A run configuration that cannot work; raised before any training starts."""
 
