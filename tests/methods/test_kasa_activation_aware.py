@@ -205,3 +205,32 @@ def test_cache_keys_on_the_calibration(tmp_path):
 def test_bad_values_are_named(kwargs, message):
     with pytest.raises(MethodError, match=message):
         build_method("kasa", **kwargs)
+
+
+def test_kasa_train_calibrates_resumes_and_reloads(tiny_bert_dir, tmp_path):
+    """``kasa-train method.truncation=activation_aware``: calibrated on the training batches, an interrupted run
+    resumes (its recalibration matches the checkpoint's statistics), and the analysis reload needs no data."""
+    from conftest import Crash, crash_at_epoch
+    from kasa.analysis.spectra import load_run_model, load_spectra, update_spectra, weight_spectra
+    from kasa.analysis.tiny import tiny_config
+    from kasa.train import run
+
+    over = ("method.r=2", "method.truncation=activation_aware", "method.calibration_samples=16",
+            "trainer.max_epochs=2", "trainer.limit_train_batches=2", "analysis.spectra=true")
+    cfg = tiny_config(*over, model_dir=tiny_bert_dir)
+    with pytest.raises(Crash):
+        run(cfg, run_dir=tmp_path / "run", callbacks=[crash_at_epoch(1)])
+    res = run(tiny_config(*over, "resume=last", model_dir=tiny_bert_dir), run_dir=tmp_path / "run")
+    assert res["resumed_from"] and res["config"]["method"]["truncation"] == "activation_aware"
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert sum(k.endswith(".kasa_input_scale") for k in ckpt["state_dict"]) == 4
+    model, _ = load_run_model(tmp_path / "run")
+    from transformers import AutoModelForSequenceClassification
+
+    orig = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)
+    last = load_spectra(tmp_path / "run" / "spectra")[-1]
+    for n, sp in weight_spectra(model).items():  # W rebuilt exactly from the re-derived removed part
+        want = torch.linalg.svdvals(get_weight(orig.get_submodule(n)).detach().double()).numpy()
+        np.testing.assert_allclose(sp["W"], want, rtol=1e-5, atol=1e-6)
+    for n, v in update_spectra(model).items():
+        np.testing.assert_allclose(v, last["update"][n], rtol=1e-5, atol=1e-8)
