@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import sys
 import time
@@ -32,6 +33,15 @@ def _register_configs() -> None:
 
 
 _register_configs()  # the method group's typed nodes, before Hydra composes (ours or a test's compose)
+
+
+def _register_resolvers() -> None:
+    from .analysis.hparams_search import register_resolvers
+
+    register_resolvers()
+
+
+_register_resolvers()  # conf/hparams_search/: the Optuna study's storage, trials left and seed
 
 
 class ConfigError(ValueError):
@@ -276,7 +286,7 @@ def _finish_wandb(trainer) -> None:
 
 
 # Keys that do not change what a run computes: left out of the config hash.
-HASH_EXCLUDE = ("resume", "sweep_dir", "trainer.enable_progress_bar")
+HASH_EXCLUDE = ("resume", "sweep_dir", "trainer.enable_progress_bar", "hparams_search")
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -376,7 +386,22 @@ def _hydra_main(cfg: DictConfig) -> float:
         # One clear line naming the problem; SystemExit passes through Hydra's own error reporting.
         print(f"kasa-train: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    return float(results["metrics"]["reported"].get(cfg.dataset.monitor, float("nan")))
+    value = float(results["metrics"]["reported"].get(cfg.dataset.monitor, float("nan")))
+    if math.isnan(value) and _optuna_sweep():
+        # hydra-optuna-sweeper cannot record a NaN and would abort the search; an exception is a failed trial
+        from .analysis.hparams_search import FailedTrial
+
+        raise FailedTrial(f"{cfg.dataset.monitor} is NaN")
+    return value
+
+
+def _optuna_sweep() -> bool:
+    """Whether this job runs under the Optuna sweeper (conf/hparams_search/)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return False
+    return "optuna" in str(HydraConfig.get().sweeper.get("_target_", "")).lower()
 
 
 def main() -> None:
