@@ -201,9 +201,12 @@ def heatmap_matrix(values: dict[str, Any], absolute: bool = False) -> tuple[list
 
 
 def _pyplot():
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
+    if "matplotlib.pyplot" not in sys.modules:  # headless by default; a notebook's own backend (inline) stays
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
@@ -249,7 +252,7 @@ def plot_spectrum_tails(spec: dict[str, dict[str, np.ndarray]], removed: dict[st
             c = cmap(layers.index(layer) / max(1, len(layers) - 1))
             top = spec[n]["W"][0] if relative else 1.0
             ax.semilogy(tl["index"] + 1, tl["W"] / top, "-", color=c, lw=1.2,
-                        label=f"{layer}: {100 * tl['removed_energy']:.2f}% of ||W||$^2$ cut")
+                        label=f"{layer}: {100 * tl['removed_energy']:.2g}% of ||W||$^2$ cut")
             kept = ~tl["removed"]
             ax.semilogy(tl["index"][kept] + 1, tl["W_world"][kept] / top, "--", color=c, lw=1.0)
             ax.semilogy(tl["index"][tl["removed"]] + 1, tl["W"][tl["removed"]] / top, "x", color=c, ms=5)

@@ -434,8 +434,11 @@ class Kasa(PeftMethod):
         names = [n for n, _ in model.named_modules() if n and match_target(n, targets)]
         if not names:
             raise MethodError(f"kasa: target_modules={targets!r} match no module of {type(model).__name__}")
-        self.input_scales = input_rms(model, names, batches,
-                                      self.config.calibration_samples if max_samples is None else max_samples)
+        # The global RNG is left as it was: iterating a DataLoader draws from it, and the adapter's initialisation
+        # (dV^T, dsigma) must be the same draw as with the paper's truncation for the same seed (paired comparisons).
+        with torch.random.fork_rng(devices=[]):
+            self.input_scales = input_rms(model, names, batches,
+                                          self.config.calibration_samples if max_samples is None else max_samples)
         return self.input_scales
 
     def apply(self, model: nn.Module, calibration: Iterable[Any] | None = None,

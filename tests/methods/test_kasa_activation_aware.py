@@ -234,3 +234,41 @@ def test_kasa_train_calibrates_resumes_and_reloads(tiny_bert_dir, tmp_path):
         np.testing.assert_allclose(sp["W"], want, rtol=1e-5, atol=1e-6)
     for n, v in update_spectra(model).items():
         np.testing.assert_allclose(v, last["update"][n], rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_every_architecture_is_truncated_in_its_scaled_coordinates(arch):
+    from conftest import TINY_MODELS
+
+    torch.manual_seed(0)
+    base = TINY_MODELS[arch]()
+    method = build_method("kasa", r=3, truncation="activation_aware")  # the architecture's preset targets
+    model = method.apply(copy.deepcopy(base), calibration=[tiny_inputs(seed=12, batch=3, seq=8)])
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, KasaLayer)}
+    assert layers
+    for n, layer in layers.items():
+        w = get_weight(base.get_submodule(n)).detach().double().numpy()  # (out, in), Conv1D transposed
+        s = layer.kasa_input_scale.double().numpy()
+        assert s.shape == (w.shape[1],) and (s > 0).all()
+        world = get_weight(layer.base_layer).detach().double().numpy()
+        np.testing.assert_allclose(world, _reference_world(w, s, 3), rtol=0, atol=2e-6 * np.abs(w).max())
+
+
+def test_calibration_leaves_the_adapter_init_of_the_seed():
+    """Iterating a DataLoader draws from the global RNG; the adapter must still start from the seed's draw."""
+    from torch.utils.data import DataLoader
+
+    base = tiny_bert()
+    x = tiny_inputs(seed=13, batch=6, seq=8)
+    rows = [{k: v[i] for k, v in x.items()} for i in range(6)]
+    loader = DataLoader(rows, batch_size=3, shuffle=True)
+    inits = {}
+    for tr in ("paper", "activation_aware"):
+        torch.manual_seed(0)
+        m = build_method("kasa", r=3, target_modules=TARGETS, truncation=tr)
+        model = m.apply(copy.deepcopy(base), calibration=loader if m.needs_calibration else None)
+        inits[tr] = {n: (l.lora_A.detach().clone(), l.lora_diag.detach().clone()) for n, l in model.named_modules()
+                     if isinstance(l, KasaLayer)}
+    for n, (a, d) in inits["paper"].items():
+        torch.testing.assert_close(inits["activation_aware"][n][0], a, rtol=0, atol=0)
+        torch.testing.assert_close(inits["activation_aware"][n][1], d, rtol=0, atol=0)
