@@ -68,7 +68,28 @@ def load_splits(source_name: str, **kwargs) -> Splits:
     splits = SOURCES[source_name](**kwargs)
     if not splits.train or not splits.validation:
         raise DatasetError(f"dataset source '{source_name}' gave an empty train or validation split")
+    check_labels(splits, source_name)
     return splits
+
+
+def check_labels(splits: Splits, source_name: str = "") -> None:
+    """Class labels are integers in ``[0, num_labels)`` (else the first training step fails with an IndexError
+    in the loss); regression targets are numbers."""
+    n = splits.num_labels
+    parts = {"train": splits.train, "validation": splits.validation, "test": splits.test,
+             **{f"validation_{k}": v for k, v in splits.extra_validation.items()}}
+    for part, examples in parts.items():
+        for i, ex in enumerate(examples):
+            label = ex.label
+            if not splits.label_names:
+                ok = isinstance(label, (int, float)) and not isinstance(label, bool)
+                allowed = "a number (regression)"
+            else:
+                ok = isinstance(label, int) and not isinstance(label, bool) and 0 <= label < n
+                allowed = f"a class index in [0, {n - 1}] ({', '.join(map(str, splits.label_names))})"
+            if not ok:
+                raise DatasetError(f"dataset source '{source_name}': {part} example {i} has label {label!r}; "
+                                   f"labels must be {allowed}")
 
 
 def stratified_split(examples: list[Example], val_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
