@@ -37,7 +37,7 @@ warning says so: METEOR 1.5's statistics (its "en" parameters, function-word wei
 list, stage weights) from exact and Snowball-stem matches only, aggregated over the corpus as the jar does
 (``MeteorStats.addStats``), but with no synonym or paraphrase stage and a greedy aligner, so the number is
 not comparable with the jar's. The result then records ``backend="python-approx"`` and
-``not_comparable={"METEOR": ...}``. Measured (commands in docs/protocols_eval.md): jar 46.43 vs
+``not_comparable={"METEOR": ...}``. Measured (commands in docs/protocols.md (Evaluation)): jar 46.43 vs
 this fallback 43.88 on the test fixture, 51.21 vs 49.70 on the 213 BIG-bench MRs.
 """
 

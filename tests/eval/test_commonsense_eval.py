@@ -108,7 +108,7 @@ I16 = " " * 16
 
 def test_llm_adapters_templates_byte_for_byte():
     """finetune.py's and commonsense_evaluate.py's generate_prompt, as their indented f-strings render
-    (checked by executing both upstream functions: docs/protocols_eval.md)."""
+    (checked by executing both upstream functions: docs/protocols.md (Evaluation))."""
     head = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
     head_in = ("Below is an instruction that describes a task, paired with an input that provides further context. "
                "Write a response that appropriately completes the request.")

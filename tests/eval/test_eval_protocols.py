@@ -1,4 +1,4 @@
-"""The paper experiments compose to their sources' evaluation settings (docs/protocols_eval.md lists each with
+"""The paper experiments compose to their sources' evaluation settings (docs/protocols.md, Evaluation, lists each with
 its source): experiment=commonsense (AGI-Edgerunners/LLM-Adapters) and experiment=instruction_following
 (lm-sys/FastChat llm_judge)."""
 
@@ -55,6 +55,6 @@ def test_instruction_following_experiment_is_fastchat():
 
 def test_instruction_cpu_defaults_stay_small():
     b = _compose("benchmark=instruction")["benchmark"]
-    # offline plumbing budgets (documented in conf/benchmark/instruction.yaml and docs/protocols_eval.md)
+    # offline plumbing budgets (documented in conf/benchmark/instruction.yaml and docs/protocols.md (Evaluation))
     assert (b["judge"]["backend"], b["judge"]["max_new_tokens"], b["generation"]["max_new_tokens"]) == ("local", 256, 128)
     assert b["mtbench"]["max_questions"] == 8 and b["mtbench"]["temperatures"] == "fastchat"

@@ -111,7 +111,7 @@ def test_constant_predictions_score_zero_where_scipy_gives_nan(name):
     fn = scipy.stats.pearsonr if name == "pearson" else scipy.stats.spearmanr
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert math.isnan(fn(const, target)[0])  # the documented difference (docs/protocols_eval.md)
+        assert math.isnan(fn(const, target)[0])  # the documented difference (docs/protocols.md, Evaluation)
 
 
 @pytest.mark.parametrize("name", ["pearson", "spearman"])
