@@ -143,7 +143,7 @@ def test_instruction_scores_are_finite_and_judgements_cached(tiny_causal_dir, tm
 
 
 def _adapter(run_dir: Path) -> dict:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
 
 
 def test_seed_and_resume_unchanged(tiny_causal_dir, tmp_path):
