@@ -114,6 +114,14 @@ def test_resume_dir_uses_the_runs_own_config_and_refuses_changing_overrides(tiny
     assert list((part / "resumes").glob("*/.hydra"))  # Hydra's files of a resume command: inside the run folder
 
 
+def test_resume_of_a_folder_from_before_config_yaml_reads_hydras_copy(tiny_bert_dir, full, crashed, tmp_path):
+    part = _copy(crashed, tmp_path)
+    (part / ".hydra").mkdir()
+    (part / "config.yaml").rename(part / ".hydra" / "config.yaml")
+    resumed = run(_cfg(None, f"resume={part}", tiny=False), overrides=[f"resume={part}"])
+    assert resumed["history"] == full[1]["history"] and resumed["config_hash"] == full[1]["config_hash"]
+
+
 def test_python_resume_with_another_config_names_the_difference(tiny_bert_dir, crashed, tmp_path):
     part = _copy(crashed, tmp_path)
     with pytest.raises(ConfigError, match=r"differs from the run's .* in method\.r \(8 given, 4 in the run\)"):

@@ -435,10 +435,11 @@ def choose_checkpoint(ckpt_dir: Path, key: str, explicit: Path | None = None,
     return None, None
 
 
-def remove_partial_files(ckpt_dir: Path) -> None:
-    """Temporary files of checkpoint writes a kill interrupted (only under the run lock)."""
-    for tmp in Path(ckpt_dir).glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
+def remove_partial_files(run_dir: Path) -> None:
+    """Temporary files of writes a kill interrupted (checkpoints, metrics, config; only under the run lock)."""
+    for folder in (run_dir, run_dir / CHECKPOINTS, run_dir / METRICS.parent):
+        for tmp in Path(folder).glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 # -- the whole history across resumes -------------------------------------------------------------------
@@ -582,18 +583,19 @@ def prepare(run_dir: Path, cfg: DictConfig, key: str, mode: str, t0: float,
                 raise ConfigError(f"run folder {run_dir} holds an interrupted run of this config "
                                   f"({_candidates(ckpt_dir)[0].name}); resume=last continues it, or choose "
                                   "another folder (hydra.run.dir / run_dir) to start over")
-            remove_partial_files(ckpt_dir)
+            remove_partial_files(run_dir)
         except BaseException:
             out.release()
             raise
+    had_checkpoints = bool(_candidates(ckpt_dir))
     try:
         path, ckpt = (None, None) if mode == "fresh" else choose_checkpoint(ckpt_dir, key, explicit,
                                                                              set_aside=rank0)
         if rank0:
             dropped = trim_metrics(run_dir / METRICS, _resume_step(ckpt))
             if dropped:
-                _say(f"{run_dir / METRICS}: {dropped} rows logged after the resumed checkpoint moved to "
-                     "metrics.discarded-*.csv (the resumed run logs them again)")
+                _say(f"{run_dir / METRICS}: {dropped} rows logged after the point this run starts from moved to "
+                     "metrics.discarded-*.csv (this run logs those steps again)")
     except BaseException:
         out.release()
         raise
@@ -604,7 +606,7 @@ def prepare(run_dir: Path, cfg: DictConfig, key: str, mode: str, t0: float,
             "checkpoint": str(path), "epoch": ckpt.get("epoch"), "step": ckpt.get("global_step"),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "wall_time_s": record.wall_before}]
         out.checkpoint = str(path)
-    elif mode == "resume" and rank0:
+    elif mode == "resume" and rank0 and not had_checkpoints:
         _say(f"{run_dir} has no checkpoint yet: training this run from the start")
     return out
 
