@@ -138,7 +138,7 @@ class FixedJudge:
 def fixed_judge(monkeypatch, tmp_path) -> FixedJudge:
     """Every run's LLM judge becomes one :class:`FixedJudge` with one on-disk cache (kasa-train's judge builder
     patched); the backend is returned so a test can count its calls."""
-    import kasa.gen_families as gf
+    import kasa.benchmarks.instruction as gf
     from kasa.eval.judge import Judge
 
     backend = FixedJudge()

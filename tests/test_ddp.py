@@ -116,7 +116,7 @@ def test_ddp_two_processes_equal_one_process_same_global_batch(tiny_bert_dir, tm
 
 def test_ddp_generation_validation_scores_every_prompt_once(tiny_causal_dir, tmp_path):
     """Two ranks generate for their own shares of the E2E prompts; the scores cover all of them, once."""
-    from kasa.gen_families import E2EEvaluator
+    from kasa.benchmarks.e2e import E2EEvaluator
 
     run_dir = tmp_path / "ddp"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
@@ -130,7 +130,7 @@ def test_ddp_generation_validation_scores_every_prompt_once(tiny_causal_dir, tmp
     res = json.loads((run_dir / "results.json").read_text())
     rows = [json.loads(x) for x in (run_dir / "generations" / "epoch0.jsonl").read_text().splitlines()]
     assert res["split_sizes"]["validation"] == 5 and len({r["mr"] for r in rows}) == 5  # 3 + 2 across the ranks
-    from kasa.generation import EvalItem
+    from kasa.training.causal_lm import EvalItem
 
     items = [EvalItem(r["prompt"], {"mr": r["mr"], "references": r["references"]}) for r in rows]
     expected = E2EEvaluator()(items, [r["generation"] for r in rows], None, None)

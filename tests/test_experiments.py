@@ -11,8 +11,8 @@ from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
 from kasa.analysis.sweeps import first_point, grid, load_sweep, multirun_command
-from kasa.methods import build_method
-from kasa.train import CONF_DIR, method_kwargs
+from kasa.methods import method_from_config
+from kasa.train import CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -29,7 +29,7 @@ def _compose(*overrides: str):
 
 def _check(cfg) -> dict:
     c = OmegaConf.to_container(cfg, resolve=True)  # every lookup resolves
-    build_method(cfg.method.name, **method_kwargs(cfg))  # every method key is one the method takes
+    method_from_config(cfg.method)  # every method key is one the method takes
     return c
 
 

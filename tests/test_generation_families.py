@@ -37,7 +37,7 @@ def _finite(values: dict) -> bool:
 def test_completion_only_labels_are_exact(tiny_causal_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kasa.generation import IGNORE_INDEX, CompletionDataModule, CompletionExample, EvalItem, encode_pair
+    from kasa.training.causal_lm import IGNORE_INDEX, CompletionDataModule, CompletionExample, EvalItem, encode_pair
 
     tok = AutoTokenizer.from_pretrained(tiny_causal_dir)
     prompt, completion = "name: Aromi, eatType: pub ->", " Aromi is a pub."
@@ -105,6 +105,14 @@ def test_commonsense_generates_and_scores(tiny_causal_dir, tmp_path):
     assert set(final) == {"social_iqa", "strategyqa", "average"} and _finite(final)
     assert on_disk["evaluation"]["n_per_task"] == {"social_iqa": 3, "strategyqa": 3}
     rows = [json.loads(line) for line in (tmp_path / "generations" / "epoch0.jsonl").read_text().splitlines()]
+    # default: one template for training and scoring; generations are decoded with their prompt (LLM-Adapters)
+    assert on_disk["evaluation"]["eval_prompt"] == on_disk["evaluation"]["train_prompt"] == "alpaca"
+    assert rows[0]["prompt"].endswith("### Response:\n") and "### Response:" in rows[0]["generation"]
+    run(_cfg("commonsense", tiny_causal_dir, "method=lora", "benchmark.prompt_style=llm_adapters"),
+        run_dir=tmp_path / "upstream")
+    ev = json.loads((tmp_path / "upstream" / "results.json").read_text())["evaluation"]
+    assert (ev["train_prompt"], ev["eval_prompt"]) == ("llm_adapters_train", "llm_adapters_eval")
+    rows = [json.loads(line) for line in (tmp_path / "upstream" / "generations" / "epoch0.jsonl").read_text().splitlines()]
     assert rows[0]["prompt"].endswith("### Response:\n" + " " * 16)  # the LLM-Adapters evaluation prompt
 
 
@@ -177,7 +185,9 @@ def test_big_run_switches_bf16_accumulation_checkpointing(tiny_causal_dir, tmp_p
 
 
 def test_hub_format_loaders_on_local_files(tmp_path):
-    from kasa.data.generation import commonsense_splits, e2e_splits, instruction_splits
+    from kasa.benchmarks.commonsense import commonsense_splits
+    from kasa.benchmarks.e2e import e2e_splits
+    from kasa.benchmarks.instruction import instruction_splits
 
     alpaca = [{"instruction": f"Say {i}.", "input": "" if i % 2 else "loudly", "output": f"{i}!"} for i in range(50)]
     (tmp_path / "alpaca.json").write_text(json.dumps(alpaca))
@@ -220,8 +230,8 @@ def test_judge_evaluator_judges_on_rank_zero_only_but_generates_on_every_rank():
     """Data parallel: every rank answers MT-Bench (FSDP forwards need all ranks), only rank 0 pays the judge."""
     from types import SimpleNamespace
 
-    from kasa.gen_families import JudgeEvaluator
-    from kasa.generation import EvalItem
+    from kasa.benchmarks.instruction import JudgeEvaluator
+    from kasa.training.causal_lm import EvalItem
 
     class Module:
         device, current_epoch = "cpu", 0
@@ -253,8 +263,8 @@ LLAMADUO_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['
 def test_chat_prompt_format_uses_the_chat_template_and_supervises_the_answer(tiny_causal_dir):
     from transformers import AutoTokenizer
 
-    from kasa.gen_families import PromptFormat
-    from kasa.generation import IGNORE_INDEX, encode_pair
+    from kasa.benchmarks.instruction import PromptFormat
+    from kasa.training.causal_lm import IGNORE_INDEX, encode_pair
 
     tok = AutoTokenizer.from_pretrained(tiny_causal_dir)
     fmt = PromptFormat("chat", tok)

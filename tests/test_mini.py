@@ -11,8 +11,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from kasa.methods import build_method
-from kasa.train import CONF_DIR, config_hash, method_kwargs
+from kasa.methods import method_from_config
+from kasa.train import CONF_DIR, config_hash
 
 REPO = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("mini_render", REPO / "experiments" / "mini" / "render.py")
@@ -31,7 +31,7 @@ def test_mini_configs_compose(task):
     for method in render_mod.METHODS:
         cfg = _compose("experiment=mini", f"dataset={task}", f"method={method}", "seed=1")
         c = OmegaConf.to_container(cfg, resolve=True)
-        build_method(cfg.method.name, **method_kwargs(cfg))
+        method_from_config(cfg.method)
         assert c["model"]["name"] == "minilm" and c["study"]["table"] == "mini"
         assert c["benchmark"]["optim"]["lr"] == (1e-4 if method == "fft" else 1e-3)
         assert c["trainer"]["max_epochs"] == 3 and c["benchmark"]["selection"] == "best"
@@ -41,7 +41,7 @@ def test_mini_configs_compose(task):
     for stage in render_mod.STAGES:
         cfg = _compose("experiment=mini_ablation", f"dataset={task}", f"study.stage={stage}")
         c = OmegaConf.to_container(cfg, resolve=True)
-        build_method(cfg.method.name, **method_kwargs(cfg))
+        method_from_config(cfg.method)
         abl[stage] = (c["method"]["singular_values"], c["method"]["beta"], c["method"]["gamma"])
         assert c["study"]["table"] == "mini_ablation" and c["method"]["name"] == "kasa"
         # same training settings as the main table

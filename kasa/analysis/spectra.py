@@ -204,20 +204,20 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "last") -> tuple[nn.Mo
     """Rebuild a finished run's model from its ``results.json`` config and adapter checkpoint.
 
     Returns ``(model, method)`` with the method applied (KaSA: the base truncated as in training, from the
-    saved removed factors when the run kept them, else re-derived) and the trained adapter loaded. ``checkpoint``: ``last`` or ``best``.
+    saved removed factors when the run kept them, else re-derived) and the trained adapter loaded. ``checkpoint``:
+    ``last`` or ``best``.
     Methods that calibrate on data (CorDA) are not supported here.
     """
     from omegaconf import OmegaConf
 
-    from ..families import FAMILIES
-    from ..methods import build_method
-    from ..train import method_kwargs
+    from ..benchmarks import BENCHMARKS
+    from ..methods import method_from_config
 
     run_dir = Path(run_dir)
     res = json.loads((run_dir / "results.json").read_text())
     cfg = OmegaConf.create(res["config"])
-    method = build_method(cfg.method.name, **method_kwargs(cfg))
-    bundle = FAMILIES[cfg.benchmark.family](cfg, method)
+    method = method_from_config(cfg.method)
+    bundle = BENCHMARKS[cfg.benchmark.family](cfg, method)
     method.apply(bundle.model)
     ckpts = sorted((run_dir / "checkpoints").glob("last.ckpt" if checkpoint == "last" else "best-*.ckpt"))
     if not ckpts:

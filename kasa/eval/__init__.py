@@ -1,4 +1,4 @@
-"""Evaluators of the four benchmark families.
+"""Metric implementations of the benchmark families (the families themselves are in :mod:`kasa.benchmarks`).
 
 - :mod:`kasa.eval.e2e`: E2E NLG metrics (BLEU, NIST, METEOR, ROUGE-L, CIDEr) as the official script.
 - :mod:`kasa.eval.commonsense`: LLM-Adapters' commonsense prompts, answer extraction and accuracy.

@@ -8,5 +8,15 @@ from .base import (REGISTRY, AdapterLayer, MethodConfig, MethodError, PeftMethod
                    count_parameters, register)
 from . import fft, lora, kasa, bitfit, adapters, pissa, milora, dora, adalora, dylora, vera, sara, corda  # noqa: F401  (registration)
 
+
+
+def method_from_config(node) -> PeftMethod:
+    """The method a run config's ``method`` node names (``name`` plus its hyper-parameters: a mapping or DictConfig)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    kw = dict(OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node)
+    return build_method(kw.pop("name"), **kw)
+
+
 __all__ = ["REGISTRY", "AdapterLayer", "MethodConfig", "MethodError", "PeftMethod", "build_method",
-           "count_parameters", "register"]
+           "count_parameters", "method_from_config", "register"]

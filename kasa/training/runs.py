@@ -1,6 +1,6 @@
 """Run folders that never lose or mix data.
 
-A run folder belongs to one configuration, named by :func:`kasa.train.config_hash`:
+A run folder belongs to one configuration, named by :func:`kasa.hashing.config_hash`:
 
 - ``config.yaml`` (the resolved config, written before training starts) and ``results.json`` (at the end)
   say whose folder it is; a run refuses a folder that holds another config's run (:func:`check_folder`).
@@ -34,7 +34,8 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf
 
-from kasa.train import HASH_EXCLUDE, ConfigError, config_hash
+from kasa.checks import ConfigError
+from kasa.hashing import HASH_EXCLUDE, config_hash
 
 CONFIG_FILE = "config.yaml"
 RESULTS_FILE = "results.json"
@@ -104,7 +105,7 @@ def _excluded(dotted: str) -> bool:
 
 
 def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """Dotted keys (outside :data:`kasa.train.HASH_EXCLUDE`) whose values differ between two resolved configs."""
+    """Dotted keys (outside :data:`kasa.hashing.HASH_EXCLUDE`) whose values differ between two resolved configs."""
     out: list[tuple[str, Any, Any]] = []
     for k in sorted(set(a) | set(b), key=str):
         dotted = f"{prefix}{k}"
@@ -159,7 +160,7 @@ def resume_config(cfg: DictConfig, folder: Path, overrides: list[str] | None) ->
     """The config to continue the run in ``folder`` with: the run's own saved config.
 
     ``overrides``: the resume command's overrides (Hydra's task overrides). Each one must not change what the
-    run computes: a key in :data:`kasa.train.HASH_EXCLUDE` (progress bar, logger, ...) is taken from ``cfg``; any
+    run computes: a key in :data:`kasa.hashing.HASH_EXCLUDE` (progress bar, logger, ...) is taken from ``cfg``; any
     other key must already have the run's value. ``None`` (the Python API): ``cfg`` itself must be the run's
     config up to the excluded keys. Anything else is refused in one line naming it.
     """

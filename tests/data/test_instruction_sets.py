@@ -14,7 +14,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from kasa.data.classification import DatasetError
-from kasa.data.generation import chat_record, instruction_splits
+from kasa.benchmarks.instruction import chat_record, instruction_splits
 from kasa.train import CONF_DIR
 
 SETS = {"classification": ("classification", "classify"), "summarization": ("summarize", "summarize"),

@@ -1,143 +1,143 @@
-"""The generation benchmark families: ``e2e``, ``commonsense`` and ``instruction`` (registered on import).
+"""Instruction following (the paper's 7-13B table): Alpaca-format (or chat-template) instruction tuning, judged
+by an LLM on held-out prompts (single-answer 1-10 grading) and on MT-Bench's two turns (FastChat ``llm_judge``).
 
-Each builder turns its data into ``prompt -> completion`` pairs and evaluation prompts, loads the causal LM
-and returns a :class:`~kasa.families.TaskBundle` around a :class:`~kasa.generation.CausalLMModule` with the
-family's evaluator: official E2E metrics, LLM-Adapters answer extraction, or an LLM judge (held-out prompts
-and MT-Bench's two turns).
+Splits: real BIG-bench-derived pairs offline (``bigbench``), Alpaca-cleaned (``hub``) or the paper's GPT-4o
+synthetic sets in chat format (``chat``); judges and MT-Bench data in :mod:`kasa.eval.judge`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import random
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig
 
-from .eval import commonsense as cs
-from .families import TaskBundle, as_dict, family
-from .generation import (CausalLMModule, CompletionDataModule, CompletionExample, EvalItem, Evaluator,
-                         GenerationSettings)
-from .methods.base import PeftMethod
-from .module import OptimConfig
+from ..data.classification import DatasetError
+from ..data.files import load_rows
+from ..eval import commonsense as cs
+from ..eval.utils import split_by_key
+from ..methods.base import PeftMethod
+from ..training.causal_lm import CausalLMModule, CompletionExample, EvalItem
+from .base import TaskBundle, as_dict, cap, causal_lm_bundle
 
 
-def _bundle(cfg: DictConfig, method: PeftMethod, train: list[CompletionExample], items: list[EvalItem],
-            evaluator: Evaluator, sizes: dict[str, int]) -> TaskBundle:
-    """Tokenizer, causal LM, datamodule and module: the part every generation family shares."""
-    from .models import load_model, load_tokenizer
+def _bigbench_instructions() -> list[dict[str, str]]:
+    """Open-ended instruction/response pairs built from real BIG-bench data (no synthetic text):
+    StrategyQA questions with their written explanations, E2E restaurant descriptions, Social IQA answers."""
+    from ..assets import bigbench_task
 
-    b, m = cfg.benchmark, cfg.model
-    tok = load_tokenizer(m.name_or_path, revision=m.get("revision"))
-    model = load_model(m.name_or_path, task="causal_lm", dtype=m.get("dtype"), revision=m.get("revision"),
-                       gradient_checkpointing=m.get("gradient_checkpointing", False),
-                       attn_implementation=m.get("attn_implementation"))
-    gen = GenerationSettings(**as_dict(b.generation))
-    dm = CompletionDataModule(train, items, tok, max_length=b.max_length, batch_size=b.batch_size,
-                              eval_batch_size=b.eval_batch_size, seed=cfg.seed,
-                              train_on_inputs=b.get("train_on_inputs", False), max_prompt_length=gen.max_prompt_length)
-    module = CausalLMModule(model, method, tok, evaluator, gen, OptimConfig(**as_dict(b.optim)),
-                            eval_batch_size=b.eval_batch_size)
-    return TaskBundle(model, dm, module, sizes)
-
-
-def _cap(rows: list, n: int | None, seed: int) -> list:
-    return rows if n is None or n >= len(rows) else random.Random(seed).sample(rows, n)
-
-
-# ---------------------------------------------------------------------------------------------------
-# E2E NLG
+    out = []
+    for ex in bigbench_task("strategyqa")["examples"]:
+        if ex.get("target"):
+            out.append({"instruction": "Answer the question with yes or no and explain why.",
+                        "input": ex["input"].strip(), "output": ex["target"].strip(), "source": "strategyqa"})
+    for ex in bigbench_task("gem/e2e_nlg")["examples"]:
+        out.append({"instruction": "Write one sentence describing a restaurant with these attributes.",
+                    "input": ex["input"].strip(), "output": ex["target"].strip(), "source": "e2e_nlg"})
+    for ex in bigbench_task("social_iqa")["examples"]:
+        scores = ex["target_scores"]
+        best = [k for k, v in scores.items() if v == max(scores.values())]
+        if len(best) == 1:
+            out.append({"instruction": ex["input"].strip(), "input": "", "output": best[0].strip() + ".",
+                        "source": "social_iqa"})
+    return out
 
 
-class E2EEvaluator:
-    """The five official E2E metrics of one output per MR against that MR's references (paper scale:
-    BLEU, METEOR, ROUGE-L x100). The output is cut at its first newline: a completion is one line."""
+def chat_record(messages: Sequence[Mapping[str, Any]]) -> dict[str, str] | None:
+    """The first user turn and the assistant reply after it as an Alpaca record, or None if there is no such pair.
 
-    def __init__(self, use_java: bool | None = None):
-        self.use_java = use_java
-        self.info: dict[str, Any] = {"evaluator": "e2e-metrics"}
-
-    def __call__(self, items: Sequence[EvalItem], generations: Sequence[str], module: Any,
-                 out_dir: Path | None) -> dict[str, float]:
-        from .eval.e2e import e2e_metrics, to_paper_scale
-
-        hyps = [g.split("\n")[0].strip() for g in generations]
-        scores = e2e_metrics(hyps, [it.meta["references"] for it in items], use_java=self.use_java)
-        self.info = {"evaluator": "e2e-metrics", "backend": scores.backend, "n_instances": scores.n_instances,
-                     "scale": "BLEU, METEOR, ROUGE_L x100; NIST, CIDEr as computed"}
-        return to_paper_scale(scores)
-
-
-@family("e2e")
-def e2e(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
-    """E2E NLG: train on every (MR, reference) pair, validate by beam search once per unique MR."""
-    from .data.generation import e2e_splits
-
-    d, b = cfg.dataset, cfg.benchmark
-    s = e2e_splits(d.source, **as_dict(d.get("source_args")))
-    prompt, completion = b.get("prompt_template", "{context} ->"), b.get("completion_template", " {completion}")
-    pairs = [(mr, ref) for mr, refs in s["train"].items() for ref in refs]
-    pairs = _cap(pairs, d.get("max_train"), cfg.seed)
-    train = [CompletionExample(prompt.format(context=mr), completion.format(completion=ref)) for mr, ref in pairs]
-    grouped = list(s["eval"].items())[: d.get("max_eval")]
-    items = [EvalItem(prompt.format(context=mr), {"mr": mr, "references": list(refs)}) for mr, refs in grouped]
-    return _bundle(cfg, method, train, items, E2EEvaluator(b.get("use_java")),
-                   {"train": len(train), "validation": len(items),
-                    "validation_references": sum(len(it.meta["references"]) for it in items)})
+    Leading system turns are put before the instruction (blank line between). Later turns are dropped: the
+    synthetic sets and their test prompts are single-turn (LlamaDuo reads ``messages[0]`` / ``messages[1]``).
+    """
+    system: list[str] = []
+    for i, m in enumerate(messages):
+        role, content = m.get("role"), (m.get("content") or "").strip()
+        if role == "system":
+            system.append(content)
+            continue
+        if role != "user" or i + 1 >= len(messages) or messages[i + 1].get("role") != "assistant":
+            return None
+        answer = (messages[i + 1].get("content") or "").strip()
+        if not content or not answer:
+            return None
+        return {"instruction": "\n\n".join([*system, content]), "input": "", "output": answer}
+    return None
 
 
-# ---------------------------------------------------------------------------------------------------
-# commonsense reasoning (LLM-Adapters protocol)
+def _chat_rows(path: str, split: str, revision: str | None) -> list[dict[str, Any]]:
+    rows = load_rows(path, split=split, **({"revision": revision} if revision else {}))
+    if rows and "messages" not in rows[0]:
+        raise DatasetError(f"'{path}' split {split} has no 'messages' column (columns: {sorted(rows[0])}); "
+                           "chat-format sets keep [{role, content}, ...] there")
+    out = []
+    for r in rows:
+        rec = chat_record(r["messages"] or [])
+        if rec is not None:
+            rec["source"] = r.get("category") or path
+            out.append(rec)
+    if not out:
+        raise DatasetError(f"'{path}' split {split} holds no user/assistant pair ({len(rows)} rows)")
+    if len(out) < len(rows):
+        print(f"[kasa] {path}[{split}]: {len(rows) - len(out)} of {len(rows)} rows have no user/assistant pair; "
+              "skipped", flush=True)
+    return out
 
 
-class CommonsenseEvaluator:
-    """Per-task accuracy of the first label match in each response, plus the unweighted ``average``."""
+def instruction_splits(source: str, path: str | None = None, split_seed: int = 0, val_fraction: float = 0.02,
+                       max_train: int | None = None, max_eval: int | None = None, split: str = "train",
+                       eval_path: str | None = None, eval_split: str | None = None, revision: str | None = None
+                       ) -> tuple[list[dict], list[dict]]:
+    """Alpaca-format training records and held-out records (no prompt is in both).
 
-    def __init__(self, prompt_style: str):
-        self.info: dict[str, Any] = {"evaluator": "llm-adapters-first-match", "eval_prompt": prompt_style}
+    ``bigbench``: the pairs of :func:`_bigbench_instructions`; ``hub``: ``path`` = ``yahma/alpaca-cleaned``
+    (or any hub id / local json with ``instruction``, ``input``, ``output``); ``chat``: a set with a ``messages``
+    column (the KaSA paper's GPT-4o synthetic sets ``llama-duo/synth_<task>_dataset_dedup``, split
+    ``train_sft_gpt4o``), turned into records by :func:`chat_record`. Held-out records come from
+    ``eval_path``/``eval_split`` when given (LlamaDuo's ``llama-duo/coverage_dataset``, ``test_<task>``), else
+    ``val_fraction`` of the training set split by instruction + input; training prompts equal to a held-out
+    prompt are dropped either way.
+    """
+    if source == "bigbench":
+        rows = _bigbench_instructions()
+    elif source == "hub":
+        rows = load_rows(path or "yahma/alpaca-cleaned", split=split, **({"revision": revision} if revision else {}))
+    elif source == "chat":
+        if not path:
+            raise DatasetError("instruction source 'chat' needs source_args.path (a hub id or local folder)")
+        rows = _chat_rows(path, split, revision)
+    else:
+        raise DatasetError(f"unknown instruction source '{source}'; use bigbench, hub or chat")
+    missing = [f for f in ("instruction", "output") if rows and f not in rows[0]]
+    if missing or not rows:
+        raise DatasetError(f"instruction data lack fields {missing or ['instruction', 'output']}")
 
-    def __call__(self, items: Sequence[EvalItem], generations: Sequence[str], module: Any,
-                 out_dir: Path | None) -> dict[str, float]:
-        per_task: dict[str, tuple[list[str], list[str]]] = {}
-        for it, g in zip(items, generations):
-            gens, labels = per_task.setdefault(it.meta["task"], ([], []))
-            gens.append(cs.response_from_generation(g))
-            labels.append(it.meta["answer"])
-        # Each task's own label set (StrategyQA is scored as BoolQ: true/false); "average" is the plain mean.
-        out = cs.evaluate_predictions(per_task)
-        self.info = {**self.info, "n_per_task": {t: len(v[1]) for t, v in per_task.items()}}
-        return out
+    def key(r: Mapping[str, Any]) -> str:
+        return f"{r['instruction']}\x00{r.get('input') or ''}"
 
-
-@family("commonsense")
-def commonsense(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
-    """Commonsense170K-style instruction tuning; each task scored by generation + answer extraction."""
-    from .data.generation import commonsense_splits
-
-    d, b = cfg.dataset, cfg.benchmark
-    train_rows, evals = commonsense_splits(d.source, max_train=d.get("max_train"),
-                                           max_eval_per_task=d.get("max_eval"), **as_dict(d.get("source_args")))
-    style = b.get("eval_prompt_style", "llm_adapters_eval")
-    train = [CompletionExample(cs.build_prompt(r["instruction"], r.get("input") or None), r["output"])
-             for r in train_rows]
-    items = [EvalItem(cs.build_prompt(r["instruction"], style=style), {"task": task, "answer": r["answer"]})
-             for task, rows in evals.items() for r in rows]
-    return _bundle(cfg, method, train, items, CommonsenseEvaluator(style),
-                   {"train": len(train), "validation": len(items),
-                    **{f"validation_{t}": len(r) for t, r in evals.items()}})
-
-
-# ---------------------------------------------------------------------------------------------------
-# instruction following (LLM judge; MT-Bench)
+    if eval_path or eval_split:
+        if not (eval_path or path):
+            raise DatasetError("a held-out split (eval_split) needs source_args.eval_path or source_args.path")
+        held = _chat_rows(eval_path or path, eval_split or "test", revision if not eval_path else None)
+        seen = {key(r) for r in held}
+        train = [r for r in rows if key(r) not in seen]
+        if len(train) < len(rows):
+            print(f"[kasa] dropped {len(rows) - len(train)} training records whose prompt is a held-out prompt",
+                  flush=True)
+    else:
+        parts = split_by_key(rows, key=key, fractions=(1 - val_fraction, val_fraction), names=("train", "eval"),
+                             seed=split_seed)
+        train, held = parts["train"], parts["eval"]
+    return cap(train, max_train, split_seed), cap(held, max_eval, split_seed)
 
 
 def build_judge(spec: Mapping[str, Any], device: Any = None):
     """A :class:`kasa.eval.judge.Judge` from the config's ``judge`` block (``local`` or ``openai``), cached."""
-    from .assets import cache_dir
-    from .eval.judge import Judge, LocalJudge, OpenAIJudge
-    from .models import resolve_path
+    from ..assets import cache_dir
+    from ..eval.judge import Judge, LocalJudge, OpenAIJudge
+    from ..models import resolve_path
 
     spec = dict(spec)
     backend = spec.get("backend", "local")
@@ -259,8 +259,17 @@ class JudgeEvaluator:
     """
 
     def __init__(self, judge_spec: Mapping[str, Any], mtbench: Mapping[str, Any] | None = None, judge: Any = None,
-                 prompt_format: PromptFormat | None = None):
+                 prompt_format: PromptFormat | None = None, seed: int = 0):
         self.judge_spec, self.mtbench = dict(judge_spec), dict(mtbench or {})
+        if (self.judge_spec.get("backend") == "openai" and judge is None and not os.environ.get("OPENAI_API_KEY")
+                and not (self.judge_spec.get("base_url") or os.environ.get("OPENAI_BASE_URL"))):
+            # found out now, not after the first training epoch
+            raise ValueError("benchmark.judge.backend=openai needs $OPENAI_API_KEY (or benchmark.judge.base_url of "
+                             "an OpenAI-compatible server); benchmark.judge.backend=local judges offline")
+        temps = self.mtbench.get("temperatures", "fastchat")
+        if temps not in ("fastchat", "greedy"):
+            raise ValueError(f"benchmark.mtbench.temperatures='{temps}' is unknown; use fastchat or greedy")
+        self.seed = seed
         self._judge = judge
         self.prompt_format = prompt_format or PromptFormat()
         self.info: dict[str, Any] = {"evaluator": "llm-judge"}
@@ -270,9 +279,36 @@ class JudgeEvaluator:
             self._judge = build_judge(self.judge_spec, device)
         return self._judge
 
+    def answer_mtbench(self, module: CausalLMModule, questions: Sequence[Mapping[str, Any]], prompts: Sequence[str],
+                       turn: int, **gen_kw: Any) -> list[str]:
+        """Answers to one MT-Bench turn at FastChat's per-category temperatures (``temperatures: fastchat``;
+        ``greedy`` decodes every category greedily). Each temperature's questions are generated together under
+        their own seed from ``(seed, turn, temperature)``, in a forked RNG: reruns give the same answers and
+        training's random stream is untouched."""
+        import torch
+
+        from ..eval.judge import answer_generate_kwargs, answer_temperature
+        from ..eval.utils import stable_hash
+
+        greedy = self.mtbench.get("temperatures", "fastchat") == "greedy"
+        groups: dict[float, list[int]] = {}
+        for i, q in enumerate(questions):
+            groups.setdefault(0.0 if greedy else answer_temperature(q.get("category")), []).append(i)
+        out: list[str] = [""] * len(prompts)
+        device = torch.device(module.device)
+        for temp, idx in sorted(groups.items()):
+            kw = {**gen_kw, **answer_generate_kwargs(temp)}
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(stable_hash(f"mtbench-turn{turn}-t{temp}", self.seed) % 2**63)
+                texts = module.generate_texts([prompts[i] for i in idx], desc=f"MT-Bench turn {turn} (T={temp})",
+                                              **kw)
+            for i, t in zip(idx, texts):
+                out[i] = t
+        return out
+
     def __call__(self, items: Sequence[EvalItem], generations: Sequence[str], module: CausalLMModule,
                  out_dir: Path | None) -> dict[str, float]:
-        from .eval.judge import load_mtbench_questions, mtbench_summary, single_answer_request
+        from ..eval.judge import load_mtbench_questions, mtbench_summary, single_answer_request
 
         # Under data parallelism only rank 0 judges (an API judge is paid once); the module broadcasts its scores.
         trainer = getattr(module, "_trainer", None)
@@ -285,7 +321,7 @@ class JudgeEvaluator:
                  {"kind": "heldout", "source": it.meta.get("source"), "prompt": it.meta["question"], "response": g})
                 for it, g in zip(items, generations)]
         graded = judge.grade_many(jobs, desc="judging held-out answers") if scoring else []
-        scores = [j.score for j in graded if j.score is not None]
+        scores = [j.score for j in graded if j.parsed]
         out = {"judge_score": sum(scores) / len(scores) if scores else math.nan,
                "judge_parsed": len(scores) / len(graded) if graded else math.nan}
         mt_info: dict[str, Any] = {}
@@ -295,10 +331,11 @@ class JudgeEvaluator:
             print(f"[kasa] MT-Bench: answering {len(questions)} questions (2 turns) and judging", flush=True)
             # every rank generates (FSDP's forwards need all ranks); only the scoring rank judges
             fmt = self.prompt_format
-            first = module.generate_texts([fmt.prompt(q["turns"][:1]) for q in questions],
-                                          desc="MT-Bench turn 1", **gen_kw)
-            second = module.generate_texts([fmt.prompt(q["turns"][:2], [a]) for q, a in zip(questions, first)],
-                                           desc="MT-Bench turn 2", **gen_kw)
+            first = self.answer_mtbench(module, questions, [fmt.prompt(q["turns"][:1]) for q in questions], 1,
+                                        **gen_kw)
+            second = self.answer_mtbench(module, questions,
+                                         [fmt.prompt(q["turns"][:2], [a]) for q, a in zip(questions, first)], 2,
+                                         **gen_kw)
             if scoring:
                 answers = {q["question_id"]: [a1, a2] for q, a1, a2 in zip(questions, first, second)}
                 mt = judge.grade_mtbench(questions, answers)
@@ -306,7 +343,8 @@ class JudgeEvaluator:
                 for key, name in (("score", "mtbench"), ("turn1", "mtbench_turn1"), ("turn2", "mtbench_turn2")):
                     out[name] = summ.get(key) if summ.get(key) is not None else math.nan
                 mt_info = {"n_questions": len(questions), "n_unparsed": summ["n_unparsed"],
-                           "categories": summ["categories"]}
+                           "categories": summ["categories"],
+                           "temperatures": self.mtbench.get("temperatures", "fastchat")}
                 for j in mt:  # the judged answer next to its judgement, for reading the jsonl
                     j.meta["response"] = answers[j.meta["question_id"]][j.meta["turn"] - 1]
                 graded += mt
@@ -325,19 +363,16 @@ class JudgeEvaluator:
         return out
 
 
-@family("instruction")
-def instruction(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
+def build(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
     """Instruction tuning (Alpaca template or the model's chat template), judged by an LLM on held-out prompts
     and on MT-Bench."""
-    from .data.generation import instruction_splits
-
     d, b = cfg.dataset, cfg.benchmark
     train_rows, eval_rows = instruction_splits(d.source, max_train=d.get("max_train"), max_eval=d.get("max_eval"),
                                                **as_dict(d.get("source_args")))
     kind = b.get("prompt_format", "alpaca")
     tok = None
     if kind == "chat":
-        from .models import load_tokenizer
+        from ..models import load_tokenizer
 
         tok = load_tokenizer(cfg.model.name_or_path, revision=cfg.model.get("revision"))
     fmt = PromptFormat(kind, tok, b.get("chat_template"))
@@ -347,5 +382,5 @@ def instruction(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
         question = PromptFormat.turn(r["instruction"], r.get("input"))
         items.append(EvalItem(fmt.eval_prompt(r["instruction"], r.get("input")),
                               {"question": question, "reference": r["output"], "source": r.get("source")}))
-    evaluator = JudgeEvaluator(as_dict(b.judge), as_dict(b.get("mtbench")), prompt_format=fmt)
-    return _bundle(cfg, method, train, items, evaluator, {"train": len(train), "validation": len(items)})
+    evaluator = JudgeEvaluator(as_dict(b.judge), as_dict(b.get("mtbench")), prompt_format=fmt, seed=cfg.seed)
+    return causal_lm_bundle(cfg, method, train, items, evaluator, {"train": len(train), "validation": len(items)})

@@ -1,4 +1,4 @@
-"""`python -m kasa.bench --tiny` runs end to end and reports every section (no timing assertions)."""
+"""`python -m kasa.perf --tiny` runs end to end and reports every section (no timing assertions)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,15 @@ import re
 
 import pytest
 
-from kasa import bench
+from kasa.perf.__main__ import main as perf_main
+from kasa.perf.core import LABELS, PROFILES
+from kasa.perf.methods import ALL_METHODS, METHOD_LABELS, PEFT_PEERS
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("bench") / "bench.md"
-    bench.main(["--tiny", "--out", str(out)])
+    perf_main(["--tiny", "--out", str(out)])
     return out.read_text()
 
 
@@ -20,7 +22,7 @@ def test_every_section_and_method_is_reported(report):
     for heading in ("Training step", "Memory per training step", "Regulariser", "Merged inference",
                     "KaSA truncation", "Every method", "Lightning step vs bare PyTorch loop"):
         assert f"### {heading}" in report
-    for label in bench.LABELS.values():
+    for label in LABELS.values():
         assert f"| {label} |" in report
     assert "KaSA (ours) / HF PEFT KaSA:" in report
 
@@ -33,7 +35,7 @@ def test_numbers_are_finite_and_ratios_consistent(report):
             assert "nan" not in line.lower() and "inf" not in line.lower(), line
     # the truncation table used the fast path and agrees with the full SVD
     trunc = [line for line in report.splitlines() if re.match(r"\| \d+ x \d+ \|", line)]
-    assert len(trunc) == len(bench.PROFILES["tiny"].trunc_shapes)
+    assert len(trunc) == len(PROFILES["tiny"].trunc_shapes)
     for line in trunc:
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[4] in ("gram", "svd") and float(cells[5]) < 1e-4
@@ -50,7 +52,7 @@ def test_every_method_and_peft_peer_has_a_row_over_the_floor(report):
     section = report.split("### Every method")[1].split("###")[0]
     rows = {line.split("|")[1].strip(): line for line in section.splitlines()
             if line.startswith("| ") and not line.startswith("| method")}
-    expected = bench.ALL_METHODS + [bench.METHOD_LABELS[n] for n in bench.PEFT_PEERS]
+    expected = ALL_METHODS + [METHOD_LABELS[n] for n in PEFT_PEERS]
     assert list(rows) == expected
     for name, line in rows.items():
         assert "failed" not in line, line
@@ -62,5 +64,5 @@ def test_every_method_and_peft_peer_has_a_row_over_the_floor(report):
 
 def test_whole_model_truncation_is_timed_end_to_end(report):
     m = re.search(r"on a (\d+)-layer model of this shape \((\d+) q/k/v/up/down weights\): \*\*([0-9.]+) s\*\*", report)
-    assert m and int(m.group(1)) == bench.PROFILES["tiny"].trunc_model_layers and int(m.group(2)) == 5 * 2
-    assert bench.PROFILES["full"].trunc_model_layers == 32  # the issue's 7B target: all 32 layers
+    assert m and int(m.group(1)) == PROFILES["tiny"].trunc_model_layers and int(m.group(2)) == 5 * 2
+    assert PROFILES["full"].trunc_model_layers == 32  # the issue's 7B target: all 32 layers

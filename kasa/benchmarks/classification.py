@@ -1,0 +1,41 @@
+"""Sequence classification and regression: GLUE (``dataset=glue_*``) and the BIG-bench classification tasks.
+
+Data come from :mod:`kasa.data.classification` (its sources: ``bigbench``, ``glue``, local files); the model is
+the encoder with a sequence-classification (or one-output regression) head; the dev sets are scored by
+:mod:`kasa.eval.glue`'s metrics inside :class:`kasa.training.classification.ClassificationModule`.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from ..methods.base import PeftMethod
+from .base import TaskBundle, as_dict
+
+
+def build(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
+    """Sequence classification / regression (GLUE-style): encoder + head, torchmetrics on the dev set."""
+    from ..data.classification import ClassificationDataModule, DatasetError, load_splits
+    from ..models import load_model, load_tokenizer
+    from ..training.classification import ClassificationModule, metric_key
+    from ..training.optim import OptimConfig
+
+    d, b, m = cfg.dataset, cfg.benchmark, cfg.model
+    splits = load_splits(d.source, **as_dict(d.get("source_args")))
+    # Several dev sets (MNLI m/mm): metrics are suffixed with each set's name; one: bare names.
+    sets = splits.validation_sets
+    val_names = list(sets) if len(sets) > 1 or splits.validation_name else None
+    keys = [metric_key(k, v) for v in (val_names or [""]) for k in d.metrics]
+    if d.monitor not in keys:  # else ModelCheckpoint fails only after the first training epoch
+        raise DatasetError(f"dataset.monitor='{d.monitor}' is not a metric this dataset logs; "
+                           f"choose one of {keys}")
+    tokenizer = load_tokenizer(m.name_or_path, revision=m.get("revision"))
+    model = load_model(m.name_or_path, task="seq_cls", num_labels=splits.num_labels, dtype=m.get("dtype"),
+                       revision=m.get("revision"), gradient_checkpointing=m.get("gradient_checkpointing", False))
+    dm = ClassificationDataModule(splits, tokenizer, max_length=d.max_length, batch_size=b.batch_size,
+                                  eval_batch_size=b.eval_batch_size, seed=cfg.seed)
+    module = ClassificationModule(model, method, splits.num_labels, list(d.metrics), OptimConfig(**as_dict(b.optim)),
+                        val_names=val_names)
+    sizes = {"train": len(splits.train), "validation": len(splits.validation)}
+    sizes.update({metric_key("validation", v): len(ex) for v, ex in sets.items() if v})
+    return TaskBundle(model, dm, module, sizes)

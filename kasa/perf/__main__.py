@@ -1,0 +1,33 @@
+"""``python -m kasa.perf [--tiny|--quick|--full]``: the command line of the speed and memory benchmark."""
+
+from __future__ import annotations
+
+import argparse
+
+from .report import run
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m kasa.perf", description=__doc__.split("\n")[0])
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="CPU, a few minutes (default)")
+    g.add_argument("--full", action="store_true", help="GPU: 7B-shaped Llama, bf16")
+    g.add_argument("--tiny", action="store_true", help="seconds: tiny model and matrices (tests)")
+    ap.add_argument("--r", type=int, default=8)
+    ap.add_argument("--layers", type=int, default=None, help="override the number of decoder layers")
+    ap.add_argument("--skip-truncation", action="store_true")
+    ap.add_argument("--skip-methods", action="store_true", help="skip the every-method table")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=None, help="also write the Markdown report here")
+    a = ap.parse_args(argv)
+    profile = "full" if a.full else "tiny" if a.tiny else "quick"
+    report = run(profile, r=a.r, layers=a.layers, skip_truncation=a.skip_truncation, threads=a.threads,
+                 skip_methods=a.skip_methods)
+    print(report)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(report + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""The package's shape: no import cycles inside ``kasa/`` (lazy imports inside functions count too), and the
+benchmark registry names every family module."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import kasa
+
+ROOT = Path(kasa.__file__).resolve().parent
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _resolve(current: str, is_pkg: bool, level: int, target: str | None) -> str:
+    base = current.split(".") if is_pkg else current.split(".")[:-1]
+    if level > 1:
+        base = base[: len(base) - (level - 1)]
+    return ".".join([*base, target] if target else base)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """``{module: kasa modules it imports}``; ``from pkg import name`` counts as importing ``pkg.name`` when
+    that is a module, else ``pkg``."""
+    files = {_module_name(p): p for p in ROOT.rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in files}
+    for mod, path in files.items():
+        is_pkg = path.name == "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                src = _resolve(mod, is_pkg, node.level, node.module) if node.level else (node.module or "")
+                targets = [f"{src}.{a.name}" if f"{src}.{a.name}" in files else src for a in node.names]
+            for t in targets:
+                while t and t not in files:  # kasa.methods.base.X -> kasa.methods.base
+                    t = t.rpartition(".")[0]
+                if t.startswith("kasa") and t != mod:
+                    graph[mod].add(t)
+    return graph
+
+
+def _is_parent_package(a: str, b: str) -> bool:
+    return b.startswith(a + ".")
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Cycles of the import graph, ignoring a package's ``__init__`` importing its own submodules (that is how a
+    package exposes its API and is not a cycle a reader has to untangle)."""
+    edges = {m: {t for t in ts if not _is_parent_package(m, t) and not _is_parent_package(t, m)}
+             for m, ts in graph.items()}
+    cycles, state, stack = [], {}, []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for t in sorted(edges.get(m, ())):
+            if state.get(t) == 1:
+                cycles.append(stack[stack.index(t):] + [t])
+            elif t not in state:
+                visit(t)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(edges):
+        if m not in state:
+            visit(m)
+    return cycles
+
+
+def test_no_import_cycles_inside_kasa():
+    cycles = find_cycles(import_graph())
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_cycle_finder_sees_a_cycle():
+    assert find_cycles({"kasa.a": {"kasa.b"}, "kasa.b": {"kasa.a"}}) == [["kasa.a", "kasa.b", "kasa.a"]]
+
+
+def test_every_family_module_is_registered():
+    from kasa.benchmarks import BENCHMARKS
+
+    modules = {p.stem for p in (ROOT / "benchmarks").glob("*.py")} - {"__init__", "base"}
+    assert {fn.__module__.rpartition(".")[2] for fn in BENCHMARKS.values()} == modules
