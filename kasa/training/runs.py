@@ -245,7 +245,10 @@ def _holder_alive(holder: dict[str, Any]) -> bool:
     """Whether the process named in a lock still runs. Another host's process cannot be checked: alive."""
     if holder.get("host") != socket.gethostname():
         return True
-    pid = int(holder.get("pid", -1))
+    try:
+        pid = int(holder.get("pid"))
+    except (TypeError, ValueError):  # not a lock kasa wrote
+        return False
     if pid == os.getpid():  # runs in one process are sequential: our own lock is a leftover
         return False
     try:
