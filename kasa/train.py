@@ -8,7 +8,6 @@ versions) into the run directory.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import json
 import math
@@ -25,6 +24,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from .checks import ConfigError, check_config  # noqa: E402,F401  (kasa.train.ConfigError stays public)
+from .hashing import HASH_EXCLUDE, config_hash  # noqa: E402,F401  (kasa.train.config_hash stays public)
 
 CONF_DIR = Path(os.environ.get("KASA_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
 
@@ -60,11 +60,13 @@ def _wandb_mode(requested: str) -> str:
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
-    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+    from lightning.pytorch.loggers import WandbLogger
+
+    from .training.runs import AppendingCSVLogger
 
     loggers: list = []
-    if cfg.logger.get("csv", True):
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="logs", version=""))
+    if cfg.logger.get("csv", True):  # appends to metrics.csv on resume (Lightning's CSVLogger deletes it)
+        loggers.append(AppendingCSVLogger(save_dir=str(run_dir), name="logs", version=""))
     wb = cfg.logger.get("wandb")
     if wb:
         logger = _wandb_logger(cfg, wb, run_dir, WandbLogger)
@@ -237,11 +239,51 @@ def check_launch(trainer: Any) -> None:
                           "hydra/launcher=slurm, or with torchrun")
 
 
-def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | None = None) -> dict[str, Any]:
+def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | None = None,
+        overrides: list[str] | None = None) -> dict[str, Any]:
     """Train one configuration and return what was written to ``results.json``.
 
     ``callbacks``: extra Lightning callbacks (profilers, custom logging, ...).
+    ``overrides``: for ``resume=<run dir>``, the resume command's overrides, each checked against the run's
+    saved config (default: Hydra's task overrides under ``kasa-train``; from Python without them, ``cfg`` must
+    be the run's config up to :data:`HASH_EXCLUDE`). The folder rules are in :mod:`kasa.training.runs`.
     """
+    from hydra.core.hydra_config import HydraConfig
+
+    from .training import runs
+
+    t0 = time.time()
+    validate(cfg)
+    resume = cfg.get("resume")
+    folder, explicit = runs.resume_folder(resume), None
+    if resume and resume not in ("last", "auto"):
+        explicit = Path(str(resume)) if Path(str(resume)).is_file() else None
+        if folder is None and explicit is None:
+            raise ConfigError(f"resume checkpoint '{resume}' does not exist (expected a run dir or a .ckpt file)")
+    if folder is not None:  # continue that run in its own folder, from its own config
+        if run_dir is not None and Path(run_dir).resolve() != folder.resolve():
+            raise ConfigError(f"resume={resume} continues the run in {folder}; run_dir={run_dir} is another folder")
+        if overrides is None and HydraConfig.initialized():
+            overrides = list(HydraConfig.get().overrides.task)
+        cfg = runs.resume_config(cfg, folder, overrides)
+        run_dir = folder
+    key = config_hash(cfg)
+    if run_dir is None and cfg.get("sweep_dir"):
+        run_dir = Path(cfg.sweep_dir) / f"{cfg.run_name}-{key}"
+    run_dir = Path(run_dir or HydraConfig.get().runtime.output_dir)
+    auto = cfg.get("resume") == "auto" or (cfg.get("sweep_dir") and cfg.get("resume") is None)
+    mode = "auto" if auto else ("resume" if cfg.get("resume") else "fresh")
+    start = runs.prepare(run_dir, cfg, key, mode, t0, explicit)
+    if start.skipped is not None:
+        return start.skipped
+    try:
+        return _fit(cfg, run_dir, key, start, callbacks)
+    finally:
+        start.release()
+
+
+def _fit(cfg: DictConfig, run_dir: Path, key: str, start: Any, callbacks: list | None) -> dict[str, Any]:
+    """One training segment in a claimed run folder (:func:`kasa.training.runs.prepare` chose the checkpoint)."""
     import lightning as L
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from hydra.errors import InstantiationException
@@ -250,20 +292,8 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | No
     from .benchmarks import BENCHMARKS
     from .methods import count_parameters, method_from_config
     from .training import StepSeed
+    from .training.runs import AtomicCheckpointIO
 
-    t0 = time.time()
-    validate(cfg)
-    key = config_hash(cfg)
-    if run_dir is None and cfg.get("sweep_dir"):
-        run_dir = Path(cfg.sweep_dir) / f"{cfg.run_name}-{key}"
-    run_dir = Path(run_dir or hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
-    auto = cfg.get("resume") == "auto" or (cfg.get("sweep_dir") and cfg.get("resume") is None)
-    if auto:
-        done = finished_results(run_dir, key)
-        if done is not None:
-            print(f"[kasa] skipped: {run_dir / 'results.json'} already holds this config's results")
-            return {**done, "skipped": True}
-    run_dir.mkdir(parents=True, exist_ok=True)
     method = method_from_config(cfg.method)  # hyper-parameter errors before loading
     L.seed_everything(cfg.seed, verbose=False)
 
@@ -284,6 +314,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | No
                                  enable_version_counter=False),
                  ModelCheckpoint(dirpath=str(ckpt_dir), filename="best-{epoch}", save_top_k=1,
                                  monitor=f"val/{d.monitor}", mode="max", enable_version_counter=False),
+                 start.record,  # config hash, wall time and resume points into every checkpoint
                  *(callbacks or [])]
     analysis = cfg.get("analysis") or {}
     if analysis.get("spectra"):
@@ -294,29 +325,31 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | No
     try:
         if "strategy" in t:
             t["strategy"] = build_strategy(t["strategy"], model)
+        plugins = [*(t.pop("plugins", None) or []), AtomicCheckpointIO()]  # last.ckpt and best-*.ckpt
         trainer = L.Trainer(default_root_dir=str(run_dir), logger=build_loggers(cfg, run_dir), callbacks=callbacks,
-                            **t)
+                            plugins=plugins, **t)
     except (MisconfigurationException, InstantiationException, ValueError) as exc:
         # Lightning's refusals (FSDP on CPU, no GPU, bad strategy arguments): one line, no traceback
         raise ConfigError(f"trainer: {' '.join(str(exc).split())}") from None
     check_launch(trainer)
-    resume = _resume_path("last" if auto else cfg.get("resume"), ckpt_dir)
+    start.begin(cfg)  # config.yaml: from here on the folder is this config's run
     try:
-        trainer.fit(module, datamodule=bundle.datamodule, ckpt_path=resume)
+        trainer.fit(module, datamodule=bundle.datamodule, ckpt_path=start.checkpoint, weights_only=True)
         judge_error = getattr(getattr(module, "evaluator", None), "error", None)
         if judge_error:  # after the last checkpoint: the adapter and the generations are on disk
             from .eval.judge import JudgingFailed
 
             raise JudgingFailed(f"the LLM judge failed at {judge_error}; the trained adapter "
-                                f"({run_dir / 'checkpoints'}) and the generations ({run_dir / 'generations'}) are kept: judge them later with "
-                                f"`kasa-eval {run_dir}` once the endpoint answers")
+                                f"({run_dir / 'checkpoints'}) and the generations ({run_dir / 'generations'}) are "
+                                f"kept: judge them later with `kasa-eval {run_dir}` once the endpoint answers")
         params = {"trainable": trainable, "total": total, "adapter": adapter_params}
         final = method.final_parameter_count(model)  # AdaLoRA: the final budget, the count papers report
         if final is not None:
             params["adapter_final"] = final
-        results = summarise(cfg, module, d.monitor, b.get("selection", "best"), run_dir, t0, params=params,
+        results = summarise(cfg, module, d.monitor, b.get("selection", "best"), run_dir, start.record.t0,
+                            wall_before=start.record.wall_before, params=params,
                             split_sizes=bundle.split_sizes,
-                            resumed_from=resume, config_hash=key,
+                            resumed_from=start.checkpoint, resumes=start.record.resumes, config_hash=key,
                             # family extras: generation settings, metric backend, judge identity
                             **getattr(module, "results_extra", {}))
         _wandb_summary(trainer, results)
@@ -355,52 +388,26 @@ def _finish_wandb(trainer) -> None:
             lg.experiment.finish()
 
 
-# Keys that do not change what a run computes: left out of the config hash.
-HASH_EXCLUDE = ("resume", "sweep_dir", "trainer.enable_progress_bar", "hparams_search")
+def _resume_dir(default: str, *, _root_: DictConfig) -> str:
+    """``hydra.run.dir`` for ``resume=<run dir>``: that run's ``resumes/`` (Hydra's files of the resume command);
+    ``default`` otherwise."""
+    from .training.runs import resume_folder
 
-
-def config_hash(cfg: DictConfig) -> str:
-    """12 hex digits of SHA-256 over the resolved config (without ``hydra`` and :data:`HASH_EXCLUDE`)."""
-    c = OmegaConf.to_container(cfg, resolve=True)
-    c.pop("hydra", None)
-    for dotted in HASH_EXCLUDE:
-        *parents, leaf = dotted.split(".")
-        node = c
-        for p in parents:
-            node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def finished_results(run_dir: Path, key: str) -> dict[str, Any] | None:
-    """The results.json in ``run_dir`` if it was written for the config whose hash is ``key``."""
-    path = Path(run_dir) / "results.json"
-    if not path.exists():
-        return None
     try:
-        res = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return res if res.get("config_hash") == key else None
+        folder = resume_folder(_root_.get("resume"))
+    except Exception:  # noqa: BLE001 -- run() names a bad resume value in one line
+        folder = None
+    return str(folder / "resumes") if folder is not None else default
 
 
-def _resume_path(resume: str | None, ckpt_dir: Path) -> str | None:
-    if not resume:
-        return None
-    if resume == "last":
-        last = ckpt_dir / "last.ckpt"
-        return str(last) if last.exists() else None
-    path = Path(resume)
-    if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
-    if not path.exists():
-        raise ConfigError(f"resume checkpoint '{resume}' does not exist (expected a run dir or a .ckpt file)")
-    return str(path)
+# conf/train.yaml names run folders by the config hash, resolved when Hydra composes the config
+OmegaConf.register_new_resolver("kasa_hash", lambda *, _root_: config_hash(_root_), replace=True)
+OmegaConf.register_new_resolver("kasa_resume_dir", _resume_dir, replace=True)
 
 
 def summarise(cfg: DictConfig, module, monitor: str, selection: str, run_dir: Path, t0: float,
-              **extra: Any) -> dict[str, Any]:
+              wall_before: float = 0.0, **extra: Any) -> dict[str, Any]:
+    """results.json's content; ``wall_time_s`` adds ``wall_before``, the segments before a resume."""
     import lightning
     import torch
     import transformers
@@ -419,7 +426,7 @@ def summarise(cfg: DictConfig, module, monitor: str, selection: str, run_dir: Pa
                     "selection": selection, "reported": (best if selection == "best" else final)},
         "history": history,
         "config": OmegaConf.to_container(cfg, resolve=True),
-        "wall_time_s": time.time() - t0,
+        "wall_time_s": wall_before + time.time() - t0,
         "run_dir": str(run_dir),
         "versions": {"kasa": __version__, "torch": torch.__version__, "lightning": lightning.__version__,
                      "transformers": transformers.__version__, "python": sys.version.split()[0]},

@@ -77,7 +77,7 @@ def _val_losses(run_dir: Path) -> list[float]:
 
 
 def _adapter(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
 
 
 def test_ddp_two_processes_equal_one_process_same_global_batch(tiny_bert_dir, tmp_path):

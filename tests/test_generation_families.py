@@ -181,7 +181,7 @@ def test_judge_failing_mid_run_costs_only_the_judging(tiny_causal_dir, tmp_path,
 
 
 def _adapter(run_dir: Path) -> dict:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
 
 
 def test_seed_and_resume_unchanged(tiny_causal_dir, tmp_path):

@@ -26,7 +26,7 @@ def _cfg(tiny_bert_dir: Path, *overrides: str):
 
 
 def _adapter(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
 
 
 def test_run_writes_results_json(tiny_bert_dir, tmp_path):

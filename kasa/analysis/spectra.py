@@ -373,7 +373,7 @@ def load_run_model(run_dir: str | Path, checkpoint: str = "last") -> tuple[nn.Mo
     ckpts = sorted((run_dir / "checkpoints").glob("last.ckpt" if checkpoint == "last" else "best-*.ckpt"))
     if not ckpts:
         raise FileNotFoundError(f"no {checkpoint} checkpoint in {run_dir / 'checkpoints'}")
-    state = torch.load(ckpts[-1], map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(ckpts[-1], map_location="cpu", weights_only=True)["state_dict"]
     sd = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     if getattr(method, "needs_calibration", False):
         method.apply(bundle.model, adapter_state_dict=sd)

@@ -1,4 +1,5 @@
-"""The LightningModules every method trains with (classification, causal LM), their optimiser and callbacks."""
+"""The LightningModules every method trains with (classification, causal LM), their optimiser and callbacks;
+run folders, resume, locks and checkpoint I/O in :mod:`kasa.training.runs` (imported on its own: it needs kasa.train)."""
 
 from .base import PeftModule
 from .callbacks import StepSeed

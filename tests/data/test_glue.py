@@ -284,7 +284,7 @@ def test_stsb_end_to_end_regression(tiny_bert_dir, glue_dir, ds_cache, tmp_path)
     final = res["metrics"]["final"]
     assert set(final) == {"pearson", "spearman"} and res["metrics"]["monitor"] == "pearson"
     assert all(-1.0 <= v <= 1.0 for v in final.values())
-    ckpt = torch.load(next((tmp_path / "checkpoints").glob("last.ckpt")), weights_only=False)
+    ckpt = torch.load(next((tmp_path / "checkpoints").glob("last.ckpt")), weights_only=True)
     head = [v for k, v in ckpt["state_dict"].items() if "classifier" in k and k.endswith("weight")]
     assert head and head[0].shape[0] == 1  # one regression output (MSE loss)
 
