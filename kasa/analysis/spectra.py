@@ -201,28 +201,9 @@ class SpectraCallback(_Callback):
 
 
 def load_run_model(run_dir: str | Path, checkpoint: str = "last") -> tuple[nn.Module, Any]:
-    """Rebuild a finished run's model from its ``results.json`` config and adapter checkpoint.
+    """Rebuild a run's model from its folder: ``(model, method)``, the method applied (KaSA: the base truncated as
+    in training) and the trained adapter of the ``last`` or ``best`` checkpoint loaded (:func:`kasa.runs_io.load_run`)."""
+    from ..runs_io import load_run
 
-    Returns ``(model, method)`` with the method applied (KaSA: the base truncated as in training, from the
-    saved removed factors when the run kept them, else re-derived) and the trained adapter loaded. ``checkpoint``:
-    ``last`` or ``best``.
-    Methods that calibrate on data (CorDA) are not supported here.
-    """
-    from omegaconf import OmegaConf
-
-    from ..benchmarks import BENCHMARKS
-    from ..methods import method_from_config
-
-    run_dir = Path(run_dir)
-    res = json.loads((run_dir / "results.json").read_text())
-    cfg = OmegaConf.create(res["config"])
-    method = method_from_config(cfg.method)
-    bundle = BENCHMARKS[cfg.benchmark.family](cfg, method)
-    method.apply(bundle.model)
-    ckpts = sorted((run_dir / "checkpoints").glob("last.ckpt" if checkpoint == "last" else "best-*.ckpt"))
-    if not ckpts:
-        raise FileNotFoundError(f"no {checkpoint} checkpoint in {run_dir / 'checkpoints'}")
-    state = torch.load(ckpts[-1], map_location="cpu", weights_only=False)["state_dict"]
-    method.load_adapter_state_dict(bundle.model, {k[len("model."):]: v for k, v in state.items()
-                                                  if k.startswith("model.")})
-    return bundle.model.eval(), method
+    run = load_run(run_dir, checkpoint)
+    return run.model, run.method
