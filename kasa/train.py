@@ -186,6 +186,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | No
             return {**done, "skipped": True}
     run_dir.mkdir(parents=True, exist_ok=True)
     method = method_from_config(cfg.method)  # hyper-parameter errors before loading
+    lm_eval_cb = _lm_eval_callback(cfg)  # benchmark.lm_eval.tasks: needs the extra, checked before loading
     L.seed_everything(cfg.seed, verbose=False)
 
     d, b = cfg.dataset, cfg.benchmark
@@ -195,6 +196,10 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | No
         method.apply(model, calibration=bundle.calibration_batches())  # CorDA: input covariances
     else:
         method.apply(model)
+    if method.config.init_from:  # an adapter trained elsewhere, in PEFT's folder format
+        from .methods.export import load_peft_adapter
+
+        load_peft_adapter(method, model, method.config.init_from)
     trainable, total = count_parameters(model)
     adapter_params = method.trainable_parameter_count(model)
 
@@ -211,6 +216,8 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | No
         from .analysis.spectra import SpectraCallback
 
         callbacks.append(SpectraCallback(run_dir / "spectra", every_n_epochs=int(analysis.get("every_n_epochs", 1))))
+    if lm_eval_cb is not None:
+        callbacks.append(lm_eval_cb)
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
     try:
         if "strategy" in t:
@@ -243,6 +250,15 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | No
           f"of {total:,}")
     print(f"[kasa] results: {run_dir / 'results.json'}\n[kasa] logs: {run_dir / 'logs'}")
     return results
+
+
+def _lm_eval_callback(cfg: DictConfig):
+    from .harness import LmEvalError, lm_eval_callback
+
+    try:
+        return lm_eval_callback(cfg)
+    except LmEvalError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _wandb_loggers(trainer) -> list:
