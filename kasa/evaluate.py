@@ -40,10 +40,15 @@ class EvalError(ValueError):
 # ----------------------------------------------------------------------------------------------------
 # overrides of a run's config
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
-    """The run's config with Hydra-style ``overrides`` applied (see the module docstring); checked one by one."""
+    """The run's config with Hydra-style ``overrides`` applied (see the module docstring); checked one by one.
+
+    ``benchmark=NAME`` without ``dataset=`` also takes the dataset that benchmark's file selects (as kasa-train does).
+    """
     import yaml
 
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    groups: dict[str, str] = {}
+    keys: list[tuple[str, str, bool, str]] = []
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.lstrip("+"):
@@ -55,8 +60,15 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
             raise EvalError(f"override '{item}': the checkpoint belongs to the run's method and model; kasa-eval "
                             f"changes only data, benchmark and trainer settings (and model.{{{','.join(MODEL_KEYS)}}})")
         if "." not in key and key in GROUPS:
-            cfg[key] = _group_node(key, raw)
-            continue
+            groups[key] = raw
+        else:
+            keys.append((key, raw, add, item))
+    if groups:
+        composed = _compose(groups)
+        take = set(groups) | ({"dataset"} if "benchmark" in groups else set())
+        for g in take:
+            cfg[g] = OmegaConf.to_container(composed[g], resolve=True)
+    for key, raw, add, item in keys:
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
@@ -67,22 +79,23 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     return cfg
 
 
-def _group_node(group: str, option: str) -> Any:
-    """``conf/<group>/<option>.yaml`` as composed by Hydra (its own defaults and interpolations resolved)."""
+def _compose(groups: dict[str, str]) -> DictConfig:
+    """kasa-train's config with these group choices (each group file's own defaults and interpolations applied)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
     from .train import CONF_DIR
 
-    available = sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
-    if option not in available:
-        raise EvalError(f"{group}={option} is unknown; {group} options: {' '.join(available)}")
+    for group, option in groups.items():
+        available = sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+        if option not in available:
+            raise EvalError(f"{group}={option} is unknown; {group} options: {' '.join(available)}")
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            composed = compose("train", overrides=[f"{group}={option}"])
+            return compose("train", overrides=[f"{g}={o}" for g, o in groups.items()])
     except HydraException as exc:
-        raise EvalError(f"{group}={option}: {' '.join(str(exc).split())[:200]}") from None
-    return OmegaConf.to_container(composed[group], resolve=True)
+        raise EvalError(f"{' '.join(f'{g}={o}' for g, o in groups.items())}: {' '.join(str(exc).split())[:200]}"
+                        ) from None
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -145,3 +145,12 @@ def test_lm_eval_results_go_to_the_wandb_summary(monkeypatch):
     h.LmEvalCallback({"tasks": ["kasa_tiny"]}, selection="last").on_fit_end(trainer, module)
     assert WandbLogger.experiment.summary == {"lm_eval/kasa_tiny/acc": 0.5}
     assert module.results_extra["lm_eval"]["checkpoint"] == "last" and module.results_extra["lm_eval"]["epoch"] == 1
+
+
+def test_benchmark_override_brings_its_dataset_unless_one_is_named(bert_run):
+    cfg, _ = run_config(bert_run)
+    new = apply_overrides(cfg, ["benchmark=e2e"])
+    assert new.benchmark.family == "e2e" and new.dataset.name == "e2e_bigbench"  # as kasa-train benchmark=e2e
+    kept = apply_overrides(cfg, ["benchmark=e2e", "dataset=epistemic_reasoning"])
+    assert kept.benchmark.family == "e2e" and kept.dataset.name == "epistemic_reasoning"
+    assert kept.model == cfg.model  # a benchmark's model default never replaces the checkpoint's model

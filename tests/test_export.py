@@ -173,7 +173,7 @@ def test_every_export_loads_without_kasa_and_gives_kasas_logits(matrix, method_n
 
 
 def test_formats_cover_the_registry_and_every_method_but_the_adapters_leaves_kasa():
-    assert set(FORMATS) == set(METHODS)
+    assert set(FORMATS) == set(METHODS), "a new method needs its export formats in kasa.methods.export.FORMATS"
     assert all(set(f) <= set(FORMAT_NAMES) for f in FORMATS.values())
     assert {m for m, f in FORMATS.items() if not f} == {"adapter_h", "adapter_p", "adapter_l", "adapter_d"}
     low_rank = {"kasa", "pissa", "milora", "corda", "dylora", "adalora", "sara", "lora", "vera"}
@@ -252,3 +252,11 @@ def test_export_refuses_a_non_empty_folder(tmp_path):
     with pytest.raises(ExportError, match="not empty"):
         export_model(model, method, "lora", tmp_path / "out")
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_params_command_states_every_methods_export_formats(capsys):
+    from kasa.params import main
+
+    main(["--models", "roberta-base"])
+    out = capsys.readouterr().out
+    assert "  kasa: peft lora merged" in out and "  dora: peft merged" in out and "  adapter_h: none" in out
