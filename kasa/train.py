@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from .checks import ConfigError, check_config  # noqa: E402,F401  (kasa.train.ConfigError stays public)
+
 CONF_DIR = Path(os.environ.get("KASA_CONF_DIR", Path(__file__).resolve().parents[1] / "conf"))
 
 
-class ConfigError(ValueError):
-    """A run configuration that cannot work; raised before any training starts."""
+def _register_configs() -> None:
+    from .configs import register_configs
+
+    register_configs(CONF_DIR)
+
+
+_register_configs()  # the method group's typed nodes, before Hydra composes (ours or a test's compose)
 
 
 def _wandb_mode(requested: str) -> str:
@@ -49,21 +57,59 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
         loggers.append(CSVLogger(save_dir=str(run_dir), name="logs", version=""))
     wb = cfg.logger.get("wandb")
     if wb:
-        mode = _wandb_mode(wb.get("mode", "auto"))
-        os.environ["WANDB_MODE"] = mode
-        os.environ.setdefault("WANDB_SILENT", "true")
-        try:
-            loggers.append(WandbLogger(project=wb.get("project", "kasa"), entity=wb.get("entity"),
-                                       group=wb.get("group"), tags=list(wb.get("tags") or []),
-                                       name=cfg.get("run_name"), save_dir=str(run_dir), offline=mode == "offline",
-                                       config=OmegaConf.to_container(cfg, resolve=True)))
-        except Exception as exc:  # a logger must never cost a run
-            print(f"[kasa] W&B logger disabled: {exc}", file=sys.stderr)
+        logger = _wandb_logger(cfg, wb, run_dir, WandbLogger)
+        if logger is not None:
+            loggers.append(logger)
     return loggers
 
 
+# How long W&B may take to answer before a run logs offline: a probe of its host, then wandb.init's own limit.
+WANDB_PROBE_TIMEOUT_S = 3.0
+WANDB_INIT_TIMEOUT_S = 30.0
+
+
+def _wandb_logger(cfg: DictConfig, wb: Any, run_dir: Path, cls: type) -> Any:
+    """A W&B logger that never costs the run: online only when W&B's host answers within seconds and
+    ``wandb.init`` succeeds; else offline (``wandb sync`` uploads it later); else none, with one line saying so.
+
+    The W&B run is started here, not lazily when training starts, so that a failing start (no network, a bad
+    key) is caught here and falls back, instead of ending ``trainer.fit``.
+    """
+    import wandb
+
+    from .checks import probe_url
+
+    mode = _wandb_mode(wb.get("mode", "auto"))
+    if mode == "online":
+        url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+        why = probe_url(url, timeout=WANDB_PROBE_TIMEOUT_S)
+        if why:
+            print(f"[kasa] W&B: {url} does not answer ({why}); logging offline to {run_dir / 'wandb'} "
+                  "(`wandb sync` uploads it later)", file=sys.stderr)
+            mode = "offline"
+    os.environ.setdefault("WANDB_SILENT", "true")
+    if wandb.run is not None:  # one W&B run per kasa run: an earlier run of this process left one open
+        wandb.finish()
+    for attempt in dict.fromkeys([mode, "offline"]):
+        os.environ["WANDB_MODE"] = attempt
+        try:
+            logger = cls(project=wb.get("project", "kasa"), entity=wb.get("entity"), group=wb.get("group"),
+                         tags=list(wb.get("tags") or []), name=cfg.get("run_name"), save_dir=str(run_dir),
+                         offline=attempt == "offline", config=OmegaConf.to_container(cfg, resolve=True),
+                         settings=wandb.Settings(init_timeout=WANDB_INIT_TIMEOUT_S))
+            logger.experiment  # noqa: B018 -- start the W&B run now (see above)
+            return logger
+        except Exception as exc:  # noqa: BLE001 -- a logger must never cost a run
+            nxt = "logging offline" if attempt != "offline" else "W&B logger disabled"
+            print(f"[kasa] W&B {attempt} start failed ({' '.join(str(exc).split())[:300]}); {nxt}", file=sys.stderr)
+    return None
+
+
 def validate(cfg: DictConfig) -> None:
-    """Name checks that need no model or data, so bad input fails in a second, before any loading."""
+    """Checks that need no model weights or data, so bad input fails in a second, before any loading:
+    packages a trainer strategy needs, the value table and the rest of :mod:`kasa.checks`, the registries' names."""
+    check_strategy(cfg.get("trainer"))
+    check_config(cfg)
     from .data.classification import SOURCES
     from .benchmarks import BENCHMARKS
     from .methods import REGISTRY
@@ -75,7 +121,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"unknown benchmark family '{fam}'; known: {sorted(BENCHMARKS)}")
     if fam == "classification" and cfg.dataset.source not in SOURCES:
         raise ConfigError(f"unknown dataset source '{cfg.dataset.source}'; known: {sorted(SOURCES)}")
-    check_strategy(cfg.get("trainer"))
 
 
 def _strategy_name(spec: Any) -> str:
@@ -377,17 +422,89 @@ def _known_errors() -> tuple[type[Exception], ...]:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from .console import quiet_console
+    from .hydra_callbacks import clear_failure, record_failure, remove_if_empty
+
+    quiet_console()
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
     try:
         results = run(cfg)
-    except _known_errors() as exc:
-        # One clear line naming the problem; SystemExit passes through Hydra's own error reporting.
-        print(f"kasa-train: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as exc:
+        known = isinstance(exc, _known_errors())
+        if not (known or multirun):
+            raise  # a bug: Hydra prints the traceback
+        # One clear line naming the problem (a traceback only for what kasa does not know).
+        if known:
+            print(f"kasa-train: error: {exc}", file=sys.stderr)
+        else:
+            traceback.print_exc()
+        if not multirun:
+            remove_if_empty(hc.runtime.output_dir)  # a failed run leaves no empty folder
+            remove_if_empty(_sweep_point_dir(cfg), stop=cfg.get("sweep_dir"))
+            sys.exit(2)  # SystemExit passes through Hydra's own error reporting
+        # A multirun goes on with the other points: the record makes the summary and the retry.
+        record_failure([Path(hc.runtime.output_dir), *filter(None, [_sweep_point_dir(cfg)])], exc,
+                       list(hc.overrides.task), _safe_hash(cfg), with_traceback=not known)
+        return float("nan")
+    clear_failure(results.get("run_dir"))
     return float(results["metrics"]["reported"].get(cfg.dataset.monitor, float("nan")))
+
+
+def _safe_hash(cfg: DictConfig) -> str | None:
+    try:
+        return config_hash(cfg)
+    except Exception:  # an interpolation that does not resolve: the record still names the overrides
+        return None
+
+
+def _sweep_point_dir(cfg: DictConfig) -> Path | None:
+    """The folder ``run`` gives this config under ``sweep_dir`` (``None`` without one)."""
+    key = _safe_hash(cfg)
+    if not cfg.get("sweep_dir") or key is None:
+        return None
+    return Path(cfg.sweep_dir) / f"{cfg.run_name}-{key}"
+
+
+def compose_error(argv: list[str]) -> str | None:
+    """One line for overrides that do not compose (``method.alpha=abc`` against the method's typed config,
+    ``model=nope``), ``None`` when they do. Hydra itself would print a multi-line report and exit 1.
+
+    Only plain runs are checked here: ``-m`` sweeps, ``--cfg``/``--help`` and other config names go straight to Hydra.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.utils import get_args_parser
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        args = get_args_parser().parse_args(argv)
+    except SystemExit:
+        return None  # Hydra's own parser names the problem
+    if (args.multirun or args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
+            or args.config_path or args.config_name or args.config_dir or args.experimental_rerun):
+        return None
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            compose("train", overrides=list(args.overrides))
+    except Exception as exc:  # noqa: BLE001 -- every composition error becomes one line
+        root = exc
+        while root.__cause__ is not None:
+            root = root.__cause__
+        if isinstance(root, OmegaConfBaseException) and getattr(root, "full_key", None):
+            return f"{root.full_key}: {str(root).splitlines()[0]}"
+        return " ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip())
+    return None
 
 
 def main() -> None:
     """Console script entry point."""
+    problem = compose_error(sys.argv[1:])
+    if problem:
+        print(f"kasa-train: error: {problem}", file=sys.stderr)
+        sys.exit(2)
     _hydra_main()
 
 

@@ -1,4 +1,6 @@
-"""Every registered method has conf/method/<name>.yaml holding exactly its dataclass defaults."""
+"""Method configs come from the method dataclasses alone (Hydra structured configs in the ConfigStore): every
+registered method composes to exactly its dataclass defaults, values are typed when the config is composed,
+and a yaml in conf/method/ holds only what differs from its dataclass."""
 
 from __future__ import annotations
 
@@ -6,24 +8,68 @@ import dataclasses
 
 import pytest
 import yaml
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
-from kasa.methods import REGISTRY, build_method
+from kasa.configs import SCHEMA_SUFFIX
+from kasa.methods import REGISTRY, method_from_config
 from kasa.train import CONF_DIR
 
 
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def _defaults(name: str) -> dict:
+    out = {}
+    for f in dataclasses.fields(REGISTRY[name].config_cls):
+        out[f.name] = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return out
+
+
 @pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_method_yaml_equals_dataclass_defaults(name):
-    path = CONF_DIR / "method" / f"{name}.yaml"
-    assert path.exists(), f"missing {path}"
-    cfg = yaml.safe_load(path.read_text())
-    assert cfg.pop("name") == name
-    fields = {f.name: f for f in dataclasses.fields(REGISTRY[name].config_cls)}
-    assert set(cfg) == set(fields), f"{name}: yaml keys differ from the config dataclass"
-    for key, value in cfg.items():
-        f = fields[key]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        assert value == default, f"{name}.{key}: yaml {value!r} != default {default!r}"
-    build_method(name, **cfg)  # and the file builds
+def test_method_composes_to_its_dataclass_defaults(name):
+    node = OmegaConf.to_container(_compose(f"method={name}").method, resolve=True)
+    assert node.pop("name") == name
+    yaml_path = CONF_DIR / "method" / f"{name}.yaml"
+    preset = {}
+    if yaml_path.exists():  # a preset named like the method: its own values over the dataclass's
+        preset = {k: v for k, v in yaml.safe_load(yaml_path.read_text()).items() if k not in ("defaults", "name")}
+    assert node == {**_defaults(name), **preset}
+    method_from_config({"name": name, **node})  # and it builds
+
+
+def test_method_yamls_hold_only_differences():
+    """A file in conf/method/ is a preset: it extends a method (or its schema) and sets only values that differ."""
+    for path in sorted((CONF_DIR / "method").glob("*.yaml")):
+        cfg = yaml.safe_load(path.read_text()) or {}
+        parents = [d for d in cfg.get("defaults", []) if d != "_self_"]
+        assert parents, f"{path.name}: a method yaml must extend a method (defaults: [<name>, _self_])"
+        base = str(parents[0]).removesuffix(SCHEMA_SUFFIX)
+        assert base in REGISTRY, f"{path.name}: extends unknown method '{parents[0]}'"
+        values = {k: v for k, v in cfg.items() if k not in ("defaults", "name")}
+        same = {k for k, v in values.items() if _defaults(base).get(k, object()) == v}
+        assert not same, f"{path.name}: {sorted(same)} repeat the dataclass defaults"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("method.r=abc", "could not be converted to Integer"),
+    ("method.alpha=abc", "could not be converted to Float"),
+    ("method.bta=1", "Key 'bta' not in"),
+    ("method.keep_removed=maybe", "is not a valid bool"),
+])
+def test_bad_method_values_fail_at_composition(override, message):
+    with pytest.raises(ConfigCompositionException) as exc:
+        _compose("method=kasa", override)
+    assert message in str(exc.value) + str(exc.value.__cause__)
+
+
+def test_target_modules_take_a_list_or_a_string():
+    assert list(_compose("method=lora", "method.target_modules=[query,value]").method.target_modules) == \
+        ["query", "value"]
+    assert _compose("method=lora", "method.target_modules=query").method.target_modules == "query"
 
 
 def test_registry_has_all_sixteen_methods():
@@ -39,4 +85,7 @@ def test_every_config_group_default_exists():
             (group, option), = entry.items()
             if option is None:  # a group left empty by default (experiment)
                 continue
-            assert (CONF_DIR / group / f"{option}.yaml").exists()
+            if group == "method":
+                assert option in REGISTRY
+            else:
+                assert (CONF_DIR / group / f"{option}.yaml").exists()

@@ -105,6 +105,14 @@ def test_commonsense_generates_and_scores(tiny_causal_dir, tmp_path):
     assert set(final) == {"social_iqa", "strategyqa", "average"} and _finite(final)
     assert on_disk["evaluation"]["n_per_task"] == {"social_iqa": 3, "strategyqa": 3}
     rows = [json.loads(line) for line in (tmp_path / "generations" / "epoch0.jsonl").read_text().splitlines()]
+    # default: one template for training and scoring; generations are decoded with their prompt (LLM-Adapters)
+    assert on_disk["evaluation"]["eval_prompt"] == on_disk["evaluation"]["train_prompt"] == "alpaca"
+    assert rows[0]["prompt"].endswith("### Response:\n") and "### Response:" in rows[0]["generation"]
+    run(_cfg("commonsense", tiny_causal_dir, "method=lora", "benchmark.prompt_style=llm_adapters"),
+        run_dir=tmp_path / "upstream")
+    ev = json.loads((tmp_path / "upstream" / "results.json").read_text())["evaluation"]
+    assert (ev["train_prompt"], ev["eval_prompt"]) == ("llm_adapters_train", "llm_adapters_eval")
+    rows = [json.loads(line) for line in (tmp_path / "upstream" / "generations" / "epoch0.jsonl").read_text().splitlines()]
     assert rows[0]["prompt"].endswith("### Response:\n" + " " * 16)  # the LLM-Adapters evaluation prompt
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -14,10 +15,11 @@ from kasa.analysis.report import build_tables, collect, load_paper_numbers, main
 
 
 def _write(root: Path, name: str, *, method="kasa", model="roberta-base", dataset="glue_mrpc", seed=0,
-           monitor="accuracy", value=0.9, selection="best", study=None, method_extra=None) -> None:
+           monitor="accuracy", value=0.9, selection="best", study=None, method_extra=None, extra=None,
+           mtime=None) -> Path:
     cfg = {"method": {"name": method, "r": 8, **(method_extra or {})}, "model": {"name": model},
            "dataset": {"name": dataset, "monitor": monitor}, "benchmark": {"name": "glue", "selection": selection},
-           "seed": seed}
+           "seed": seed, "run_name": f"{method}-{model}-{dataset}-s{seed}", **(extra or {})}
     if study:
         cfg["study"] = study
     res = {"method": method, "model": model, "dataset": dataset, "seed": seed, "config": cfg,
@@ -26,6 +28,9 @@ def _write(root: Path, name: str, *, method="kasa", model="roberta-base", datase
     d = root / name
     d.mkdir(parents=True)
     (d / "results.json").write_text(json.dumps(res))
+    if mtime is not None:
+        os.utime(d / "results.json", (mtime, mtime))
+    return d / "results.json"
 
 
 @pytest.fixture
@@ -151,3 +156,54 @@ def test_wandb_runs_are_read_through_the_public_api(monkeypatch):
     assert got == [("kasa", 0, pytest.approx(90.0), "best", "wandb:me/kasa/a"),
                    ("kasa", 1, pytest.approx(70.0), "last", "wandb:me/kasa/b")]
     assert {r.table for r in recs} == {"glue_roberta_base"} and {r.task for r in recs} == {"glue_mrpc"}
+
+
+def test_runs_of_different_configs_are_separate_rows_not_one_cell(tmp_path):
+    """Seed-0 runs of 1, 2 and 10 epochs are three configurations, not three seeds of one."""
+    for epochs, v in ((1, 0.5), (2, 0.6), (10, 0.9)):
+        _write(tmp_path, f"e{epochs}", value=v, extra={"trainer": {"max_epochs": epochs}})
+    _write(tmp_path, "e10-s1", seed=1, value=0.8, extra={"trainer": {"max_epochs": 10}})
+    tb = {t.key: t for t in build_tables(collect([tmp_path], load_paper_numbers())[0])}["glue_roberta_base"]
+    rows = {r: tb.cells[(r, "glue_mrpc")] for r in tb.rows if tb.cells[(r, "glue_mrpc")].n}
+    assert set(rows) == {"kasa (trainer.max_epochs=1)", "kasa (trainer.max_epochs=2)", "kasa (trainer.max_epochs=10)"}
+    one = rows["kasa (trainer.max_epochs=1)"]
+    assert one.n == 1 and one.median == pytest.approx(50.0)
+    ten = rows["kasa (trainer.max_epochs=10)"]
+    assert ten.n == 2 and ten.median == pytest.approx(85.0)
+    # the paper's number sits beside the plain method row only, not beside a variant
+    assert all(c.paper is None for c in rows.values())
+
+
+def test_a_repeated_seed_counts_once_the_newest_run_is_kept(tmp_path, capsys):
+    old = _write(tmp_path, "first", value=0.50, mtime=1_000_000)
+    new = _write(tmp_path, "second", value=0.90, mtime=2_000_000)
+    _write(tmp_path, "third", value=0.70, mtime=1_500_000)
+    _write(tmp_path, "seed1", seed=1, value=0.80, mtime=1_000_000)
+    recs, _ = collect([tmp_path], load_paper_numbers())
+    c = {t.key: t for t in build_tables(recs)}["glue_roberta_base"].cells[("kasa", "glue_mrpc")]
+    assert c.n == 2 and c.median == pytest.approx(85.0)  # seed 0 = 90 (newest), seed 1 = 80
+    err = capsys.readouterr().err
+    assert "seed 0 ran 3 times" in err and f"kept the newest ({new})" in err and str(old) in err
+
+
+def test_a_paper_table_compares_only_runs_of_its_model(tmp_path):
+    glue = {"table": "glue_roberta_base"}
+    _write(tmp_path, "roberta", value=0.90, study=glue)
+    _write(tmp_path, "minilm", model="minilm", value=0.50, study=glue)
+    tables = {t.key: t for t in build_tables(collect([tmp_path], load_paper_numbers())[0])}
+    assert tables["glue_roberta_base"].cells[("kasa", "glue_mrpc")].median == pytest.approx(90.0)
+    mini = tables["glue_roberta_base_minilm"].cells[("kasa", "glue_mrpc")]
+    assert mini.median == pytest.approx(50.0) and mini.paper is None and mini.diff is None
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: str(p / "nonexistent"), "no such file or folder"),
+    (lambda p: str(p), "no runs found"),
+])
+def test_cli_fails_in_one_line_without_runs(tmp_path, capsys, make, message):
+    (tmp_path / "empty-run").mkdir()
+    assert main([make(tmp_path), "--format", "md"]) == 2
+    captured = capsys.readouterr()
+    lines = [ln for ln in captured.err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("kasa-report: error: ") and message in lines[0]
+    assert captured.out == ""

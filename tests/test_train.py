@@ -82,7 +82,7 @@ def test_only_adapter_and_head_in_checkpoint(tiny_bert_dir, tmp_path):
     ("method.r=40", "r=40 is impossible"),
     ("method.target_modules=[nothing_here]", "match no module"),
     ("method.truncation=sideways", "truncation='sideways'"),
-    ("model.name_or_path=/no/such/dir-or-hub-id", "not available"),
+    ("model.name_or_path=/no/such/dir-or-hub-id", "the path does not exist"),
     ("resume=/no/such/run", "does not exist"),
 ])
 def test_bad_input_fails_before_training_with_a_named_error(tiny_bert_dir, tmp_path, override, message):

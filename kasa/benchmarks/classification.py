@@ -2,7 +2,7 @@
 
 Data come from :mod:`kasa.data.classification` (its sources: ``bigbench``, ``glue``, local files); the model is
 the encoder with a sequence-classification (or one-output regression) head; the dev sets are scored by
-:mod:`kasa.eval.glue`'s metrics inside :class:`kasa.training.classification.PeftModule`.
+:mod:`kasa.eval.glue`'s metrics inside :class:`kasa.training.classification.ClassificationModule`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def build(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
     """Sequence classification / regression (GLUE-style): encoder + head, torchmetrics on the dev set."""
     from ..data.classification import ClassificationDataModule, DatasetError, load_splits
     from ..models import load_model, load_tokenizer
-    from ..training.classification import PeftModule, metric_key
+    from ..training.classification import ClassificationModule, metric_key
     from ..training.optim import OptimConfig
 
     d, b, m = cfg.dataset, cfg.benchmark, cfg.model
@@ -34,7 +34,7 @@ def build(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
                        revision=m.get("revision"), gradient_checkpointing=m.get("gradient_checkpointing", False))
     dm = ClassificationDataModule(splits, tokenizer, max_length=d.max_length, batch_size=b.batch_size,
                                   eval_batch_size=b.eval_batch_size, seed=cfg.seed)
-    module = PeftModule(model, method, splits.num_labels, list(d.metrics), OptimConfig(**as_dict(b.optim)),
+    module = ClassificationModule(model, method, splits.num_labels, list(d.metrics), OptimConfig(**as_dict(b.optim)),
                         val_names=val_names)
     sizes = {"train": len(splits.train), "validation": len(splits.validation)}
     sizes.update({metric_key("validation", v): len(ex) for v, ex in sets.items() if v})

@@ -76,10 +76,17 @@ def commonsense_splits(source: str, tasks: Sequence[str] = ("social_iqa", "strat
 
 
 class CommonsenseEvaluator:
-    """Per-task accuracy of the first label match in each response, plus the unweighted ``average``."""
+    """Per-task accuracy of the first label match in each response, plus the unweighted ``average``.
 
-    def __init__(self, prompt_style: str):
-        self.info: dict[str, Any] = {"evaluator": "llm-adapters-first-match", "eval_prompt": prompt_style}
+    Generations arrive as prompt + continuation (``decode_prompt``): the response is segmented as
+    LLM-Adapters' ``commonsense_evaluate.py`` does (:func:`kasa.eval.commonsense.response_from_generation`).
+    """
+
+    decode_prompt = True
+
+    def __init__(self, prompt_style: str, train_prompt_style: str | None = None):
+        self.info: dict[str, Any] = {"evaluator": "llm-adapters-first-match", "eval_prompt": prompt_style,
+                                     "train_prompt": train_prompt_style}
 
     def __call__(self, items: Sequence[EvalItem], generations: Sequence[str], module: Any,
                  out_dir: Path | None) -> dict[str, float]:
@@ -97,13 +104,15 @@ class CommonsenseEvaluator:
 def build(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
     """Commonsense170K-style instruction tuning; each task scored by generation + answer extraction."""
     d, b = cfg.dataset, cfg.benchmark
+    # one (train, eval) template pair; eval_prompt_style only for an explicit mismatch (an ablation)
+    train_style, eval_style = cs.prompt_pair(b.get("prompt_style", "alpaca"), b.get("eval_prompt_style"))
     train_rows, evals = commonsense_splits(d.source, max_train=d.get("max_train"),
                                            max_eval_per_task=d.get("max_eval"), **as_dict(d.get("source_args")))
-    style = b.get("eval_prompt_style", "llm_adapters_eval")
-    train = [CompletionExample(cs.build_prompt(r["instruction"], r.get("input") or None), r["output"])
-             for r in train_rows]
-    items = [EvalItem(cs.build_prompt(r["instruction"], style=style), {"task": task, "answer": r["answer"]})
+    train = [CompletionExample(cs.build_prompt(r["instruction"], r.get("input") or None, style=train_style),
+                               r["output"]) for r in train_rows]
+    # LLM-Adapters evaluates on the instruction alone (commonsense_evaluate.py passes no input)
+    items = [EvalItem(cs.build_prompt(r["instruction"], style=eval_style), {"task": task, "answer": r["answer"]})
              for task, rows in evals.items() for r in rows]
-    return causal_lm_bundle(cfg, method, train, items, CommonsenseEvaluator(style),
+    return causal_lm_bundle(cfg, method, train, items, CommonsenseEvaluator(eval_style, train_style),
                    {"train": len(train), "validation": len(items),
                     **{f"validation_{t}": len(r) for t, r in evals.items()}})

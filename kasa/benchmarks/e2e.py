@@ -48,7 +48,8 @@ class E2EEvaluator:
         hyps = [g.split("\n")[0].strip() for g in generations]
         scores = e2e_metrics(hyps, [it.meta["references"] for it in items], use_java=self.use_java)
         self.info = {"evaluator": "e2e-metrics", "backend": scores.backend, "n_instances": scores.n_instances,
-                     "scale": "BLEU, METEOR, ROUGE_L x100; NIST, CIDEr as computed"}
+                     "scale": "BLEU, METEOR, ROUGE_L x100; NIST, CIDEr as computed",
+                     "not_comparable": scores.not_comparable}  # METEOR without Java (kasa-report flags it)
         return to_paper_scale(scores)
 
 

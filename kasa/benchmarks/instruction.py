@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -258,8 +259,17 @@ class JudgeEvaluator:
     """
 
     def __init__(self, judge_spec: Mapping[str, Any], mtbench: Mapping[str, Any] | None = None, judge: Any = None,
-                 prompt_format: PromptFormat | None = None):
+                 prompt_format: PromptFormat | None = None, seed: int = 0):
         self.judge_spec, self.mtbench = dict(judge_spec), dict(mtbench or {})
+        if (self.judge_spec.get("backend") == "openai" and judge is None and not os.environ.get("OPENAI_API_KEY")
+                and not (self.judge_spec.get("base_url") or os.environ.get("OPENAI_BASE_URL"))):
+            # found out now, not after the first training epoch
+            raise ValueError("benchmark.judge.backend=openai needs $OPENAI_API_KEY (or benchmark.judge.base_url of "
+                             "an OpenAI-compatible server); benchmark.judge.backend=local judges offline")
+        temps = self.mtbench.get("temperatures", "fastchat")
+        if temps not in ("fastchat", "greedy"):
+            raise ValueError(f"benchmark.mtbench.temperatures='{temps}' is unknown; use fastchat or greedy")
+        self.seed = seed
         self._judge = judge
         self.prompt_format = prompt_format or PromptFormat()
         self.info: dict[str, Any] = {"evaluator": "llm-judge"}
@@ -268,6 +278,33 @@ class JudgeEvaluator:
         if self._judge is None:
             self._judge = build_judge(self.judge_spec, device)
         return self._judge
+
+    def answer_mtbench(self, module: CausalLMModule, questions: Sequence[Mapping[str, Any]], prompts: Sequence[str],
+                       turn: int, **gen_kw: Any) -> list[str]:
+        """Answers to one MT-Bench turn at FastChat's per-category temperatures (``temperatures: fastchat``;
+        ``greedy`` decodes every category greedily). Each temperature's questions are generated together under
+        their own seed from ``(seed, turn, temperature)``, in a forked RNG: reruns give the same answers and
+        training's random stream is untouched."""
+        import torch
+
+        from ..eval.judge import answer_generate_kwargs, answer_temperature
+        from ..eval.utils import stable_hash
+
+        greedy = self.mtbench.get("temperatures", "fastchat") == "greedy"
+        groups: dict[float, list[int]] = {}
+        for i, q in enumerate(questions):
+            groups.setdefault(0.0 if greedy else answer_temperature(q.get("category")), []).append(i)
+        out: list[str] = [""] * len(prompts)
+        device = torch.device(module.device)
+        for temp, idx in sorted(groups.items()):
+            kw = {**gen_kw, **answer_generate_kwargs(temp)}
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(stable_hash(f"mtbench-turn{turn}-t{temp}", self.seed) % 2**63)
+                texts = module.generate_texts([prompts[i] for i in idx], desc=f"MT-Bench turn {turn} (T={temp})",
+                                              **kw)
+            for i, t in zip(idx, texts):
+                out[i] = t
+        return out
 
     def __call__(self, items: Sequence[EvalItem], generations: Sequence[str], module: CausalLMModule,
                  out_dir: Path | None) -> dict[str, float]:
@@ -284,7 +321,7 @@ class JudgeEvaluator:
                  {"kind": "heldout", "source": it.meta.get("source"), "prompt": it.meta["question"], "response": g})
                 for it, g in zip(items, generations)]
         graded = judge.grade_many(jobs, desc="judging held-out answers") if scoring else []
-        scores = [j.score for j in graded if j.score is not None]
+        scores = [j.score for j in graded if j.parsed]
         out = {"judge_score": sum(scores) / len(scores) if scores else math.nan,
                "judge_parsed": len(scores) / len(graded) if graded else math.nan}
         mt_info: dict[str, Any] = {}
@@ -294,10 +331,11 @@ class JudgeEvaluator:
             print(f"[kasa] MT-Bench: answering {len(questions)} questions (2 turns) and judging", flush=True)
             # every rank generates (FSDP's forwards need all ranks); only the scoring rank judges
             fmt = self.prompt_format
-            first = module.generate_texts([fmt.prompt(q["turns"][:1]) for q in questions],
-                                          desc="MT-Bench turn 1", **gen_kw)
-            second = module.generate_texts([fmt.prompt(q["turns"][:2], [a]) for q, a in zip(questions, first)],
-                                           desc="MT-Bench turn 2", **gen_kw)
+            first = self.answer_mtbench(module, questions, [fmt.prompt(q["turns"][:1]) for q in questions], 1,
+                                        **gen_kw)
+            second = self.answer_mtbench(module, questions,
+                                         [fmt.prompt(q["turns"][:2], [a]) for q, a in zip(questions, first)], 2,
+                                         **gen_kw)
             if scoring:
                 answers = {q["question_id"]: [a1, a2] for q, a1, a2 in zip(questions, first, second)}
                 mt = judge.grade_mtbench(questions, answers)
@@ -305,7 +343,8 @@ class JudgeEvaluator:
                 for key, name in (("score", "mtbench"), ("turn1", "mtbench_turn1"), ("turn2", "mtbench_turn2")):
                     out[name] = summ.get(key) if summ.get(key) is not None else math.nan
                 mt_info = {"n_questions": len(questions), "n_unparsed": summ["n_unparsed"],
-                           "categories": summ["categories"]}
+                           "categories": summ["categories"],
+                           "temperatures": self.mtbench.get("temperatures", "fastchat")}
                 for j in mt:  # the judged answer next to its judgement, for reading the jsonl
                     j.meta["response"] = answers[j.meta["question_id"]][j.meta["turn"] - 1]
                 graded += mt
@@ -343,5 +382,5 @@ def build(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
         question = PromptFormat.turn(r["instruction"], r.get("input"))
         items.append(EvalItem(fmt.eval_prompt(r["instruction"], r.get("input")),
                               {"question": question, "reference": r["output"], "source": r.get("source")}))
-    evaluator = JudgeEvaluator(as_dict(b.judge), as_dict(b.get("mtbench")), prompt_format=fmt)
+    evaluator = JudgeEvaluator(as_dict(b.judge), as_dict(b.get("mtbench")), prompt_format=fmt, seed=cfg.seed)
     return causal_lm_bundle(cfg, method, train, items, evaluator, {"train": len(train), "validation": len(items)})

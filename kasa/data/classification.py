@@ -13,6 +13,7 @@ from typing import Callable
 
 import lightning as L
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .. import assets
@@ -67,7 +68,28 @@ def load_splits(source_name: str, **kwargs) -> Splits:
     splits = SOURCES[source_name](**kwargs)
     if not splits.train or not splits.validation:
         raise DatasetError(f"dataset source '{source_name}' gave an empty train or validation split")
+    check_labels(splits, source_name)
     return splits
+
+
+def check_labels(splits: Splits, source_name: str = "") -> None:
+    """Class labels are integers in ``[0, num_labels)`` (else the first training step fails with an IndexError
+    in the loss); regression targets are numbers."""
+    n = splits.num_labels
+    parts = {"train": splits.train, "validation": splits.validation, "test": splits.test,
+             **{f"validation_{k}": v for k, v in splits.extra_validation.items()}}
+    for part, examples in parts.items():
+        for i, ex in enumerate(examples):
+            label = ex.label
+            if not splits.label_names:
+                ok = isinstance(label, (int, float)) and not isinstance(label, bool)
+                allowed = "a number (regression)"
+            else:
+                ok = isinstance(label, int) and not isinstance(label, bool) and 0 <= label < n
+                allowed = f"a class index in [0, {n - 1}] ({', '.join(map(str, splits.label_names))})"
+            if not ok:
+                raise DatasetError(f"dataset source '{source_name}': {part} example {i} has label {label!r}; "
+                                   f"labels must be {allowed}")
 
 
 def stratified_split(examples: list[Example], val_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
@@ -154,29 +176,22 @@ def _world(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
 
 
 class EpochSampler(DistributedSampler):
-    """A permutation that depends only on ``(seed, epoch)``: a run resumed at an epoch boundary sees the
-    same batches as an uninterrupted one (Lightning calls ``set_epoch`` on samplers that have it).
+    """``torch.utils.data.DistributedSampler`` over ``range(n)`` whose permutation mixes the seed and the epoch
+    (``seed * 100003 + epoch``): torch's ``seed + epoch`` gives seed 0 at epoch 1 the order of seed 1 at epoch 0.
 
-    Data-parallel runs (a process group initialised when the loader is built, or ``num_replicas``/``rank``
-    given): rank ``r`` of ``W`` takes positions ``r, r + W, r + 2W, ...`` of the SAME permutation, so with a
-    per-rank batch ``b`` the k-th batches of all ranks together hold exactly the k-th batch of a
+    A run resumed at an epoch boundary sees the same batches as an uninterrupted one (Lightning calls
+    ``set_epoch``, and keeps a ``DistributedSampler`` instead of wrapping it in its own). Data-parallel runs
+    (a process group initialised when the loader is built, or ``num_replicas``/``rank`` given): rank ``r`` of
+    ``W`` takes positions ``r, r + W, ...`` of the SAME permutation, padded by repeating its start as
+    ``DistributedSampler`` does, so the k-th batches of all ranks together hold exactly the k-th batch of a
     one-process run with batch ``W * b``: the global data order does not depend on the number of processes.
-    The permutation is padded by repeating its start up to a multiple of ``W`` (as ``DistributedSampler``),
-    so every rank takes the same number of steps. It subclasses ``DistributedSampler`` only so that
-    Lightning keeps it instead of wrapping it in its own (which would reshuffle and ignore ``set_epoch``).
     """
 
     def __init__(self, n: int, seed: int, shuffle: bool = True, num_replicas: int | None = None,
                  rank: int | None = None):
-        # DistributedSampler.__init__ is skipped on purpose: it needs a dataset and a process group.
-        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
-        self.num_replicas, self.rank = _world(num_replicas, rank)
-        self.drop_last = False
-        self.num_samples = math.ceil(n / self.num_replicas) if n else 0
-        self.total_size = self.num_samples * self.num_replicas
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        num_replicas, rank = _world(num_replicas, rank)
+        super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self.n = n
 
     def __iter__(self):
         if not self.shuffle:
@@ -186,34 +201,25 @@ class EpochSampler(DistributedSampler):
             order = torch.randperm(self.n, generator=g).tolist()
         if self.num_replicas == 1:
             return iter(order)
-        pad = self.total_size - self.n  # repeat the start so every rank gets num_samples indices
+        pad = self.total_size - self.n
         order += (order * math.ceil(pad / max(1, self.n)))[:pad]
         return iter(order[self.rank::self.num_replicas])
 
-    def __len__(self) -> int:
-        return self.num_samples
 
-
-class ShardSampler(DistributedSampler):
-    """Evaluation order ``0..n-1`` split across data-parallel ranks with nothing repeated: rank ``r`` of ``W``
-    takes ``r, r + W, ...`` (ranks may differ by one example). Metrics that sync their states across ranks
-    (torchmetrics, ``self.log(..., sync_dist=True)``) then see every validation example exactly once;
-    ``DistributedSampler`` would pad with duplicates and bias them. One process: plain ``range(n)``.
+class ShardSampler(UnrepeatedDistributedSampler):
+    """Evaluation order ``0..n-1`` split across data-parallel ranks with nothing repeated (Lightning's
+    ``UnrepeatedDistributedSampler`` over ``range(n)``): rank ``r`` of ``W`` takes ``r, r + W, ...`` (ranks may
+    differ by one example), so metrics that sync their states across ranks (torchmetrics,
+    ``self.log(..., sync_dist=True)``) see every validation example exactly once; ``DistributedSampler`` would
+    pad with duplicates and bias them. One process: plain ``range(n)``.
     """
 
     def __init__(self, n: int, num_replicas: int | None = None, rank: int | None = None):
-        self.n = n
-        self.num_replicas, self.rank = _world(num_replicas, rank)
-        self.shuffle, self.drop_last, self.epoch, self.seed = False, False, 0, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        return iter(range(self.rank, self.n, self.num_replicas))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.num_replicas))
+        num_replicas, rank = _world(num_replicas, rank)
+        DistributedSampler.__init__(self, range(n), num_replicas=num_replicas, rank=rank, shuffle=False)
+        # Lightning's sizes, without its assert that every rank holds an example: a dev set smaller than the
+        # world is scored by the ranks that have one (the metric states still sync on every rank).
+        self.num_samples, self.total_size, self.n = len(range(rank, n, num_replicas)), n, n
 
 
 class ClassificationDataModule(L.LightningDataModule):

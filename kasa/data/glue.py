@@ -20,9 +20,10 @@ files carry it (parquet written by ``datasets`` does); CSV/JSON copies fall back
 from __future__ import annotations
 
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .classification import DatasetError, Example, Splits, source
 
@@ -107,19 +108,52 @@ def _load(task: str, splits: list[str], path: str | None, data_files: dict[str, 
                 raise DatasetError(f"GLUE '{task}': no files for split(s) {missing}; have {sorted(files)}")
             wanted = {s: files[s] for s in splits}
             fmt = _format([f for v in wanted.values() for f in v])
-            dd = datasets.load_dataset(fmt, data_files=wanted, cache_dir=cache_dir)
+            with _quiet_datasets():  # local files: quick to read, and a parse error is re-raised in one line
+                dd = datasets.load_dataset(fmt, data_files=wanted, cache_dir=cache_dir)
         else:
             dd = datasets.load_dataset(hub, task, revision=revision, cache_dir=cache_dir)
     except DatasetError:
         raise
     except Exception as exc:  # hub unreachable, missing file, bad format: one clear line for the CLI
         where = files if files is not None else f"'{hub}' (config '{task}')"
-        raise DatasetError(f"could not load GLUE '{task}' from {where}: {type(exc).__name__}: {exc}. Offline, "
-                           f"point dataset.source_args.path at a local copy in the hub's format") from exc
+        # datasets wraps the parser's error ("An error occurred while generating the dataset"): name the root
+        root = _root_cause(exc)
+        reason = " ".join(f"{type(root).__name__}: {root}".split())
+        hint = "" if files is not None else (". Offline, point dataset.source_args.path at a local copy in the "
+                                             "hub's format")
+        raise DatasetError(f"could not load GLUE '{task}' from {where}: {reason}{hint}") from exc
     missing = [s for s in splits if s not in dd]
     if missing:
         raise DatasetError(f"GLUE '{task}' has no split(s) {missing}; found {sorted(dd)}")
     return {s: dd[s] for s in splits}
+
+
+@contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No progress bars and no error log from ``datasets`` (its "Failed to read file" line repeats the error
+    that :func:`_load` re-raises with the parser's reason)."""
+    import datasets
+    from datasets.utils import logging as ds_logging
+
+    bars = not datasets.are_progress_bars_disabled()
+    level = ds_logging.get_verbosity()
+    datasets.disable_progress_bars()
+    ds_logging.set_verbosity(ds_logging.CRITICAL)
+    try:
+        yield
+    finally:
+        ds_logging.set_verbosity(level)
+        if bars:
+            datasets.enable_progress_bars()
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of a ``raise ... from`` / ``during handling`` chain."""
+    seen = {id(exc)}
+    while (nxt := exc.__cause__ or exc.__context__) is not None and id(nxt) not in seen:
+        seen.add(id(nxt))
+        exc = nxt
+    return exc
 
 
 def _label_names(ds: Any, spec: GlueTask) -> list[str]:

@@ -10,11 +10,17 @@ the unweighted mean over the 8 tasks.
 Label sets: boolq ``true|false``; piqa ``solution1|solution2``; social_i_qa, ARC-Challenge, ARC-Easy,
 openbookqa ``answer1..answer5``; hellaswag ``ending1..ending4``; winogrande ``option1|option2``.
 
-The evaluation script builds its prompt with an indented triple-quoted f-string, so the literal prompt it
-feeds the model carries 16 spaces of indentation and a trailing space after "request." (see
-:data:`LLM_ADAPTERS_EVAL_PROMPT`); training uses the clean Alpaca template (:data:`ALPACA_PROMPT`).
-:func:`build_prompt` defaults to the training template; pass ``style="llm_adapters_eval"`` to
-reproduce the reference evaluation byte for byte.
+Templates. Both upstream scripts build their prompts with indented triple-quoted f-strings, so the literal
+text carries 16 spaces of indentation, and the two differ: ``finetune.py``'s ``generate_prompt`` (training;
+:data:`LLM_ADAPTERS_TRAIN_PROMPT`) has two spaces after "request." and an indented blank line before
+``### Response:``, ``commonsense_evaluate.py``'s (evaluation; :data:`LLM_ADAPTERS_EVAL_PROMPT`) one space
+and a plain blank line. :data:`PROMPT_PAIRS` names the (train, eval) pairs: ``alpaca`` (the clean Alpaca
+template for both: our default, one template the model is trained and scored on) and ``llm_adapters``
+(upstream's own pair, byte for byte: ``experiment=commonsense``).
+
+Response segmentation (``commonsense_evaluate.py``, ``evaluate``): the script decodes prompt + generation
+and keeps ``text.split("### Response:")[1].strip()``: what follows the prompt's marker and precedes the
+first marker the model writes itself (:func:`response_from_generation`).
 """
 
 from __future__ import annotations
@@ -34,10 +40,38 @@ ALPACA_PROMPT_WITH_INPUT = (
     "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 )
 _INDENT = " " * 16
+_TASK = "Below is an instruction that describes a task"
+_TASK_INPUT = "Below is an instruction that describes a task, paired with an input that provides further context"
+_WRITE = "Write a response that appropriately completes the request."
+# commonsense_evaluate.py, generate_prompt: the text the reference model is scored on
 LLM_ADAPTERS_EVAL_PROMPT = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request. \n\n"
+    f"{_TASK}. {_WRITE} \n\n"
     f"{_INDENT}### Instruction:\n{_INDENT}{{instruction}}\n\n{_INDENT}### Response:\n{_INDENT}"
 )
+LLM_ADAPTERS_EVAL_PROMPT_WITH_INPUT = (
+    f"{_TASK_INPUT}. {_WRITE}\n\n"
+    f"{_INDENT}### Instruction:\n{_INDENT}{{instruction}}\n\n{_INDENT}### Input:\n{_INDENT}{{input}}\n\n"
+    f"{_INDENT}### Response:\n{_INDENT}"
+)
+# finetune.py, generate_prompt with an empty output (its user prompt): what the reference model is trained to
+# continue with "the correct answer is <label>"
+LLM_ADAPTERS_TRAIN_PROMPT = (
+    f"{_TASK}. {_WRITE}  \n\n"
+    f"{_INDENT}### Instruction:\n{_INDENT}{{instruction}}\n{_INDENT}\n{_INDENT}### Response:\n{_INDENT}"
+)
+LLM_ADAPTERS_TRAIN_PROMPT_WITH_INPUT = (
+    f"{_TASK_INPUT}. {_WRITE} \n\n"
+    f"{_INDENT}### Instruction:\n{_INDENT}{{instruction}}\n{_INDENT}\n{_INDENT}### Input:\n{_INDENT}{{input}}\n"
+    f"{_INDENT}\n{_INDENT}### Response:\n{_INDENT}"
+)
+_TEMPLATES = {  # style -> (without input, with input)
+    "alpaca": (ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT),
+    "llm_adapters_train": (LLM_ADAPTERS_TRAIN_PROMPT, LLM_ADAPTERS_TRAIN_PROMPT_WITH_INPUT),
+    "llm_adapters_eval": (LLM_ADAPTERS_EVAL_PROMPT, LLM_ADAPTERS_EVAL_PROMPT_WITH_INPUT),
+}
+PROMPT_STYLES = tuple(_TEMPLATES)
+# benchmark.prompt_style -> (training template, evaluation template)
+PROMPT_PAIRS = {"alpaca": ("alpaca", "alpaca"), "llm_adapters": ("llm_adapters_train", "llm_adapters_eval")}
 RESPONSE_MARKER = "### Response:"
 ANSWER_PREFIX = "the correct answer is "
 
@@ -60,7 +94,8 @@ ALIASES = {
 }
 
 __all__ = [
-    "ALPACA_PROMPT", "LLM_ADAPTERS_EVAL_PROMPT", "TASKS", "canonical_task", "build_prompt", "target_text",
+    "ALPACA_PROMPT", "LLM_ADAPTERS_EVAL_PROMPT", "LLM_ADAPTERS_TRAIN_PROMPT", "PROMPT_STYLES", "PROMPT_PAIRS",
+    "TASKS", "canonical_task", "build_prompt", "prompt_pair", "target_text",
     "response_from_generation", "extract_answer", "accuracy", "evaluate_predictions", "FORMATTERS",
     "format_example", "format_boolq", "format_piqa", "format_siqa", "format_hellaswag", "format_winogrande",
     "format_arc", "format_openbookqa", "bigbench_siqa", "bigbench_strategyqa", "split_examples",
@@ -81,16 +116,25 @@ def canonical_task(task: str) -> str:
 
 
 def build_prompt(instruction: str, input: str | None = None, style: str = "alpaca") -> str:
-    """The prompt the model continues: ``style="alpaca"`` (training template) or ``"llm_adapters_eval"``."""
-    if style == "alpaca":
-        if input:
-            return ALPACA_PROMPT_WITH_INPUT.format(instruction=instruction, input=input)
-        return ALPACA_PROMPT.format(instruction=instruction)
-    if style == "llm_adapters_eval":
-        if input:
-            raise ValueError("the LLM-Adapters commonsense data have no input field; style 'llm_adapters_eval' takes none")
-        return LLM_ADAPTERS_EVAL_PROMPT.format(instruction=instruction)
-    raise ValueError(f"unknown prompt style {style!r} (use 'alpaca' or 'llm_adapters_eval')")
+    """The prompt the model continues, in template ``style`` (one of :data:`PROMPT_STYLES`)."""
+    if style not in _TEMPLATES:
+        raise ValueError(f"unknown prompt style {style!r}; use one of {list(PROMPT_STYLES)}")
+    plain, with_input = _TEMPLATES[style]
+    if input:
+        return with_input.format(instruction=instruction, input=input)
+    return plain.format(instruction=instruction)
+
+
+def prompt_pair(pair: str = "alpaca", eval_style: str | None = None) -> tuple[str, str]:
+    """``(training style, evaluation style)`` of ``benchmark.prompt_style`` (:data:`PROMPT_PAIRS`);
+    ``eval_style`` replaces the evaluation template (an ablation: train on one, score on another)."""
+    if pair not in PROMPT_PAIRS:
+        raise ValueError(f"benchmark.prompt_style={pair!r} is unknown; use one of {list(PROMPT_PAIRS)}")
+    train, evaluate = PROMPT_PAIRS[pair]
+    if eval_style is not None and eval_style not in _TEMPLATES:
+        raise ValueError(f"benchmark.eval_prompt_style={eval_style!r} is unknown; use one of {list(PROMPT_STYLES)} "
+                         "or null (the pair's own)")
+    return train, eval_style or evaluate
 
 
 def target_text(answer: str) -> str:
@@ -99,12 +143,16 @@ def target_text(answer: str) -> str:
 
 
 def response_from_generation(decoded: str) -> str:
-    """What the reference script scores: the decoded text after the first ``### Response:``, stripped.
+    """What the reference scores, from the decoded PROMPT + GENERATION: the text between the prompt's
+    ``### Response:`` and the next one (the model's own, if it writes one), stripped.
 
-    Text without the marker (e.g. only the new tokens were decoded) is returned stripped.
+    ``"...### Response:\n the correct answer is true ### Response: ..."`` gives ``"the correct answer is true"``.
     """
     parts = decoded.split(RESPONSE_MARKER)
-    return (parts[1] if len(parts) > 1 else parts[0]).strip()
+    if len(parts) < 2:
+        raise ValueError(f"no {RESPONSE_MARKER!r} in the decoded text: response segmentation needs the prompt "
+                         f"decoded with the generation (got {decoded[:80]!r})")
+    return parts[1].strip()
 
 
 def extract_answer(task: str, generation: str) -> str:

@@ -32,9 +32,13 @@ Implementation here: BLEU via ``sacrebleu`` (its 13a tokeniser and "exp" smoothi
 mteval-v13a; input pre-lower-cased ASCII-only as the Perl does), NIST re-implemented from the formula
 above (``nltk``'s NIST picks one best reference per segment, which is not what mteval does), METEOR /
 ROUGE-L / CIDEr via ``pycocoevalcap``'s scorers and the same CoreNLP jar it ships. Java is needed for the
-tokeniser and METEOR; without it a pure-Python approximation of the tokeniser and ``nltk``'s METEOR
-(exact + stem matching, METEOR-1.5 parameters, no paraphrase table) are used and a warning says so;
-the result then records ``backend="python-approx"``.
+tokeniser and METEOR; without it a pure-Python approximation of the tokeniser and of METEOR are used and a
+warning says so: METEOR 1.5's statistics (its "en" parameters, function-word weighting with the jar's word
+list, stage weights) from exact and Snowball-stem matches only, aggregated over the corpus as the jar does
+(``MeteorStats.addStats``), but with no synonym or paraphrase stage and a greedy aligner, so the number is
+not comparable with the jar's. The result then records ``backend="python-approx"`` and
+``not_comparable={"METEOR": ...}``. Measured (commands in docs/protocols_eval.md): jar 46.43 vs
+this fallback 43.88 on the test fixture, 51.21 vs 49.70 on the 213 BIG-bench MRs.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ import tempfile
 import warnings
 from collections import Counter, OrderedDict
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -65,6 +70,7 @@ __all__ = [
     "METRICS",
     "E2EScores",
     "group_references",
+    "one_line",
     "mteval_normalize",
     "bleu",
     "nist",
@@ -97,6 +103,18 @@ def group_references(mrs: Sequence[str], refs: Sequence[str]) -> "OrderedDict[st
     for mr, ref in zip(mrs, refs):
         grouped.setdefault(mr, []).append(ref)
     return grouped
+
+
+# Every line boundary of str.splitlines (\r\n first, so it becomes one space). The texts go to the CoreNLP
+# tokeniser one per line, and it also breaks lines at \r, \x0b, \x0c, U+2028 and U+2029 (and writes U+0085 as
+# "..."): one such character in one output shifted every later line onto the wrong references. Replaced by a
+# space before any metric sees the text.
+_LINE_BREAK = re.compile("\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with every line break (``str.splitlines`` semantics) replaced by a space."""
+    return _LINE_BREAK.sub(" ", text)
 
 
 def _check_inputs(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> None:
@@ -238,16 +256,19 @@ def _ptb_java(texts: Sequence[str]) -> list[str]:
     # folder may be read-only.
     with tempfile.TemporaryDirectory(prefix="kasa-ptb-") as tmp:
         path = Path(tmp) / "sentences.txt"
-        path.write_text("\n".join(t.replace("\n", " ") for t in texts), encoding="utf-8")
+        path.write_text("\n".join(one_line(t) for t in texts), encoding="utf-8")
         out = subprocess.run(
             ["java", "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines",
              "-lowerCase", str(path)],
             capture_output=True, check=True,
         ).stdout.decode("utf-8")
     lines = out.split("\n")
-    if len(lines) < len(texts):
-        raise RuntimeError(f"PTBTokenizer returned {len(lines)} lines for {len(texts)} texts")
-    return [" ".join(w for w in line.rstrip().split(" ") if w not in COCO_PUNCTUATIONS) for line in lines[: len(texts)]]
+    # One line per text, exactly: anything else means a text was split or merged, and every later line would be
+    # scored against the wrong references.
+    if len(lines) != len(texts):
+        raise RuntimeError(f"PTBTokenizer returned {len(lines)} lines for {len(texts)} texts; a text was split or "
+                           "merged by a line break the normalisation missed")
+    return [" ".join(w for w in line.rstrip().split(" ") if w not in COCO_PUNCTUATIONS) for line in lines]
 
 
 # CoreNLP's PTB normalisations that matter after lower-casing: brackets, currency, quotes.
@@ -264,7 +285,7 @@ _PTB_TOKEN = re.compile(
 
 def _ptb_python(text: str) -> str:
     """Approximation of CoreNLP's PTBTokenizer (-lowerCase) + COCO punctuation removal."""
-    text = text.lower().replace("\n", " ")
+    text = one_line(text).lower()
     text = re.sub(r"(\w)(n't)\b", r"\1 \2", text)
     text = re.sub(r"(\w)('(?:s|re|ve|ll|d|m))\b", r"\1 \2", text)
     tokens = []
@@ -312,27 +333,161 @@ class _MeteorProcess:
                 pass
 
 
-class _NoWordNet:
-    """Stands in for WordNet (its data is a separate download): no synonym matches."""
+# METEOR 1.5's "en" parameters (Constants.java, task "rank", the default): alpha, beta, gamma, delta, and the
+# weights of its match stages exact, stem, synonym, paraphrase.
+METEOR_PARAMS = (0.85, 0.20, 0.60, 0.75)
+METEOR_STAGE_WEIGHTS = (1.0, 0.6, 0.8, 0.6)
+# What the fallback cannot reproduce without the jar's data and aligner; recorded with the score.
+METEOR_FALLBACK_NOTE = ("METEOR without Java: exact and Snowball-stem stages only (no WordNet synonym or paraphrase "
+                        "stage), a greedy aligner instead of METEOR 1.5's beam search; statistics aggregated over the "
+                        "corpus as METEOR 1.5 does. Not comparable with the official METEOR 1.5 number.")
 
-    @staticmethod
-    def synsets(*args: Any, **kwargs: Any) -> list:
-        return []
+
+@dataclass
+class MeteorStats:
+    """METEOR 1.5's sufficient statistics of one segment or a corpus (``MeteorStats.java``).
+
+    ``*_matches``: matches per stage (exact, stem, synonym, paraphrase) on content / function words; the
+    fallback fills the first two stages only.
+    """
+
+    test_len: float = 0.0
+    ref_len: float = 0.0
+    test_function: float = 0.0
+    ref_function: float = 0.0
+    test_content_matches: list = field(default_factory=lambda: [0.0] * 4)
+    ref_content_matches: list = field(default_factory=lambda: [0.0] * 4)
+    test_function_matches: list = field(default_factory=lambda: [0.0] * 4)
+    ref_function_matches: list = field(default_factory=lambda: [0.0] * 4)
+    chunks: float = 0.0
+
+    @classmethod
+    def from_jar(cls, line: str) -> "MeteorStats":
+        """Parse the jar's ``SCORE`` answer (23 numbers: lengths, function words, 4 x 4 stage matches, chunks,
+        word matches); the word-match totals equal the stage sums for word-level scoring."""
+        v = [float(x) for x in line.split()]
+        if len(v) != 23:
+            raise ValueError(f"METEOR statistics have 23 fields, got {len(v)}: {line!r}")
+        st = [v[4 + 4 * k: 8 + 4 * k] for k in range(4)]
+        return cls(v[0], v[1], v[2], v[3], [x[0] for x in st], [x[1] for x in st], [x[2] for x in st],
+                   [x[3] for x in st], v[20])
+
+    @property
+    def test_matches(self) -> float:
+        return sum(self.test_content_matches) + sum(self.test_function_matches)
+
+    @property
+    def ref_matches(self) -> float:
+        return sum(self.ref_content_matches) + sum(self.ref_function_matches)
+
+    def complete(self) -> bool:
+        """Every word of both sides matched, in one chunk (METEOR 1.5 then drops the fragmentation penalty)."""
+        return self.test_matches == self.test_len and self.ref_matches == self.ref_len and self.chunks == 1
+
+    def add(self, other: "MeteorStats") -> None:
+        """Corpus aggregation as ``MeteorStats.addStats``: sums, except a complete segment's one chunk."""
+        for name in ("test_len", "ref_len", "test_function", "ref_function"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name in ("test_content_matches", "ref_content_matches", "test_function_matches", "ref_function_matches"):
+            setattr(self, name, [a + b for a, b in zip(getattr(self, name), getattr(other, name))])
+        if not other.complete():
+            self.chunks += other.chunks
+
+    def score(self) -> float:
+        """``MeteorScorer.computeMetrics``: delta-weighted precision/recall, Fmean, fragmentation penalty."""
+        alpha, beta, gamma, delta = METEOR_PARAMS
+        w = METEOR_STAGE_WEIGHTS
+        t_len = delta * (self.test_len - self.test_function) + (1 - delta) * self.test_function
+        r_len = delta * (self.ref_len - self.ref_function) + (1 - delta) * self.ref_function
+        t_m = sum((c * delta + f * (1 - delta)) * wi
+                  for c, f, wi in zip(self.test_content_matches, self.test_function_matches, w))
+        r_m = sum((c * delta + f * (1 - delta)) * wi
+                  for c, f, wi in zip(self.ref_content_matches, self.ref_function_matches, w))
+        if not (t_len and r_len and t_m and r_m):
+            return 0.0  # the jar's NaN -> 0 (nothing matched, or an empty side)
+        p, r = t_m / t_len, r_m / r_len
+        fmean = 1.0 / ((1 - alpha) / p + alpha / r)
+        frag = 0.0 if self.complete() else self.chunks / ((self.test_matches + self.ref_matches) / 2)
+        return max(fmean * (1 - gamma * frag**beta), 0.0)
+
+
+@lru_cache(maxsize=1)
+def _meteor_function_words() -> frozenset:
+    """METEOR 1.5's English function-word list, read from the jar when it is there (no Java needed)."""
+    import zipfile
+
+    root = _coco_dir()
+    jar = root / "meteor" / "meteor-1.5.jar" if root is not None else None
+    if jar is None or not jar.exists():
+        return frozenset()
+    with zipfile.ZipFile(jar) as zf:
+        return frozenset(zf.read("function/english.words").decode("utf-8").split())
+
+
+@lru_cache(maxsize=1)
+def _snowball():
+    from nltk.stem.snowball import SnowballStemmer
+
+    return SnowballStemmer("english")  # METEOR 1.5's stem stage: Snowball (Porter2) English
+
+
+def _align(test: Sequence[str], ref: Sequence[str]) -> list[tuple[int, int, int]]:
+    """One-to-one word matches ``(test_pos, ref_pos, stage)``: exact words first, then equal stems.
+
+    Greedy left to right: a word continues the previous match's chunk when it can, else takes the first free
+    reference position after the last match (else the first free one).
+    """
+    stem = _snowball().stem
+    keys = [(list(test), list(ref)), ([stem(w) for w in test], [stem(w) for w in ref])]
+    pairs: dict[int, tuple[int, int]] = {}
+    used: set[int] = set()
+    for stage, (tk, rk) in enumerate(keys):
+        last = -1
+        for i, k in enumerate(tk):
+            if i in pairs:
+                last = pairs[i][0]
+                continue
+            free = [j for j, rkj in enumerate(rk) if rkj == k and j not in used]
+            if not free:
+                continue
+            prev = pairs.get(i - 1)
+            if prev is not None and prev[0] + 1 in free:
+                j = prev[0] + 1
+            else:
+                j = next((j for j in free if j > last), free[0])
+            pairs[i] = (j, stage)
+            used.add(j)
+            last = j
+    return sorted((i, j, st) for i, (j, st) in pairs.items())
+
+
+def meteor_stats(test: Sequence[str], ref: Sequence[str], function_words: frozenset | None = None) -> MeteorStats:
+    """The statistics of one test/reference pair of token lists under :func:`_align`'s alignment."""
+    fw = _meteor_function_words() if function_words is None else function_words
+    s = MeteorStats(test_len=len(test), ref_len=len(ref), test_function=sum(w in fw for w in test),
+                    ref_function=sum(w in fw for w in ref))
+    matches = _align(test, ref)
+    for i, j, st in matches:
+        (s.test_function_matches if test[i] in fw else s.test_content_matches)[st] += 1
+        (s.ref_function_matches if ref[j] in fw else s.ref_content_matches)[st] += 1
+    # chunks: runs of matches adjacent on both sides
+    s.chunks = float(sum(1 for k, (i, j, _) in enumerate(matches)
+                         if k == 0 or not (i == matches[k - 1][0] + 1 and j == matches[k - 1][1] + 1)))
+    return s
 
 
 def _meteor_python(hyp_tok: Sequence[str], refs_tok: Sequence[Sequence[str]]) -> float:
-    from nltk.translate.meteor_score import meteor_score
-
-    scores = []
+    """Corpus METEOR without Java: per segment the best-scoring reference's statistics (as the jar picks it),
+    summed over the corpus and scored once (METEOR 1.5's aggregation); see :data:`METEOR_FALLBACK_NOTE`."""
+    total = MeteorStats()
     for h, refs in zip(hyp_tok, refs_tok):
-        if any(h.split() == r.split() for r in refs):
-            # METEOR 1.5 drops the fragmentation penalty when everything matches in one chunk.
-            scores.append(1.0)
-            continue
-        # METEOR 1.5 "en" parameters (alpha, beta, gamma); nltk's defaults are METEOR 1.0's.
-        scores.append(meteor_score([r.split() for r in refs], h.split(), wordnet=_NoWordNet(),
-                                   alpha=0.85, beta=0.2, gamma=0.6))
-    return sum(scores) / len(scores)
+        best = None
+        for r in refs:
+            st = meteor_stats(h.split(), r.split())
+            if best is None or st.score() > best.score():
+                best = st
+        total.add(best)
+    return total.score()
 
 
 def meteor(hyp_tok: Sequence[str], refs_tok: Sequence[Sequence[str]], use_java: bool | None = None) -> float:
@@ -383,6 +538,8 @@ class E2EScores:
     backend: str = "official"  # "official" (Java tools) or "python-approx"
     n_instances: int = 0
     details: dict = field(default_factory=dict)
+    # metric -> why it is not comparable with the official script's number (empty for the official backend)
+    not_comparable: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, float]:
         """Just the five metrics (for logging)."""
@@ -409,15 +566,16 @@ def e2e_metrics(
     pure-Python approximations with a warning; ``True`` insists on Java, ``False`` forbids it.
     """
     _check_inputs(hypotheses, references)
-    hypotheses = [str(h) for h in hypotheses]
-    references = [[str(r) for r in refs] for refs in references]
+    hypotheses = [one_line(str(h)) for h in hypotheses]
+    references = [[one_line(str(r)) for r in refs] for refs in references]
     if use_java is None:
         use_java = java_available()
         if not use_java:
             warnings.warn(
                 "E2E metrics: Java or the pycocoevalcap jars are unavailable, so METEOR and the COCO "
-                "tokenisation use pure-Python approximations; METEOR/ROUGE-L/CIDEr will differ slightly "
-                "from the official e2e-metrics script (BLEU and NIST are unaffected).",
+                "tokenisation use pure-Python approximations: METEOR is not comparable with METEOR 1.5 (no "
+                "synonym/paraphrase stages; recorded in not_comparable), ROUGE-L/CIDEr may differ slightly "
+                "where the tokeniser approximation does (BLEU and NIST are unaffected).",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -441,6 +599,7 @@ def e2e_metrics(
         CIDEr=cider(hyp_tok, refs_tok),
         backend="official" if use_java else "python-approx",
         n_instances=len(hypotheses),
+        not_comparable={} if use_java else {"METEOR": METEOR_FALLBACK_NOTE},
     )
 
 

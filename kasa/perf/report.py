@@ -153,6 +153,6 @@ def run(profile: str, r: int = 8, beta: float = 1e-4, gamma: float = 1e-3, layer
         out.append("| loop | step (ms) | / bare |")
         out.append("|---|---:|---:|")
         out.append(f"| bare PyTorch (AdamW) | {lt['bare'] * 1e3:.1f} | 1.000 |")
-        out.append(f"| Lightning Trainer + PeftModule | {lt['lightning'] * 1e3:.1f} | {lt['lightning'] / lt['bare']:.3f} |")
+        out.append(f"| Lightning Trainer + ClassificationModule | {lt['lightning'] * 1e3:.1f} | {lt['lightning'] / lt['bare']:.3f} |")
         out.append("")
     return "\n".join(out)

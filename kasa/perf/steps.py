@@ -126,10 +126,10 @@ def bench_merged(p: Profile, runners: dict[str, Runner], batch: torch.Tensor) ->
 
 
 def bench_lightning(p: Profile, r: int) -> dict[str, float]:
-    """Median step of PeftModule under a Lightning Trainer vs a bare loop, same model and batch."""
+    """Median step of the classification module under a Lightning Trainer vs a bare loop, same model and batch."""
     import lightning as L
 
-    from ..training import OptimConfig, PeftModule
+    from ..training import ClassificationModule, OptimConfig
 
     torch.manual_seed(0)
     model = build_llama(p)
@@ -138,7 +138,7 @@ def bench_lightning(p: Profile, r: int) -> dict[str, float]:
     batch = torch.randint(0, p.vocab, (p.batch, p.seq), generator=torch.Generator().manual_seed(1)).to(p.device)
     # every loader batch is `batch` itself: the same rows, in order, for each step
     data = [{"input_ids": batch[i], "labels": batch[i]} for i in range(p.batch)] * (p.lightning_steps + 1)
-    module = PeftModule(model, method, num_labels=2, metrics=["accuracy"], optim=OptimConfig(scheduler="constant"))
+    module = ClassificationModule(model, method, num_labels=2, metrics=["accuracy"], optim=OptimConfig(scheduler="constant"))
 
     times: dict[str, list[float]] = {"lightning": [], "bare": []}
 

@@ -7,8 +7,9 @@ tokens the model is trained to continue are exactly the tokens it is given at ge
 Validation generates a continuation for every evaluation prompt (batched, left padding, the validation
 progress bar shows it) and hands the texts to the family's :class:`Evaluator` (E2E metrics, commonsense
 answer extraction, an LLM judge). :class:`CausalLMModule` subclasses
-:class:`kasa.training.classification.PeftModule`, so the optimiser, the method's regulariser and per-step hooks,
-adapter-only checkpoints and the ``history`` rows stay one implementation; it replaces only the validation step and the epoch-end scoring.
+:class:`kasa.training.base.PeftModule`, so the optimiser, the method's regulariser and per-step hooks,
+adapter-only checkpoints and the ``history`` rows stay one implementation; it adds only the validation step and
+the epoch-end scoring.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.classification import EpochSampler, ShardSampler
 from ..methods.base import PeftMethod
-from .classification import PeftModule
+from .base import PeftModule
 from .optim import OptimConfig
 
 IGNORE_INDEX = -100
@@ -58,13 +59,14 @@ class GenerationSettings:
     no_repeat_ngram_size: int = 0
     repetition_penalty: float = 1.0
     max_prompt_length: int | None = None  # prompts longer than this keep their END (the response marker)
+    early_stopping: bool = True  # beam search stops once num_beams hypotheses end (LLM-Adapters: HF's False)
 
     def generate_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams,
                               "do_sample": False, "repetition_penalty": self.repetition_penalty}
         if self.num_beams > 1:
             kw["length_penalty"] = self.length_penalty
-            kw["early_stopping"] = True
+            kw["early_stopping"] = self.early_stopping
         if self.no_repeat_ngram_size:
             kw["no_repeat_ngram_size"] = self.no_repeat_ngram_size
         return kw
@@ -212,7 +214,7 @@ class CausalLMModule(PeftModule):
     def __init__(self, model: nn.Module, method: PeftMethod, tokenizer, evaluator: Evaluator,
                  generation: GenerationSettings | None = None, optim: OptimConfig | None = None,
                  eval_batch_size: int = 8):
-        super().__init__(model, method, num_labels=0, metrics=[], optim=optim)
+        super().__init__(model, method, optim)
         self.tokenizer, self.evaluator = tokenizer, evaluator
         self.generation = generation or GenerationSettings()
         self.eval_batch_size = eval_batch_size
@@ -227,11 +229,14 @@ class CausalLMModule(PeftModule):
 
     @torch.no_grad()
     def generate_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **overrides: Any) -> list[str]:
-        """Decode the continuation of a left-padded batch (new tokens only, special tokens dropped)."""
+        """Decode the continuation of a left-padded batch (new tokens only, special tokens dropped), or prompt +
+        continuation when the evaluator says ``decode_prompt`` (it then segments the response itself)."""
         kw = {**self.generation.generate_kwargs(), **overrides}
         # The loader turns the KV cache off for gradient checkpointing; generation needs it back.
         out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, use_cache=True,
                                   pad_token_id=self._pad_id, eos_token_id=self.tokenizer.eos_token_id, **kw)
+        if getattr(self.evaluator, "decode_prompt", False):
+            return self.tokenizer.batch_decode(out, skip_special_tokens=True)
         return [t.strip() for t in self.tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)]
 
     def generate_texts(self, prompts: Sequence[str], batch_size: int | None = None, desc: str | None = None,

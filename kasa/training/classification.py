@@ -1,30 +1,25 @@
-"""The LightningModule every method trains with: task loss + the method's regulariser, one loop for all.
-
-Checkpoints hold only what the method trains (``method.adapter_state_dict``) plus the metric history,
-so a 7B run's checkpoint is megabytes, and resuming rebuilds the frozen base deterministically.
-"""
+"""Classification and regression (GLUE, BIG-bench tasks): the dev-set metrics and their validation loop."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import lightning as L
-import torch
 import torchmetrics
 from torch import nn
 
+from ..eval import glue
 from ..methods.base import PeftMethod
-from .optim import OptimConfig, build_optimizer
+from .base import PeftModule
+from .optim import OptimConfig
 
 CLASSIFICATION_METRICS = {
     "accuracy": lambda n: torchmetrics.Accuracy(task="multiclass" if n > 2 else "binary", num_classes=n),
     "f1": lambda n: torchmetrics.F1Score(task="multiclass" if n > 2 else "binary", num_classes=n,
                                          average="macro" if n > 2 else "micro"),
-    "mcc": lambda n: torchmetrics.MatthewsCorrCoef(task="multiclass" if n > 2 else "binary", num_classes=n),
+    # sklearn's MCC (0 when one class is predicted everywhere); torchmetrics' is not (kasa.eval.glue)
+    "mcc": lambda n: glue.MatthewsCorrCoef(num_classes=n),
 }
 REGRESSION_METRICS = {
-    "pearson": lambda n: torchmetrics.PearsonCorrCoef(),
-    "spearman": lambda n: torchmetrics.SpearmanCorrCoef(),
+    "pearson": lambda n: glue.PearsonCorrCoef(),
+    "spearman": lambda n: glue.SpearmanCorrCoef(),
 }
 
 
@@ -42,8 +37,9 @@ def metric_key(name: str, val_name: str = "") -> str:
     return f"{name}_{val_name}" if val_name else name
 
 
-class PeftModule(L.LightningModule):
-    """Trains ``model`` (already prepared by ``method.apply``) on a classification/regression task.
+class ClassificationModule(PeftModule):
+    """Sequence classification / regression: the dev sets scored with GLUE-style metrics (torchmetrics states,
+    synced across data-parallel ranks).
 
     ``val_names``: one name per validation dataloader, in order (GLUE MNLI: ``["m", "mm"]``); each loader's
     metrics are logged as ``val/<metric>_<name>`` and all of them go into the same ``history`` row.
@@ -52,10 +48,8 @@ class PeftModule(L.LightningModule):
 
     def __init__(self, model: nn.Module, method: PeftMethod, num_labels: int, metrics: list[str],
                  optim: OptimConfig | None = None, val_names: list[str] | None = None):
-        super().__init__()
-        self.model, self.method = model, method
+        super().__init__(model, method, optim)
         self.num_labels = num_labels
-        self.optim = optim or OptimConfig()
         self.val_names = list(val_names) if val_names else [""]
         base = build_metrics(metrics, num_labels)
         # val_metrics: the first (monitored) dev set; extra_val_metrics: the others, one collection each.
@@ -65,39 +59,6 @@ class PeftModule(L.LightningModule):
         # Lightning's own sync_dist mean averages an int batch count across ranks and truncates it.
         self.val_losses = nn.ModuleList([torchmetrics.MeanMetric() for _ in self.val_names])
         self.metric_names = list(metrics)
-        self.history: list[dict[str, float]] = []
-        self._last_step_seen = -1
-        # Checkpoints carry the adapter only; the frozen base is rebuilt by `method.apply` on resume.
-        self.strict_loading = False
-        self.model.train()  # transformers loads in eval mode; dropout belongs to training
-
-    # -- training --------------------------------------------------------------------------------
-    def on_train_epoch_start(self) -> None:
-        # transformers returns models in eval mode; dropout must be active while training.
-        self.model.train()
-
-    def forward(self, **batch: Any) -> Any:
-        return self.model(**batch)
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        self.method.on_before_forward(self.model, self.global_step)
-        out = self.model(**batch)
-        task_loss = out.loss
-        reg = self.method.regularization_loss(self.model)
-        loss = task_loss + reg
-        bs = batch["input_ids"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
-        self.log("train/task_loss", task_loss, batch_size=bs)
-        self.log("train/reg_loss", reg, batch_size=bs)
-        return loss
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # Only after a real optimiser step (gradient accumulation calls this every micro-batch);
-        # gradients are still there: Lightning zeroes them at the start of the next step.
-        if self.global_step != self._last_step_seen:
-            self._last_step_seen = self.global_step
-            total = self.trainer.estimated_stepping_batches if self.trainer else None
-            self.method.on_train_step(self.model, self.global_step, int(total) if total else None)
 
     # -- evaluation ------------------------------------------------------------------------------
     @property
@@ -133,22 +94,3 @@ class PeftModule(L.LightningModule):
             # over ranks returns it exactly (and tells Lightning it is a cross-device value).
             self.log(f"val/{k}", v, prog_bar=True, sync_dist=True, reduce_fx="max")
         self.history.append({"epoch": self.current_epoch, "step": self.global_step, **values})
-
-    # -- optimisation ----------------------------------------------------------------------------
-    def configure_optimizers(self):
-        return build_optimizer(self.model, self.method.head_parameters(self.model), self.optim,
-                               self.trainer.estimated_stepping_batches)
-
-    # -- checkpoints -----------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        sd = self.method.adapter_state_dict(self.model)
-        checkpoint["state_dict"] = {f"model.{k}": v for k, v in sd.items()}
-        checkpoint["kasa_history"] = list(self.history)
-        checkpoint["kasa_last_step_seen"] = self._last_step_seen
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.history = list(checkpoint.get("kasa_history", []))
-        self._last_step_seen = checkpoint.get("kasa_last_step_seen", -1)
-        sd = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-        self.method.load_adapter_state_dict(self.model, sd)
-        checkpoint["state_dict"] = {}  # already loaded, through the method's own hook

@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 
 from kasa.data.classification import DatasetError, load_splits
 from kasa.data.glue import TASKS
-from kasa.training.classification import PeftModule, build_metrics
+from kasa.training.classification import ClassificationModule, build_metrics
 from kasa.train import CONF_DIR, run
 
 WORDS = ("the cat dog sat ran on a mat in house big small red blue quickly slowly park tree car road "
@@ -242,7 +242,7 @@ def test_two_dev_sets_are_scored_apart_into_one_history_row(tmp_path):
 
     matched = loader([0, 1, 2, 2], [0, 1, 2, 0])     # 3/4
     mismatched = loader([0, 0, 0], [0, 1, 2])        # 1/3
-    module = PeftModule(_FixedPredictions(), build_method("lora"), 3, ["accuracy"], val_names=["m", "mm"])
+    module = ClassificationModule(_FixedPredictions(), build_method("lora"), 3, ["accuracy"], val_names=["m", "mm"])
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
                         default_root_dir=str(tmp_path))
     logged = trainer.validate(module, dataloaders=[matched, mismatched], verbose=False)

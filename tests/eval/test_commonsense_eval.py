@@ -101,9 +101,49 @@ def test_prompts():
     assert "### Input:\nctx" in cs.build_prompt("Do it.", input="ctx")
     with pytest.raises(ValueError, match="unknown prompt style"):
         cs.build_prompt("x", style="chatml")
-    # The reference decodes prompt + generation and keeps what follows the marker.
-    assert cs.response_from_generation(literal + " the correct answer is answer3") == "the correct answer is answer3"
-    assert cs.response_from_generation("  answer2 ") == "answer2"
+
+
+I16 = " " * 16
+
+
+def test_llm_adapters_templates_byte_for_byte():
+    """finetune.py's and commonsense_evaluate.py's generate_prompt, as their indented f-strings render
+    (checked by executing both upstream functions: docs/protocols_eval.md)."""
+    head = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+    head_in = ("Below is an instruction that describes a task, paired with an input that provides further context. "
+               "Write a response that appropriately completes the request.")
+    assert cs.build_prompt("Q?", style="llm_adapters_train") == (
+        f"{head}  \n\n{I16}### Instruction:\n{I16}Q?\n{I16}\n{I16}### Response:\n{I16}")
+    assert cs.build_prompt("Q?", "ctx", style="llm_adapters_train") == (
+        f"{head_in} \n\n{I16}### Instruction:\n{I16}Q?\n{I16}\n{I16}### Input:\n{I16}ctx\n{I16}\n"
+        f"{I16}### Response:\n{I16}")
+    assert cs.build_prompt("Q?", style="llm_adapters_eval") == (
+        f"{head} \n\n{I16}### Instruction:\n{I16}Q?\n\n{I16}### Response:\n{I16}")
+    assert cs.build_prompt("Q?", "ctx", style="llm_adapters_eval") == (
+        f"{head_in}\n\n{I16}### Instruction:\n{I16}Q?\n\n{I16}### Input:\n{I16}ctx\n\n{I16}### Response:\n{I16}")
+
+
+def test_prompt_pairs_are_consistent_by_default():
+    assert cs.prompt_pair() == ("alpaca", "alpaca")
+    assert cs.prompt_pair("llm_adapters") == ("llm_adapters_train", "llm_adapters_eval")
+    assert cs.prompt_pair("alpaca", "llm_adapters_eval") == ("alpaca", "llm_adapters_eval")  # explicit ablation
+    with pytest.raises(ValueError, match="prompt_style='chatml' is unknown"):
+        cs.prompt_pair("chatml")
+    with pytest.raises(ValueError, match="eval_prompt_style='x' is unknown"):
+        cs.prompt_pair("alpaca", "x")
+
+
+def test_response_segmentation_as_upstream():
+    """The reference decodes prompt + generation and scores split('### Response:')[1]: the text between the
+    prompt's marker and the model's own next marker."""
+    for style in cs.PROMPT_STYLES:
+        prompt = cs.build_prompt("Is it? Answer format: true/false", style=style)
+        decoded = prompt + "the correct answer is true ### Response: the correct answer is false"
+        assert cs.response_from_generation(decoded) == "the correct answer is true"
+        assert cs.extract_answer("boolq", cs.response_from_generation(decoded)) == "true"
+        assert cs.response_from_generation(prompt + " the correct answer is answer3") == "the correct answer is answer3"
+    with pytest.raises(ValueError, match="needs the prompt decoded with the generation"):
+        cs.response_from_generation("the correct answer is true")
 
 
 @pytest.mark.parametrize(
@@ -174,3 +214,33 @@ def test_bigbench_conversion_rejects_malformed_rows():
         cs.bigbench_strategyqa([{"input": "q", "target_scores": {"Maybe": 1, "No": 0}}])
     with pytest.raises(ValueError, match="single correct"):
         cs.bigbench_siqa([{"input": "q", "target_scores": {"a": 1, "b": 1, "c": 0}}])
+
+
+def test_module_decodes_prompt_and_generation_for_upstream_segmentation(tiny_causal_dir):
+    """End to end from token ids: the model writes "the correct answer is true ### Response: ..." and the
+    task scores "true" (LLM-Adapters' split of prompt + generation), whatever it writes after its own marker."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from kasa.benchmarks.commonsense import CommonsenseEvaluator
+    from kasa.training.causal_lm import CausalLMModule, EvalItem, encode_prompt, pad_left
+
+    tok = AutoTokenizer.from_pretrained(tiny_causal_dir)
+    prompts = [cs.build_prompt("Is it? Answer format: true/false", style=s) for s in ("alpaca", "llm_adapters_eval")]
+    written = tok("the correct answer is true ### Response: the correct answer is false",
+                  add_special_tokens=False)["input_ids"]
+
+    class Scripted(torch.nn.Module):
+        def generate(self, input_ids, attention_mask=None, **kw):
+            new = torch.tensor([written] * input_ids.shape[0])
+            return torch.cat([input_ids, new], dim=1)
+
+    evaluator = CommonsenseEvaluator("alpaca")
+    module = SimpleNamespace(model=Scripted(), tokenizer=tok, evaluator=evaluator, _pad_id=tok.eos_token_id,
+                             generation=SimpleNamespace(generate_kwargs=lambda: {}))
+    ids, mask = pad_left([encode_prompt(tok, p) for p in prompts], tok.eos_token_id)
+    texts = CausalLMModule.generate_ids(module, ids, mask)
+    items = [EvalItem(p, {"task": "boolq", "answer": "true"}) for p in prompts]
+    assert evaluator(items, texts, None, None) == {"boolq": 1.0, "average": 1.0}

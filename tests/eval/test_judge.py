@@ -87,21 +87,41 @@ def test_conversation_for_answer_generation():
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("The answer is good. Rating: [[8]]", 8.0),
+        ("The answer is good. Rating: [[8]]", 8),
         ("[[8.5]]", 8.5),
-        ("Rating: [[7]]", 7.0),
-        ("I'd say [6] overall", 6.0),
-        ("Rating: 9", 9.0),
-        ("Rating: [[10]]", 10.0),
-        ("see reference [12]; final: [[4]]", 4.0),   # [[x]] wins over an earlier [x]
-        ("see reference [12], overall [3]", 3.0),     # out-of-range [12] is not a rating
-        ("no score given", None),
-        ("", None),
-        ("Rating: [[0]]", None),
+        ("Rating: [[7]]", 7),
+        ("I'd say [6] overall", 6),
+        ("Rating: [[10]]", 10),
+        ("see reference [12]; final: [[4]]", 4),   # [[x]] wins over an earlier [x]
+        ("See [12]. Rating: [8]", 12),             # FastChat: the first [x], no range filter
+        ("see reference [12], overall [3]", 12),
+        ("Rating: [[0]]", 0),
+        ("Rating: [[8.]]", 8.0),
+        ("Rating: 9", -1),                         # no "Rating: x" fallback in FastChat
+        ("no score given", -1),
+        ("", -1),
+        ("[[ 7 ]]", -1),
+        ("Rating: [[08]]", -1),                    # not a Python literal (FastChat raises); unparsed here
     ],
 )
-def test_parse_score(text, expected):
-    assert J.parse_score(text) == expected
+def test_parse_score_is_fastchats(text, expected):
+    got = J.parse_score(text)
+    assert got == expected and type(got) is type(expected)
+
+
+def test_parse_score_against_fastchat_rule_on_random_texts():
+    """FastChat's rule written out (common.py run_judge_single) against ours on generated judgements."""
+    import ast
+    import random
+    import re
+
+    one, backup = re.compile(r"\[\[(\d+\.?\d*)\]\]"), re.compile(r"\[(\d+\.?\d*)\]")
+    rng = random.Random(0)
+    parts = ["[[7]]", "[12]", "[3.5]", "Rating: 9", "[[10]]", "[x]", "[[", "]]", " text ", "[1]", "[[2.25]]", "\n"]
+    for _ in range(2000):
+        text = "".join(rng.choice(parts) for _ in range(rng.randint(0, 6)))
+        m = re.search(one, text) or re.search(backup, text)
+        assert J.parse_score(text) == (ast.literal_eval(m.groups()[0]) if m else -1), text
 
 
 # ------------------------------------------------------------------ OpenAI-compatible backend
@@ -199,7 +219,7 @@ def test_judge_caches_on_disk_and_reports_identity(tmp_path):
         # Another judge model is another identity: a miss, and an unparsable judgement gives None.
         other = J.Judge(J.OpenAIJudge(model="m2", base_url=srv.url, api_key="k"), cache=cache)
         third = other.grade_answer("Q?", "A.")
-        assert third.score is None and third.judgement == "garbled" and len(srv.requests) == 3
+        assert third.score == -1 and not third.parsed and third.judgement == "garbled" and len(srv.requests) == 3
     summary = J.mtbench_summary(first + [third])
     assert summary["score"] == 7.5 and summary["turn1"] == 6.0 and summary["turn2"] == 9.0
     assert summary["n_unparsed"] == 1 and len(summary["judges"]) == 3
@@ -270,7 +290,7 @@ def test_local_judge_plumbing_with_a_tiny_random_model(tmp_path):
     judge = J.Judge(backend, cache=tmp_path / "c.sqlite")
     j1 = judge.grade_answer("the question", "the answer is good")
     assert isinstance(j1.judgement, str) and j1.judge["backend"] == "local" and j1.judge["model"] == "tiny-llama"
-    assert j1.score is None or 1 <= j1.score <= 10
+    assert j1.score == J.parse_score(j1.judgement)
     j2 = judge.grade_answer("the question", "the answer is good")
     assert j2.cached and j2.judgement == j1.judgement
 
@@ -283,4 +303,65 @@ def test_local_judge_smollm2_grades_an_answer(tmp_path):
                     cache=tmp_path / "c.sqlite")
     j = judge.grade_answer("What is the capital of France?", "The capital of France is Paris.")
     assert len(j.judgement) > 0 and j.judge["model"] == "SmolLM2-135M-Instruct"
-    assert j.score is None or 1 <= j.score <= 10
+    assert j.score == J.parse_score(j.judgement)
+
+
+# ------------------------------------------------------------------ MT-Bench answer decoding
+
+
+class _SamplingModule:
+    """Records the generate keywords per prompt and 'samples' with torch's RNG, like model.generate does."""
+
+    device, current_epoch = "cpu", 0
+
+    def __init__(self):
+        self.calls = []
+
+    def generate_texts(self, prompts, desc=None, **kw):
+        import torch
+
+        self.calls.append((list(prompts), kw))
+        if kw.get("do_sample"):
+            return [f"{p[:12]}|{torch.rand(1).item():.6f}" for p in prompts]
+        return [f"{p[:12]}|greedy" for p in prompts]
+
+
+def test_mtbench_answers_use_fastchat_temperatures_seeded():
+    import torch
+
+    from kasa.benchmarks.instruction import JudgeEvaluator
+
+    assert J.answer_temperature("writing") == 0.7 and J.answer_temperature("humanities") == 0.1
+    assert J.answer_temperature("math") == 0.0 and J.answer_temperature("unlisted") == 0.7  # FastChat's default
+    assert J.answer_generate_kwargs(0.0) == {"do_sample": False}
+    assert J.answer_generate_kwargs(0.7) == {"do_sample": True, "temperature": 0.7}
+    questions = J.load_mtbench_questions()
+    prompts = [q["turns"][0] for q in questions]
+    ev = JudgeEvaluator({"backend": "local"}, {"max_questions": None}, seed=3)
+    m = _SamplingModule()
+    before = torch.random.get_rng_state()
+    first = ev.answer_mtbench(m, questions, prompts, turn=1, max_new_tokens=1024)
+    assert torch.equal(torch.random.get_rng_state(), before)  # training's random stream untouched
+    by_prompt = {p: kw for ps, kw in m.calls for p in ps}
+    for q, p in zip(questions, prompts):
+        t = J.TEMPERATURE_CONFIG[q["category"]]
+        want = {"max_new_tokens": 1024, **({"do_sample": True, "temperature": t} if t > 1e-4 else {"do_sample": False})}
+        assert by_prompt[p] == want, q["category"]
+    assert [kw.get("temperature") for _, kw in m.calls] == [None, 0.1, 0.7]  # one call per temperature
+    sampled = [a for a, q in zip(first, questions) if q["category"] in ("writing", "roleplay", "stem", "humanities")]
+    assert len(sampled) == 40 and all(not a.endswith("greedy") for a in sampled)
+    assert ev.answer_mtbench(_SamplingModule(), questions, prompts, turn=1, max_new_tokens=1024) == first  # rerun
+    other_turn = ev.answer_mtbench(_SamplingModule(), questions, prompts, turn=2, max_new_tokens=1024)
+    assert other_turn != first  # each turn has its own seed
+    greedy = JudgeEvaluator({"backend": "local"}, {"temperatures": "greedy"})
+    assert all(a.endswith("greedy") for a in greedy.answer_mtbench(_SamplingModule(), questions, prompts, turn=1))
+    with pytest.raises(ValueError, match="temperatures='hot' is unknown"):
+        JudgeEvaluator({"backend": "local"}, {"temperatures": "hot"})
+
+
+def test_openai_judge_without_key_fails_before_training():
+    from kasa.benchmarks.instruction import JudgeEvaluator
+
+    with pytest.raises(ValueError, match="needs \\$OPENAI_API_KEY"):
+        JudgeEvaluator({"backend": "openai", "model": "gpt-4"})
+    JudgeEvaluator({"backend": "openai", "base_url": "http://localhost:8000/v1"})  # a keyless local server

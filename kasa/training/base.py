@@ -1,0 +1,84 @@
+"""The LightningModule every method trains with: task loss + the method's regulariser, one loop for all.
+
+:class:`PeftModule` holds the training step, the method's per-step hooks, the optimiser and the adapter-only
+checkpoints; :class:`kasa.training.classification.ClassificationModule` and
+:class:`kasa.training.causal_lm.CausalLMModule` add only their validation. Checkpoints hold only what the
+method trains (``method.adapter_state_dict``) plus the metric history, so a 7B run's checkpoint is megabytes,
+and resuming rebuilds the frozen base deterministically.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from ..methods.base import PeftMethod
+from .optim import OptimConfig, build_optimizer
+
+
+class PeftModule(L.LightningModule):
+    """Trains ``model`` (already prepared by ``method.apply``) with ``method``'s regulariser and hooks.
+
+    Subclasses implement validation and append one row of validation metrics per epoch to ``history``
+    (``{"epoch", "step", metric: value}``), which :func:`kasa.train.run` turns into ``results.json``.
+    """
+
+    def __init__(self, model: nn.Module, method: PeftMethod, optim: OptimConfig | None = None):
+        super().__init__()
+        self.model, self.method = model, method
+        self.optim = optim or OptimConfig()
+        self.history: list[dict[str, float]] = []
+        self._last_step_seen = -1
+        # Checkpoints carry the adapter only; the frozen base is rebuilt by `method.apply` on resume.
+        self.strict_loading = False
+        self.model.train()  # transformers loads in eval mode; dropout belongs to training
+
+    # -- training --------------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        # transformers returns models in eval mode; dropout must be active while training.
+        self.model.train()
+
+    def forward(self, **batch: Any) -> Any:
+        return self.model(**batch)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        self.method.on_before_forward(self.model, self.global_step)
+        out = self.model(**batch)
+        task_loss = out.loss
+        reg = self.method.regularization_loss(self.model)
+        loss = task_loss + reg
+        bs = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/task_loss", task_loss, batch_size=bs)
+        self.log("train/reg_loss", reg, batch_size=bs)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Only after a real optimiser step (gradient accumulation calls this every micro-batch);
+        # gradients are still there: Lightning zeroes them at the start of the next step.
+        if self.global_step != self._last_step_seen:
+            self._last_step_seen = self.global_step
+            total = self.trainer.estimated_stepping_batches if self.trainer else None
+            self.method.on_train_step(self.model, self.global_step, int(total) if total else None)
+
+    # -- optimisation ----------------------------------------------------------------------------
+    def configure_optimizers(self):
+        return build_optimizer(self.model, self.method.head_parameters(self.model), self.optim,
+                               self.trainer.estimated_stepping_batches)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        sd = self.method.adapter_state_dict(self.model)
+        checkpoint["state_dict"] = {f"model.{k}": v for k, v in sd.items()}
+        checkpoint["kasa_history"] = list(self.history)
+        checkpoint["kasa_last_step_seen"] = self._last_step_seen
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = list(checkpoint.get("kasa_history", []))
+        self._last_step_seen = checkpoint.get("kasa_last_step_seen", -1)
+        sd = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+        self.method.load_adapter_state_dict(self.model, sd)
+        checkpoint["state_dict"] = {}  # already loaded, through the method's own hook
