@@ -118,14 +118,15 @@ def test_lm_eval_after_training_and_again_from_the_run(tiny_causal_dir, tmp_path
     assert (d / "eval-commonsense_bigbench-best" / "generations").is_dir()
 
 
-def test_lm_eval_on_a_classifier_or_without_the_extra_fails_before_loading(tiny_bert_dir, tmp_path, monkeypatch):
+def test_lm_eval_on_a_classifier_or_without_the_extra_fails_before_loading(tiny_bert_dir, tiny_causal_dir, tmp_path,
+                                                                          monkeypatch):
     import kasa.harness
 
     with pytest.raises(ConfigError, match="trains a classifier"):
         run(_cfg(tiny_bert_dir, "+benchmark.lm_eval.tasks=[x]"), run_dir=tmp_path / "a")
     monkeypatch.setattr(kasa.harness, "lm_eval_available", lambda: False)
     with pytest.raises(ConfigError, match=r"pip install 'kasa\[lm_eval\]'"):
-        run(_cfg(tiny_bert_dir, "benchmark=commonsense", "benchmark.lm_eval.tasks=[x]"), run_dir=tmp_path / "b")
+        run(_cfg(tiny_causal_dir, "benchmark=commonsense", "benchmark.lm_eval.tasks=[x]"), run_dir=tmp_path / "b")
 
 
 def test_lm_eval_results_go_to_the_wandb_summary(monkeypatch):
