@@ -110,8 +110,8 @@ def _dev_metrics(run, name: str) -> tuple[dict[str, float], dict[str, Any]]:
     if "strategy" in t:
         t["strategy"] = build_strategy(t["strategy"], run.model)
     try:
-        trainer = L.Trainer(logger=False, enable_checkpointing=False, default_root_dir=str(run.run_dir / f"eval-{name}"),
-                            **t)
+        trainer = L.Trainer(logger=False, enable_checkpointing=False,
+                            default_root_dir=str(run.run_dir / f"eval-{name}"), **t)
     except ValueError as exc:
         raise ConfigError(f"trainer: {' '.join(str(exc).split())}") from None
     module = run.bundle.module

@@ -69,7 +69,8 @@ def run_lm_eval(model: Any, tokenizer: Any, tasks: Sequence[str], *, method: Any
         manager = _task_manager(TaskManager, tasks, include_path)
         unknown = [t for t in tasks if t not in manager.all_tasks]
         if unknown:
-            raise LmEvalError(f"lm_eval task(s) {unknown} are unknown (add your own with include_path / --lm-eval-include)")
+            raise LmEvalError(f"lm_eval task(s) {unknown} are unknown (add your own with include_path or "
+                              "--lm-eval-include)")
         out = simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit, task_manager=manager,
                               log_samples=False, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                               fewshot_random_seed=seed)
@@ -112,7 +113,8 @@ def lm_eval_settings(cfg: DictConfig) -> dict[str, Any] | None:
     if not tasks:
         return None
     if cfg.benchmark.get("family") == "classification":
-        raise LmEvalError("benchmark.lm_eval.tasks: lm-evaluation-harness scores causal LMs; this run trains a classifier")
+        raise LmEvalError("benchmark.lm_eval.tasks: lm-evaluation-harness scores causal LMs; this run trains a "
+                          "classifier")
     require_lm_eval()
     return {"tasks": tasks, "num_fewshot": node.get("num_fewshot"), "limit": node.get("limit"),
             "batch_size": int(node.get("batch_size") or 8), "include_path": node.get("include_path")}

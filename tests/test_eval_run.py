@@ -46,7 +46,8 @@ def test_overrides_score_elsewhere(bert_run):
     assert same["metrics"] == res["metrics"]["best"]
     other = evaluate_run(bert_run, ["dataset.source_args.val_fraction=0.4"], name="bigger-dev")
     assert set(other["metrics"]) == set(res["metrics"]["best"])
-    assert (bert_run / "eval-bigger-dev.json").exists() and other["overrides"] == ["dataset.source_args.val_fraction=0.4"]
+    assert (bert_run / "eval-bigger-dev.json").exists()
+    assert other["overrides"] == ["dataset.source_args.val_fraction=0.4"]
 
 
 @pytest.mark.parametrize("override,says", [("method.r=8", "belongs to the run's method and model"),
@@ -92,7 +93,8 @@ def _task_dir(tmp: Path) -> Path:
     (d / "kasa_tiny.yaml").write_text(
         "task: kasa_tiny\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
         f"    test: {d / 'data.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
-        "doc_to_text: \"Question: {{question}}\\nAnswer:\"\ndoc_to_choice: \"{{choices}}\"\ndoc_to_target: \"{{answer}}\"\n"
+        "doc_to_text: \"Question: {{question}}\\nAnswer:\"\n"
+        "doc_to_choice: \"{{choices}}\"\ndoc_to_target: \"{{answer}}\"\n"
         "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\nmetadata:\n  version: 1.0\n")
     return d
 

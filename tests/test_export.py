@@ -141,9 +141,10 @@ def matrix(tmp_path_factory):
     (root / "loader.py").write_text(LOADER)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.run([sys.executable, str(root / "loader.py"), str(root / "cases.json"), str(root / "inputs.safetensors"),
-                           str(root / "out.safetensors"), str(root / "report.json")], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=600)
+    args = [root / "loader.py", root / "cases.json", root / "inputs.safetensors", root / "out.safetensors",
+            root / "report.json"]
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = load_file(root / "out.safetensors")
     report = json.loads((root / "report.json").read_text())

@@ -39,7 +39,7 @@ KASA_KWARGS = {"lora": dict(r=4, alpha=8), "dora": dict(r=4, alpha=8, dropout=0.
 
 
 def _peft_adapter(name: str, model_name: str, folder, prune: bool = False):
-    """A PEFT model with random non-zero adapter (and head) values, saved by PEFT; returns (base, its logits, targets)."""
+    """A PEFT model with random non-zero adapter (and head) values, saved by PEFT: (base, its logits, targets)."""
     from peft import get_peft_model
 
     torch.manual_seed(0)

@@ -38,7 +38,8 @@ def _cfg(model_dir: Path, *overrides: str, benchmark: str | None = None):
 
 def _inputs(vocab: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(5)
-    return {"input_ids": torch.randint(5, vocab, (2, 9), generator=g), "attention_mask": torch.ones(2, 9, dtype=torch.long)}
+    return {"input_ids": torch.randint(5, vocab, (2, 9), generator=g),
+            "attention_mask": torch.ones(2, 9, dtype=torch.long)}
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,8 @@ def test_cli_refuses_a_format_before_loading_anything(tmp_path, monkeypatch, cap
     import kasa.models
 
     (tmp_path / "run").mkdir()
-    cfg = {"method": {"name": "dora", "r": 4}, "model": {"name_or_path": "nowhere"}, "benchmark": {"family": "classification"}}
+    cfg = {"method": {"name": "dora", "r": 4}, "model": {"name_or_path": "nowhere"},
+           "benchmark": {"family": "classification"}}
     (tmp_path / "run" / "results.json").write_text(json.dumps({"config": cfg}))
     monkeypatch.setattr(kasa.models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     assert main([str(tmp_path / "run"), "--format", "lora", "--out", str(tmp_path / "o")]) == 2

@@ -5,18 +5,18 @@ module path in the adapted model plus the tensor (``model.state_dict()`` / ``met
 ``bert.encoder.layer.0.attention.self.query.lora_A``. PEFT's ``adapter_model.safetensors`` (PEFT 0.21, adapter
 name ``default`` removed, as ``PeftModel.save_pretrained`` writes it) names the same tensor
 
-=====================  ============================  ================================================================
-kasa tensor            PEFT tensor                   methods
-=====================  ============================  ================================================================
-``<m>.lora_A``         ``<P><m>.lora_A.weight``      lora, dora, kasa, pissa (PEFT keeps A, B in ``nn.Linear``\\ s)
-``<m>.lora_B``         ``<P><m>.lora_B.weight``      lora, dora, kasa, pissa
-``<m>.lora_magnitude`` ``<P><m>.lora_magnitude_vector``  dora
-``<m>.lora_diag``      ``<P><m>.lora_diag``          kasa (``LoraConfig(kasa_config=KasaConfig(beta, gamma))``)
-``<m>.lora_{A,B,E}``   ``<P><m>.lora_{A,B,E}``       adalora (plain parameters in PEFT)
-``<m>.vera_lambda_b``  ``<P><m>.vera_lambda_b``      vera (and ``_d``)
-``vera_A`` / ``vera_B``  ``base_model.vera_A`` / ``_B``  vera: the shared projections, once
-``<head>.<param>``     ``<P><head>.<param>``         every method: the task head, listed in ``modules_to_save``
-=====================  ============================  ================================================================
+=========================  ================================  =======================================================
+kasa tensor                PEFT tensor                       methods
+=========================  ================================  =======================================================
+``<m>.lora_A``             ``<P><m>.lora_A.weight``          lora, dora, kasa, pissa (``nn.Linear`` weights in PEFT)
+``<m>.lora_B``             ``<P><m>.lora_B.weight``          lora, dora, kasa, pissa
+``<m>.lora_magnitude``     ``<P><m>.lora_magnitude_vector``  dora
+``<m>.lora_diag``          ``<P><m>.lora_diag``              kasa (``LoraConfig(kasa_config=KasaConfig(...))``)
+``<m>.lora_{A,B,E}``       ``<P><m>.lora_{A,B,E}``           adalora (plain parameters in PEFT)
+``<m>.vera_lambda_{b,d}``  ``<P><m>.vera_lambda_{b,d}``      vera
+``vera_A``, ``vera_B``     ``base_model.vera_A``, ``_B``     vera: the shared projections, stored once
+``<head>.<param>``         ``<P><head>.<param>``             every method: the task head (``modules_to_save``)
+=========================  ================================  =======================================================
 
 with ``<P>`` = ``base_model.model.`` (:data:`PEFT_PREFIX`; the dict form is :data:`PEFT_NAMES`). kasa's own
 buffers that PEFT does not save (KaSA's removed triplets, the residual methods' initial factors, AdaLoRA's
