@@ -121,6 +121,30 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"unknown benchmark family '{fam}'; known: {sorted(BENCHMARKS)}")
     if fam == "classification" and cfg.dataset.source not in SOURCES:
         raise ConfigError(f"unknown dataset source '{cfg.dataset.source}'; known: {sorted(SOURCES)}")
+    precision = str((cfg.get("trainer") or {}).get("precision", ""))
+    if precision in ("bf16-true", "16-true") and cfg.method.get("autocast_adapter_dtype", True) \
+            and REGISTRY[cfg.method.name].wraps_targets:
+        # Lightning's *-true precisions cast the whole module after apply: the float32 adapters with it
+        raise ConfigError(f"trainer.precision={precision} casts the float32 adapter parameters to half precision; "
+                          "load the model in half precision (model.dtype=bfloat16) with trainer.precision=32-true, "
+                          "use bf16-mixed, or set method.autocast_adapter_dtype=false")
+    check_optim(cfg.benchmark.get("optim"), fam)
+
+
+def check_optim(optim_cfg: Any, family: str | None = None) -> None:
+    """``benchmark.optim`` builds an :class:`~kasa.training.optim.OptimConfig` (known keys, allowed values)."""
+    from .training.optim import OptimConfig
+
+    values = OmegaConf.to_container(optim_cfg, resolve=True) if isinstance(optim_cfg, DictConfig) else optim_cfg
+    try:
+        o = OptimConfig(**(values or {}))
+    except TypeError as exc:  # an unknown key
+        raise ConfigError(f"benchmark.optim: {exc}".replace("OptimConfig.__init__() ", "")) from None
+    except ValueError as exc:
+        raise ConfigError(f"benchmark.{exc}") from None
+    if o.label_smoothing and family == "classification":
+        raise ConfigError(f"benchmark.optim.label_smoothing={o.label_smoothing}: only the causal-LM benchmarks "
+                          "(e2e, commonsense, instruction) use it; set 0.0")
 
 
 def _strategy_name(spec: Any) -> str:
@@ -276,8 +300,11 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | No
     resume = _resume_path("last" if auto else cfg.get("resume"), ckpt_dir)
     try:
         trainer.fit(module, datamodule=bundle.datamodule, ckpt_path=resume)
-        results = summarise(cfg, module, d.monitor, b.get("selection", "best"), run_dir, t0,
-                            params={"trainable": trainable, "total": total, "adapter": adapter_params},
+        params = {"trainable": trainable, "total": total, "adapter": adapter_params}
+        final = method.final_parameter_count(model)  # AdaLoRA: the final budget, the count papers report
+        if final is not None:
+            params["adapter_final"] = final
+        results = summarise(cfg, module, d.monitor, b.get("selection", "best"), run_dir, t0, params=params,
                             split_sizes=bundle.split_sizes,
                             resumed_from=resume, config_hash=key,
                             # family extras: generation settings, metric backend, judge identity

@@ -56,6 +56,11 @@ def _check_results(sweep_dir: Path, method: str) -> None:
         assert all(math.isfinite(v) for v in metrics.values()), (method, which, metrics)
     params = res["params"]
     assert params["total"] >= params["trainable"] >= params["adapter"] > 0, (method, params)
+    # AdaLoRA also reports its final budget (init_r 12 -> target_r 8: 2/3 of the initial count); no other method
+    if method == "adalora":
+        assert params["adapter_final"] * 3 == params["adapter"] * 2, params
+    else:
+        assert "adapter_final" not in params, (method, params)
 
 
 def _run_and_check(tiny_bert_dir: Path, tmp_path: Path, methods: list[str]) -> None:

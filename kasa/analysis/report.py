@@ -313,11 +313,14 @@ class Table:
         sel = {"best": "the best validation epoch", "last": "the last epoch"}
         read = " and ".join(sel.get(s, s) for s in sorted(self.selections)) or "?"
         mixed = " (MIXED across runs)" if len(self.selections) > 1 else ""
+        sara = (" sara: rank rule unverified (arXiv 2408.03290 not reachable; see kasa/methods/sara.py)."
+                if any(r.split()[0].lower() == "sara" for r in self.rows + self.paper_only_rows) else "")
         return (f"{self.title}. Cell: median over seeds, then mean ± std (n seeds); the paper's number and "
                 f"our − paper difference beside it; {MISSING}: missing. Metric read at {read}{mixed} "
                 f"(results.json metrics.selection). {self.n_runs} run(s)."
                 + "".join(f" NOT COMPARABLE with the official scorer: {m} in {n} run(s) (results.json "
-                          f"evaluation.not_comparable)." for m, n in sorted(self.not_comparable.items())))
+                          f"evaluation.not_comparable)." for m, n in sorted(self.not_comparable.items()))
+                + sara)
 
 
 def _stats(values: list[float]) -> tuple[float, float, float]:

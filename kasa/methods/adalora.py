@@ -49,9 +49,10 @@ class AdaLoraLayer(AdapterLayer):
         self.scaling = alpha if alpha > 0 else float(r)
         self.ranknum = float(r)
         w = base_layer.weight
-        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, dtype=w.dtype, device=w.device))
-        self.lora_E = nn.Parameter(torch.empty(r, 1, dtype=w.dtype, device=w.device))
-        self.lora_B = nn.Parameter(torch.empty(self.out_features, r, dtype=w.dtype, device=w.device))
+        kw = dict(dtype=self.adapter_dtype, device=w.device)
+        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, **kw))
+        self.lora_E = nn.Parameter(torch.empty(r, 1, **kw))
+        self.lora_B = nn.Parameter(torch.empty(self.out_features, r, **kw))
         self.register_buffer("lora_mask", torch.ones(r, dtype=torch.bool, device=w.device))
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.reset_parameters()
@@ -248,3 +249,16 @@ class AdaLora(PeftMethod):
     def ranks(self, model: nn.Module) -> dict[str, int]:
         """Current rank of every adapted layer (for logging)."""
         return {n: m.rank for n, m in self.layers(model).items()}
+
+    def final_parameter_count(self, model: nn.Module) -> int:
+        """Trainable parameters at the final budget (``target_r`` triplets per layer on average), the count
+        AdaLoRA's paper and the tables citing it report; :meth:`trainable_parameter_count` is the initial
+        ``init_r`` one. A triplet of an (out x in) layer costs ``in + out + 1``. Once the masks hold the final
+        budget (after ``T - tfinal`` steps) they give each layer's rank; before, every layer counts ``target_r``."""
+        layers = self.layers(model)
+        _, target_bgt = self.budgets(model)
+        # meta tensors (kasa.params) hold no mask values: the budget's count
+        at_final = (not any(m.lora_mask.is_meta for m in layers.values())
+                    and sum(m.rank for m in layers.values()) == target_bgt)
+        return sum((m.rank if at_final else self.config.target_r) * (m.in_features + m.out_features + 1)
+                   for m in layers.values())

@@ -28,9 +28,14 @@ Variants (registry name: paper; what differs):
   output ``H`` of each transformer block (``placement=block``, :class:`BlockAdapterLayer`; the LoRA paper's
   GPT-2 baseline describes it as "after the MLP module and after a LayerNorm"). ``placement=ffn`` puts it
   on the dropped FFN output instead, inside the residual sum, as Adapter-P.
-- ``adapter_d``: Rücklé et al. 2021, "AdapterDrop". Pfeiffer- (default) or Houlsby-style adapters,
-  removed from the lowest ``drop_layers`` layers (default 5: the paper's setting that keeps task
-  performance while speeding up a 12-layer model).
+- ``adapter_d``: Rücklé et al. 2021, "AdapterDrop". Pfeiffer- (default) or Houlsby-style adapters.
+  ``drop_mode=static`` (default; the paper's "specialised" AdapterDrop): no adapters in the lowest
+  ``drop_layers`` blocks (default 5: the paper's setting that keeps task performance while speeding up a
+  12-layer model). ``drop_mode=random`` (the paper's "robust" AdapterDrop, AdapterHub's
+  ``Adapter_Drop_Training`` notebook): adapters in every block; each training step skips those of the
+  lowest ``n`` blocks, ``n ~ Uniform{0, ..., max_drop}`` (``None``: blocks - 2, the notebook's
+  ``randint(0, 11)`` on 12 layers), drawn reproducibly from ``(seed, step)``; outside training the lowest
+  ``eval_drop_layers`` (default 0) are skipped.
 
 Initialisation: ``adapter_h`` follows adapter-bert's ``feedforward_adapter`` (``init_scale=1e-3``: both
 projections truncated-normal with std 1e-3 cut at 2 std, biases zero: near, not exactly, the identity);
@@ -53,8 +58,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import (AdapterLayer, MethodConfig, MethodError, PeftMethod, is_linear_like, layer_shape, match_target,
-                   model_type, register)
+from .base import (AdapterLayer, MethodConfig, MethodError, PeftMethod, add_cast, is_linear_like, layer_shape,
+                   match_target, model_type, register, step_randint)
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "swish": F.silu, "silu": F.silu, "tanh": torch.tanh}
 
@@ -130,6 +135,11 @@ class BottleneckAdapterLayer(AdapterLayer):
     the projection, moved in here (identity when the architecture has none)."""
 
     mergeable = False
+    # AdapterDrop's random form skips an adapter for one training step (train_skip) or outside training
+    # (eval_skip); the block's own computation still runs
+    train_skip: bool = False
+    eval_skip: bool = False
+    block_index: int | None = None
 
     def __init__(self, base_layer: nn.Module, bottleneck: int, activation: str = "relu",
                  layer_norm: bool = False, name: str = "", init_scale: float | None = None,
@@ -139,8 +149,7 @@ class BottleneckAdapterLayer(AdapterLayer):
         if bottleneck < 1:
             raise MethodError(f"adapter bottleneck={bottleneck} must be at least 1 (layer '{name}')")
         d = self.out_features
-        w = self._like()
-        kw = {"device": w.device, "dtype": w.dtype}
+        kw = {"device": self._like().device, "dtype": self.adapter_dtype}
         self.bottleneck = bottleneck
         self.activation = activation
         self.adapter_norm = nn.LayerNorm(d, **kw) if layer_norm else None
@@ -161,8 +170,12 @@ class BottleneckAdapterLayer(AdapterLayer):
             h = self.adapter_norm(h)
         return self.adapter_up(ACTIVATIONS[self.activation](self.adapter_down(h)))
 
+    def skipped(self) -> bool:
+        """Whether this forward bypasses the adapter (disabled, or dropped by AdapterDrop)."""
+        return self.disabled or (self.train_skip if self.training else self.eval_skip)
+
     def _like(self) -> torch.Tensor:
-        """A base tensor whose device and dtype the adapter takes."""
+        """A base tensor whose device the adapter takes (its dtype: :attr:`adapter_dtype`)."""
         return self.weight
 
     def _projected(self, x: torch.Tensor) -> torch.Tensor:
@@ -174,9 +187,9 @@ class BottleneckAdapterLayer(AdapterLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self._projected(x)
-        if self.disabled:
+        if self.skipped():
             return y
-        return y + self.adapter(y).to(y.dtype)
+        return add_cast(y, self.adapter(y))
 
     def extra_repr(self) -> str:
         return f"bottleneck={self.bottleneck}, activation={self.activation}, own_norm={self.adapter_norm is not None}"
@@ -211,9 +224,9 @@ class OutputBlockAdapterLayer(BottleneckAdapterLayer):
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
         b = self.base_layer
         h = b.dropout(b.dense(hidden_states))
-        if self.disabled:
+        if self.skipped():
             return b.LayerNorm(h + input_tensor)
-        a = h + self.adapter(b.LayerNorm(h + input_tensor)).to(h.dtype)
+        a = add_cast(h, self.adapter(b.LayerNorm(h + input_tensor)))
         return b.LayerNorm(a + input_tensor)
 
 
@@ -245,10 +258,10 @@ class BlockAdapterLayer(BottleneckAdapterLayer):
 
     def forward(self, *args, **kwargs):
         out = self.base_layer(*args, **kwargs)
-        if self.disabled:
+        if self.skipped():
             return out
         h = out[0] if isinstance(out, tuple) else out
-        h = h + self.adapter(h).to(h.dtype)
+        h = add_cast(h, self.adapter(h))
         return (h, *out[1:]) if isinstance(out, tuple) else h
 
 
@@ -296,7 +309,11 @@ class AdapterDropConfig(AdapterConfig):
     activation: str = "relu"
     style: str = "pfeiffer"  # pfeiffer (FFN output only) | houlsby (attention and FFN outputs)
     original_ln: bool = True  # pfeiffer style: AdapterHub's LayerNorm arrangement (as adapter_p)
-    drop_layers: int = 5  # no adapter in blocks 0 .. drop_layers-1
+    drop_mode: str = "static"  # static: no adapters in the lowest drop_layers | random: drop per training step
+    drop_layers: int = 5  # static: no adapter in blocks 0 .. drop_layers-1
+    max_drop: int | None = None  # random: n ~ U{0..max_drop} lowest blocks skipped per step; None: blocks - 2
+    eval_drop_layers: int = 0  # random: blocks 0 .. eval_drop_layers-1 skipped outside training
+    seed: int = 0  # random: seeds the per-step draws
 
 
 class BottleneckAdapters(PeftMethod):
@@ -474,18 +491,22 @@ class AdapterLin(BottleneckAdapters):
 
 @register("adapter_d")
 class AdapterDrop(BottleneckAdapters):
-    """Rücklé et al. 2021: Pfeiffer/Houlsby adapters with none in the lowest ``drop_layers`` blocks."""
+    """Rücklé et al. 2021: Pfeiffer/Houlsby adapters dropped from the lowest blocks (static or random per step)."""
 
     config_cls = AdapterDropConfig
     STYLES: ClassVar[dict[str, tuple[str, ...]]] = {"pfeiffer": ("ffn",), "houlsby": ("attn", "ffn")}
+    DROP_MODES: ClassVar[tuple[str, ...]] = ("static", "random")
 
     def validate(self) -> None:
         super().validate()
         c = self.config
         if c.style not in self.STYLES:
             raise MethodError(f"adapter_d style='{c.style}' is unknown; choose one of {sorted(self.STYLES)}")
-        if c.drop_layers < 0:
-            raise MethodError(f"adapter_d drop_layers={c.drop_layers} must be >= 0")
+        if c.drop_mode not in self.DROP_MODES:
+            raise MethodError(f"adapter_d drop_mode='{c.drop_mode}' is unknown; choose one of {list(self.DROP_MODES)}")
+        for key in ("drop_layers", "eval_drop_layers") + (("max_drop",) if c.max_drop is not None else ()):
+            if getattr(c, key) < 0:
+                raise MethodError(f"adapter_d {key}={getattr(c, key)} must be >= 0")
 
     def placement(self) -> tuple[str, ...]:
         return self.STYLES[self.config.style]
@@ -493,8 +514,48 @@ class AdapterDrop(BottleneckAdapters):
     def keep_layer(self, module_name: str) -> bool:
         idx = layer_index(module_name)
         if idx is None:
-            raise MethodError(f"adapter_d cannot tell the block index of '{module_name}' to apply drop_layers")
-        return idx >= self.config.drop_layers
+            raise MethodError(f"adapter_d cannot tell the block index of '{module_name}' to drop adapters by depth")
+        return self.config.drop_mode == "random" or idx >= self.config.drop_layers
 
     def _drop_note(self) -> str:
         return f"drop_layers={self.config.drop_layers}"
+
+    def wrap(self, name: str, module: nn.Module) -> BottleneckAdapterLayer:
+        layer = super().wrap(name, module)
+        layer.block_index = layer_index(name)
+        return layer
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        super().apply(model)
+        c = self.config
+        if c.drop_mode == "random":
+            blocks = self.num_blocks(model)
+            if c.max_drop is not None and c.max_drop >= blocks:
+                raise MethodError(f"adapter_d max_drop={c.max_drop} would drop every adapter of a {blocks}-block "
+                                  f"model; it must be < {blocks}")
+            for layer in self._drop_layers(model):
+                layer.eval_skip = layer.block_index < c.eval_drop_layers
+        return model
+
+    def _drop_layers(self, model: nn.Module) -> list[BottleneckAdapterLayer]:
+        return [m for m in self.adapter_layers(model) if isinstance(m, BottleneckAdapterLayer)]
+
+    def num_blocks(self, model: nn.Module) -> int:
+        """Blocks holding adapters (the highest block index + 1)."""
+        return 1 + max(m.block_index for m in self._drop_layers(model))
+
+    def largest_drop(self, model: nn.Module) -> int:
+        """The largest number of lowest blocks one training step skips (random mode)."""
+        c = self.config
+        return c.max_drop if c.max_drop is not None else max(0, self.num_blocks(model) - 2)
+
+    def sample_drop(self, step: int, max_drop: int) -> int:
+        """``n`` of training step ``step``: uniform on ``0..max_drop``, a pure function of ``(seed, step)``."""
+        return step_randint(self.config.seed, step, 0, max_drop)
+
+    def on_before_forward(self, model: nn.Module, step: int) -> None:
+        if self.config.drop_mode != "random":
+            return
+        n = self.sample_drop(step, self.largest_drop(model))
+        for layer in self._drop_layers(model):
+            layer.train_skip = layer.block_index < n

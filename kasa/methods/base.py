@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator
@@ -170,12 +171,38 @@ def preset_heads(model: nn.Module) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------------
+# dtype of adapter parameters on half-precision bases (HF PEFT's ``autocast_adapter_dtype=True``)
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+_AUTOCAST_ADAPTER_DTYPE = True
+
+
+@contextmanager
+def adapter_dtype_policy(autocast: bool) -> Iterator[None]:
+    """Inside, layers built on a float16/bfloat16 base keep their parameters in float32 (``autocast=True``)
+    or in the base's dtype (``False``). :meth:`PeftMethod.apply` enters it with the config's
+    ``autocast_adapter_dtype``; layers built outside it get float32 (the default, as HF PEFT)."""
+    global _AUTOCAST_ADAPTER_DTYPE
+    prev, _AUTOCAST_ADAPTER_DTYPE = _AUTOCAST_ADAPTER_DTYPE, bool(autocast)
+    try:
+        yield
+    finally:
+        _AUTOCAST_ADAPTER_DTYPE = prev
+
+
+def adapter_dtype(base_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of adapter parameters on a base of ``base_dtype``: float32 for a half-precision base
+    (AdamW's small updates of a bfloat16 ``dsigma`` round to nothing), unless the policy keeps the base dtype."""
+    return torch.float32 if (_AUTOCAST_ADAPTER_DTYPE and base_dtype in HALF_DTYPES) else base_dtype
+
+
 class AdapterLayer(nn.Module):
     """A wrapped linear layer: ``y = base_layer(x) + delta(x)``, with merge/unmerge of ``delta_weight()``.
 
-    Subclasses create their parameters in ``__init__`` (names listed in ``adapter_names`` are what
-    :meth:`PeftMethod.adapter_state_dict` saves besides trainable parameters) and implement
-    :meth:`delta` and, when mergeable, :meth:`delta_weight` (out x in, in float32 or the layer dtype).
+    Subclasses create their parameters in ``__init__``, in :attr:`adapter_dtype` (float32 on a half-precision
+    base, see :func:`adapter_dtype`), and implement :meth:`delta` (casting its input to the adapter dtype) and,
+    when mergeable, :meth:`delta_weight` (out x in, float32). The delta is added to the base output in the
+    wider of the two dtypes and the sum cast once to the base output's dtype; merging adds ``delta_weight`` to
+    the weight in float32 and casts once (as HF PEFT).
     """
 
     mergeable: ClassVar[bool] = True
@@ -187,6 +214,9 @@ class AdapterLayer(nn.Module):
         self.out_features, self.in_features = shape or layer_shape(base_layer)
         self.merged = False
         self.disabled = False
+        w = getattr(base_layer, "weight", None)
+        like = w if isinstance(w, torch.Tensor) else next(base_layer.parameters(), None)
+        self.adapter_dtype = adapter_dtype(like.dtype if like is not None else torch.get_default_dtype())
 
     @property
     def weight(self) -> torch.Tensor:  # lets code that reads `.weight` of a target keep working
@@ -206,7 +236,7 @@ class AdapterLayer(nn.Module):
         y = self.base_layer(x)
         if self.merged or self.disabled:
             return y
-        return y + self.delta(x).to(y.dtype)
+        return add_cast(y, self.delta(x))
 
     @torch.no_grad()
     def merge(self, safe: bool = False) -> None:
@@ -230,12 +260,39 @@ class AdapterLayer(nn.Module):
         self.merged = False
 
 
+def warn_half_base_parameters(method_name: str, model: nn.Module) -> None:
+    """Warn when a method that trains the base's own parameters (FFT, BitFit) trains float16/bfloat16 ones.
+
+    They stay in the base's dtype (they ARE the model; casting them would change its layers' dtypes), so
+    updates below half precision's resolution round away; load the model in float32 and train with
+    ``trainer.precision=bf16-mixed`` (float32 master weights) instead.
+    """
+    half = sorted({str(p.dtype) for p in model.parameters() if p.requires_grad and p.dtype in HALF_DTYPES})
+    if half:
+        warnings.warn(f"{method_name} trains the base model's own {'/'.join(half)} parameters in that dtype: "
+                      "small optimiser updates round away; load the model in float32 (model.dtype=null) and "
+                      "use trainer.precision=bf16-mixed for float32 master weights", stacklevel=3)
+
+
+def add_cast(y: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``y + delta`` computed in the wider dtype (a float32 adapter output on a bfloat16 base output), cast once
+    to ``y``'s dtype, as HF PEFT's LoRA forward."""
+    return (y + delta).to(y.dtype)
+
+
 @dataclass
 class MethodConfig:
-    """Hyper-parameters every method shares; subclasses add their own fields."""
+    """Hyper-parameters every method shares; subclasses add their own fields.
+
+    ``autocast_adapter_dtype`` (HF PEFT's name and default): on a float16/bfloat16 base, the method's own
+    parameters are float32, inputs are cast to float32 inside the adapter and merges are computed in float32
+    and cast once into the half-precision weight; ``False`` keeps them in the base's dtype. Methods that train
+    the base's own parameters (FFT, BitFit) and the task head (``modules_to_save``) keep the base dtype.
+    """
 
     target_modules: list[str] | str | None = None  # None: the architecture's preset
     modules_to_save: list[str] | None = None  # None: the task head preset (classifier/score/...)
+    autocast_adapter_dtype: bool = True  # half-precision base: adapter parameters in float32 (False: base dtype)
     init_from: str | None = None  # a PEFT adapter folder to start from (see check_init_from)
 
 
@@ -306,7 +363,8 @@ class PeftMethod:
                         "it wraps nn.Linear and Conv1D layers"
                     )
             # Every weight read (SVDs in before_wrap and in the layers' init) and residual write happens in here.
-            with gathered([w for n in names for w in self.target_weights(model.get_submodule(n))]):
+            with gathered([w for n in names for w in self.target_weights(model.get_submodule(n))]), \
+                    adapter_dtype_policy(self.config.autocast_adapter_dtype):
                 self.before_wrap(model, names)
                 for n in names:
                     parent_name, _, child = n.rpartition(".")
@@ -436,6 +494,11 @@ class PeftMethod:
         head_params = set() if include_heads else {id(p) for p in self.head_parameters(model)}
         return sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in head_params)
 
+    def final_parameter_count(self, model: nn.Module) -> int | None:
+        """Trainable parameters at the end of training where the method changes them (AdaLoRA's final budget,
+        the count papers report); ``None`` (every other method): :meth:`trainable_parameter_count` holds."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"
 
@@ -497,6 +560,14 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+def step_randint(seed: int, step: int, low: int, high: int) -> int:
+    """An integer uniform on ``low..high`` (inclusive) for training step ``step``: a pure function of
+    ``(seed, step)`` (a generator seeded with ``seed * 1_000_003 + step``), so reruns and resumed runs draw
+    the same values whatever happened before (DyLoRA's rank, AdapterDrop's dropped blocks)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + int(step))
+    return int(torch.randint(low, high + 1, (1,), generator=g))
+
+
 def lora_scaling(alpha: float, r: int, use_rslora: bool) -> float:
     return alpha / math.sqrt(r) if use_rslora else alpha / r
 
@@ -525,5 +596,6 @@ __all__ = [
     "REGISTRY", "TARGET_PRESETS", "AdapterLayer", "MethodConfig", "LoraConfigBase", "MethodError",
     "PeftMethod", "build_method", "register", "count_parameters", "get_weight", "set_weight",
     "layer_shape", "match_target", "lora_scaling", "check_rank", "field", "count_only", "is_count_only",
-    "gathered", "PEFT_IMPORTABLE", "check_init_from",
+    "gathered", "adapter_dtype", "adapter_dtype_policy", "add_cast", "HALF_DTYPES", "step_randint",
+    "PEFT_IMPORTABLE", "check_init_from",
 ]

@@ -6,6 +6,9 @@ parameters, the size the paper and the LoRA/KaSA tables report). ``target_module
 them to the biases of matching modules (the paper's sub-variant that trains only the query and the
 second-MLP biases is ``target_modules=["query", "intermediate.dense"]``-style). Nothing is wrapped.
 
+On a float16/bfloat16 base the biases train in that dtype (they are the base's own parameters, so
+``autocast_adapter_dtype`` does not apply) and a warning says so; see :func:`~kasa.methods.base.warn_half_base_parameters`.
+
 Merge is a no-op by design: the trained biases ARE the model's parameters, so there is nothing to fold
 and a BitFit model needs no merge for latency-free inference (like FFT).
 """
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .base import MethodConfig, MethodError, PeftMethod, match_target, register
+from .base import MethodConfig, MethodError, PeftMethod, match_target, register, warn_half_base_parameters
 
 
 @dataclass
@@ -54,6 +57,7 @@ class BitFit(PeftMethod):
         for p in model.parameters():
             p.requires_grad_(False)
         self.mark_trainable(model, names)
+        warn_half_base_parameters("bitfit", model)
         return model
 
     def mark_trainable(self, model: nn.Module, names: list[str] | None = None) -> None:

@@ -249,4 +249,4 @@ class Corda(ResidualLoraMethod):
         out_f, in_f = get_weight(module).shape
         check_rank(name, c.r, out_f, in_f)
         A, B = self._init_factors[name]
-        return ResidualLoraLayer(module, c.r, c.alpha, c.dropout, c.use_rslora, A, B, name=name)
+        return ResidualLoraLayer(module, c.r, self.alpha, c.dropout, c.use_rslora, A, B, name=name)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LoraConfigBase, MethodError, PeftMethod, get_weight, register, set_weight
+from .base import LoraConfigBase, MethodError, PeftMethod, add_cast, get_weight, register, set_weight
 from .lora import LoraLayer
 
 
@@ -31,9 +31,9 @@ class DoraLayer(LoraLayer):
     def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float = 0.0,
                  use_rslora: bool = False, name: str = ""):
         super().__init__(base_layer, r, alpha, dropout, use_rslora, name=name)
-        with torch.no_grad():
-            norm = self.weight_norm(get_weight(base_layer), self.lora_weight())
-        self.lora_magnitude = nn.Parameter(norm.to(base_layer.weight.dtype))
+        with torch.no_grad():  # in float32 whatever the base dtype, stored in the adapter dtype
+            norm = self.weight_norm(get_weight(base_layer).float(), self.lora_weight().float())
+        self.lora_magnitude = nn.Parameter(norm.to(self.adapter_dtype))
         # Norm of the unmerged weight, kept while merged: the merged weight alone cannot give it back.
         self._merged_norm: torch.Tensor | None = None
 
@@ -46,14 +46,17 @@ class DoraLayer(LoraLayer):
         return torch.linalg.norm(weight + self.scaling * lora_weight, dim=1).to(weight.dtype)
 
     def _dora_delta(self, x: torch.Tensor, base_out: torch.Tensor | None) -> torch.Tensor:
-        """What DoRA adds to the base output; ``base_out`` is ``W x`` without bias when it can be reused."""
+        """What DoRA adds to the base output; ``base_out`` is ``W x`` without bias when it can be reused.
+
+        Computed in the adapter dtype (float32 on a half-precision base: the weight is cast up, as HF PEFT)."""
+        x = x.to(self.lora_A.dtype)
         weight = get_weight(self.base_layer).to(x.dtype)
-        lora_w = self.lora_weight().to(x.dtype)
+        lora_w = self.lora_weight()
         norm = self.weight_norm(weight, lora_w.detach()).detach()  # DoRA sec. 4.3: no gradient through the norm
         factor = self.lora_magnitude / norm
         dropout_active = self.training and not isinstance(self.lora_dropout, nn.Identity)
         x_in = self.lora_dropout(x) if dropout_active else x
-        lora_out = F.linear(F.linear(x_in.to(self.lora_A.dtype), self.lora_A), self.lora_B).to(x.dtype)
+        lora_out = F.linear(F.linear(x_in, self.lora_A), self.lora_B)
         if base_out is None or dropout_active:  # an active dropout changes the input of W too
             base_out = F.linear(x_in, weight)
         return (factor - 1) * base_out + factor * lora_out * self.scaling
@@ -67,7 +70,7 @@ class DoraLayer(LoraLayer):
             return y
         bias = self.bias
         base_out = y - bias if bias is not None else y
-        return y + self._dora_delta(x, base_out).to(y.dtype)
+        return add_cast(y, self._dora_delta(x, base_out))
 
     def _factor_and_update(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(m / ||W + s B A||, s B A)`` in float32 from the UNMERGED weight."""

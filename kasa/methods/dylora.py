@@ -8,9 +8,10 @@ for merging) the rank is ``eval_rank`` (default ``r``) with scaling ``alpha / ev
 The draw is reproducible and resumable: step ``t`` uses a ``torch.Generator`` seeded with
 ``seed * 1_000_003 + t``, so the same (seed, step) always gives the same ``b`` whatever happened before.
 
-``frozen_lower`` selects the paper's "frozen" variant: only row ``b`` of ``A`` and column ``b`` of ``B``
-receive gradients, the lower ranks enter the forward as constants. The default (``False``) updates all of
-the first ``b`` rows/columns; the paper describes both, and which one a run used is in its config.
+``frozen_lower`` (default ``True``, as the reference code trains: its nested-dropout module's
+``set_rank(b, frozen=True)`` detaches the lower ranks): only row ``b`` of ``A`` and column ``b`` of ``B``
+receive gradients, the lower ranks enter the forward as constants. ``False`` updates all of the first ``b``
+rows/columns (the paper's other variant). Which one a run used is in its config.
 Init as LoRA: ``A`` Kaiming-uniform (a = sqrt 5), ``B`` zero.
 """
 
@@ -23,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LoraConfigBase, MethodError, PeftMethod, register
+from .base import LoraConfigBase, MethodError, PeftMethod, register, step_randint
 from .lora import LoraLayer
 
 
 class DyLoraLayer(LoraLayer):
     def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float = 0.0,
-                 use_rslora: bool = False, eval_rank: int | None = None, frozen_lower: bool = False,
+                 use_rslora: bool = False, eval_rank: int | None = None, frozen_lower: bool = True,
                  name: str = ""):
         super().__init__(base_layer, r, alpha, dropout, use_rslora, name=name)
         self.alpha = alpha
@@ -70,7 +71,7 @@ class DyLoraLayer(LoraLayer):
 class DyLoraConfig(LoraConfigBase):
     eval_rank: int | None = None  # rank used outside training and for merging; None: r
     seed: int = 0  # seeds the per-step rank draws
-    frozen_lower: bool = False  # the paper's "frozen" variant: only the b-th row/column is updated
+    frozen_lower: bool = True  # the reference code's "frozen" training: only the b-th row/column is updated
 
 
 @register("dylora")
@@ -90,8 +91,7 @@ class Dylora(PeftMethod):
 
     def sample_rank(self, step: int) -> int:
         """The rank ``b`` of training step ``step`` (a pure function of ``(seed, step)``)."""
-        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + int(step))
-        return int(torch.randint(1, self.config.r + 1, (1,), generator=g))
+        return step_randint(self.config.seed, step, 1, self.config.r)
 
     def on_before_forward(self, model: nn.Module, step: int) -> None:
         self.set_rank(model, self.sample_rank(step))

@@ -1,10 +1,13 @@
-"""Full fine-tuning behind the method interface: every parameter trains, nothing is wrapped."""
+"""Full fine-tuning behind the method interface: every parameter trains, nothing is wrapped.
+
+The parameters keep the model's dtype (``autocast_adapter_dtype`` has nothing to cast); on a float16/bfloat16
+model a warning recommends float32 weights with ``trainer.precision=bf16-mixed``."""
 
 from __future__ import annotations
 
 from torch import nn
 
-from .base import MethodConfig, PeftMethod, register
+from .base import MethodConfig, PeftMethod, register, warn_half_base_parameters
 
 
 @register("fft")
@@ -15,6 +18,7 @@ class FullFineTuning(PeftMethod):
     def mark_trainable(self, model: nn.Module) -> None:
         for p in model.parameters():
             p.requires_grad_(True)
+        warn_half_base_parameters("fft", model)
 
     def merge(self, model: nn.Module, safe: bool = False) -> nn.Module:
         return model  # nothing to fold: the weights are the model

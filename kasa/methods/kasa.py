@@ -130,7 +130,7 @@ class KasaLayer(LoraLayer):
         super().__init__(base_layer, r, alpha, dropout, use_rslora, name=name)
         w = base_layer.weight
         if singular_values == "learnable":
-            self.lora_diag = nn.Parameter(torch.randn(r, dtype=w.dtype, device=w.device))
+            self.lora_diag = nn.Parameter(torch.randn(r, dtype=self.adapter_dtype, device=w.device))
         else:
             self.lora_diag = None
         t = truncation_rank

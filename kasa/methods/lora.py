@@ -25,9 +25,9 @@ class LoraLayer(AdapterLayer):
         check_rank(name or type(base_layer).__name__, r, self.out_features, self.in_features)
         self.r = r
         self.scaling = lora_scaling(alpha, r, use_rslora)
-        w = base_layer.weight
-        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, dtype=w.dtype, device=w.device))
-        self.lora_B = nn.Parameter(torch.empty(self.out_features, r, dtype=w.dtype, device=w.device))
+        kw = dict(dtype=self.adapter_dtype, device=base_layer.weight.device)
+        self.lora_A = nn.Parameter(torch.empty(r, self.in_features, **kw))
+        self.lora_B = nn.Parameter(torch.empty(self.out_features, r, **kw))
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.reset_parameters()
 

@@ -4,6 +4,9 @@ Same construction as PiSSA (:mod:`kasa.methods.pissa`) with the smallest singula
 largest: ``A = sqrt(S_min / scaling) V_min^T``, ``B = U_min sqrt(S_min / scaling)``, base replaced by the
 residual ``W - scaling * B A`` (the principal part), so the model's output is unchanged at init. The minor
 triplets need the full SVD (randomized SVD only approximates the top of the spectrum).
+
+``alpha`` defaults to ``r`` (scaling 1), as the authors' ``svd_init.py`` builds its LoRA config
+(``lora_alpha = svd_rank`` for both of its hyper-parameter sets); pass a number for another scaling.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from .pissa import SvdInitConfig, SvdInitMethod
 
 @dataclass
 class MiloraConfig(SvdInitConfig):
-    alpha: float = 16.0  # MiLoRA keeps LoRA's alpha = 2 r
-    dropout: float = 0.05  # the paper's setting (as DoRA's commonsense setup)
+    alpha: float | None = None  # None: alpha = r, at every rank (the authors' svd_init.py sets lora_alpha = rank)
+    dropout: float = 0.05  # the authors' LLM-Adapters setting (svd_init.py; QLoRA setting: 0.1)
 
 
 @register("milora")

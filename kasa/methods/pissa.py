@@ -107,8 +107,13 @@ class ResidualLoraMethod(PeftMethod):
             raise MethodError(f"{self.name}: {e}") from None
 
     @property
+    def alpha(self) -> float:
+        """``config.alpha``, or ``r`` where the config leaves it ``None`` (MiLoRA's authors set alpha = r)."""
+        return float(self.config.alpha) if self.config.alpha is not None else float(self.config.r)
+
+    @property
     def scaling(self) -> float:
-        return lora_scaling(self.config.alpha, self.config.r, self.config.use_rslora)
+        return lora_scaling(self.alpha, self.config.r, self.config.use_rslora)
 
     def initial_triplets(self, name: str, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(U, S, Vh)`` with ``U``: out x r, ``S``: r, ``Vh``: r x in; the adapter starts as their product."""
@@ -120,7 +125,7 @@ class ResidualLoraMethod(PeftMethod):
         check_rank(name, c.r, out_f, in_f)  # before the SVD: a clear error, not a shape mismatch later
         U, S, Vh = self.initial_triplets(name, module)
         A, B = factors_from_triplets(U, S, Vh, self.scaling)
-        return ResidualLoraLayer(module, c.r, c.alpha, c.dropout, c.use_rslora, A, B, name=name)
+        return ResidualLoraLayer(module, c.r, self.alpha, c.dropout, c.use_rslora, A, B, name=name)
 
     def before_load(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
         for lname, layer in model.named_modules():

@@ -1,8 +1,11 @@
 """SARA (Gu et al., 2024, arXiv 2408.03290): a per-layer rank read off the pretrained weight's spectrum.
 
-Rank rule (the paper's section on SARA: "the number of singular values accounting for a certain
-proportion of the total sum"; the arXiv text itself was not reachable from here, so the rule is written
-out exactly as implemented). For a frozen (out x in) weight ``W = U diag(s) V^T``, ``s`` descending,
+**Rank rule unverified**: no primary text of arXiv 2408.03290 (nor the authors' code) was reachable here,
+so the rule below and the ``threshold=0.5`` default come from secondary descriptions ("the number of
+singular values accounting for a certain proportion of the total sum") and are written out exactly as
+implemented; ``python -m kasa.params`` and ``kasa-report`` repeat this note wherever SARA's numbers appear.
+
+Rank rule, for a frozen (out x in) weight ``W = U diag(s) V^T``, ``s`` descending,
 ``k_max = min(out, in)``:
 
     k = min{ k >= 1 : sum_{i <= k} e_i >= threshold * sum_{i <= k_max} e_i },   e_i = s_i   (``energy="sum"``)
@@ -58,14 +61,14 @@ class SaraLayer(AdapterLayer):
         k = sara_rank(S, threshold, energy, min_rank, max_rank)
         self.r = k
         self.train_vectors = train_vectors
-        B, A = U[:, :k].to(w.dtype), Vh[:k].to(w.dtype)
+        B, A = U[:, :k].to(self.adapter_dtype), Vh[:k].to(self.adapter_dtype)
         if train_vectors:
             self.lora_B = nn.Parameter(B.contiguous())
             self.lora_A = nn.Parameter(A.contiguous())
         else:
             self.register_buffer("lora_B", B.contiguous())
             self.register_buffer("lora_A", A.contiguous())
-        self.lora_diag = nn.Parameter(torch.zeros(k, dtype=w.dtype, device=w.device))
+        self.lora_diag = nn.Parameter(torch.zeros(k, dtype=self.adapter_dtype, device=w.device))
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:

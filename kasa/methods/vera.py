@@ -60,8 +60,9 @@ class VeraLayer(AdapterLayer):
         self.r = r
         self.vera_projections = projections
         w = base_layer.weight
-        self.vera_lambda_b = nn.Parameter(torch.zeros(self.out_features, dtype=w.dtype, device=w.device))
-        self.vera_lambda_d = nn.Parameter(torch.full((r,), float(d_initial), dtype=w.dtype, device=w.device))
+        kw = dict(dtype=self.adapter_dtype, device=w.device)
+        self.vera_lambda_b = nn.Parameter(torch.zeros(self.out_features, **kw))
+        self.vera_lambda_d = nn.Parameter(torch.full((r,), float(d_initial), **kw))
         self.vera_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def _sliced(self) -> tuple[torch.Tensor, torch.Tensor]:

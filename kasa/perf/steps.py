@@ -166,7 +166,9 @@ def bench_lightning(p: Profile, r: int) -> dict[str, float]:
         trainer = L.Trainer(max_steps=p.lightning_steps + 1, accelerator="gpu" if p.device == "cuda" else "cpu",
                             devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                             enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-                            callbacks=[Timer()], precision="bf16-true" if p.dtype == torch.bfloat16 else "32-true")
+                            # 32-true keeps the model as built (a bf16 base, float32 adapters, as kasa-train runs it);
+                            # bf16-true would cast the adapters down, for this loop and the bare one after it
+                            callbacks=[Timer()], precision="32-true")
         with contextlib.redirect_stdout(None):
             trainer.fit(module, train_dataloaders=loader)
         del times["lightning"][n0]

@@ -47,7 +47,7 @@ class PeftModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         self.method.on_before_forward(self.model, self.global_step)
         out = self.model(**batch)
-        task_loss = out.loss
+        task_loss = self.task_loss(out, batch)
         reg = self.method.regularization_loss(self.model)
         loss = task_loss + reg
         bs = batch["input_ids"].shape[0]
@@ -55,6 +55,10 @@ class PeftModule(L.LightningModule):
         self.log("train/task_loss", task_loss, batch_size=bs)
         self.log("train/reg_loss", reg, batch_size=bs)
         return loss
+
+    def task_loss(self, out: Any, batch: dict) -> torch.Tensor:
+        """The training loss of one batch before the method's regulariser (the model's own loss here)."""
+        return out.loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Only after a real optimiser step (gradient accumulation calls this every micro-batch);

@@ -221,6 +221,18 @@ class CausalLMModule(PeftModule):
         self.results_extra: dict[str, Any] = {"generation": asdict(self.generation)}
         self._generations: dict[int, str] = {}
 
+    # -- training --------------------------------------------------------------------------------
+    def task_loss(self, out: Any, batch: dict) -> torch.Tensor:
+        """Next-token cross-entropy, mean over the labelled tokens of the batch; with ``optim.label_smoothing``
+        eps it is ``(1 - eps) * nll + eps * mean over the vocabulary of -log p`` (microsoft/LoRA's E2E loss)."""
+        eps = self.optim.label_smoothing
+        if not eps:
+            return out.loss
+        logits = out.logits[:, :-1].float()
+        labels = batch["labels"][:, 1:].to(logits.device)
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                           ignore_index=IGNORE_INDEX, label_smoothing=eps)
+
     # -- generation ------------------------------------------------------------------------------
     @property
     def _pad_id(self) -> int:

@@ -143,3 +143,18 @@ def test_budget_schedule_is_cubic():
     assert method.budget_schedule(10, 100, init_bgt, target_bgt) == (120, False)
     assert method.budget_schedule(50, 100, init_bgt, target_bgt)[0] == int(40 * (1 - 40 / 70) ** 3 + 80)
     assert method.budget_schedule(81, 100, init_bgt, target_bgt) == (80, True)
+
+
+def test_final_parameter_count_is_the_final_budget():
+    model = fresh("llama")  # q_proj 32x32 and k_proj 16x32: a triplet costs 65 or 49 parameters
+    method = build_method("adalora", init_r=6, target_r=2, target_modules=["q_proj", "k_proj"], modules_to_save=[])
+    method.apply(model)
+    layers = method.layers(model)
+    cost = {n: m.in_features + m.out_features + 1 for n, m in layers.items()}
+    assert sorted(set(cost.values())) == [49, 65]
+    assert method.trainable_parameter_count(model) == 6 * sum(cost.values())  # what trains, at init_r
+    assert method.final_parameter_count(model) == 2 * sum(cost.values())  # the final budget papers count
+    # once the masks hold the final budget (8 triplets), each layer's own rank counts: all of it on q_proj here
+    method.mask_with_pattern(model, {n: [True] * 4 + [False] * 2 if n.endswith("q_proj") else [False] * 6
+                                     for n in layers})
+    assert method.final_parameter_count(model) == 2 * 4 * 65

@@ -287,3 +287,74 @@ def test_pfeiffer_on_pre_ln_blocks_is_adapterhubs_arrangement(arch):
             torch.testing.assert_close(out, h + layer.adapter_up(torch.relu(layer.adapter_down(h))))
     _, plain, _ = _adapted(arch, "adapter_p", bottleneck=4, original_ln=False)
     assert all(n.endswith(("mlp.c_proj", "mlp.down_proj")) for n in _adapter_names(plain))
+
+
+def _four_block_bert():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=48,
+                     num_labels=3, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0)
+    return BertForSequenceClassification(cfg).eval()
+
+
+def test_adapter_drop_random_form_skips_a_random_number_of_lowest_blocks_per_step():
+    model = _four_block_bert()
+    reference = copy.deepcopy(model)
+    method = build_method("adapter_d", drop_mode="random", bottleneck=4, seed=3)
+    method.apply(model)
+    layers = {m.block_index: m for m in model.modules() if isinstance(m, BottleneckAdapterLayer)}
+    assert sorted(layers) == [0, 1, 2, 3]  # random form: adapters in every block (what is trained and counted)
+    for layer in layers.values():
+        _randomise(layer)
+    # n ~ U{0..blocks-2}: AdapterHub's notebook draws randint(0, 11) (0..10) for 12 layers; reproducible per step
+    assert method.largest_drop(model) == 2
+    draws = [method.sample_drop(t, 2) for t in range(300)]
+    assert draws == [build_method("adapter_d", drop_mode="random", seed=3).sample_drop(t, 2) for t in range(300)]
+    assert (torch.bincount(torch.tensor(draws), minlength=3) > 70).all()
+    x = tiny_inputs()
+    model.train()
+    for step in range(12):
+        method.on_before_forward(model, step)
+        n = method.sample_drop(step, 2)
+        assert [layers[i].skipped() for i in range(4)] == [i < n for i in range(4)]
+        # the step's output is the model whose n lowest adapters are switched off
+        with torch.no_grad():
+            got = model_output(model, x)
+            for i in range(4):
+                layers[i].train_skip, layers[i].disabled = False, i < n
+            want = model_output(model, x)
+            for i in range(4):
+                layers[i].train_skip, layers[i].disabled = i < n, False
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    # a skipped adapter gets no gradient in its step
+    step = next(t for t in range(100) if method.sample_drop(t, 2) == 2)
+    method.on_before_forward(model, step)
+    model_output(model, x).sum().backward()
+    assert [layers[i].adapter_up.weight.grad is None for i in range(4)] == [True, True, False, False]
+    # outside training no adapter is skipped, whatever the last step drew
+    model.eval()
+    assert not any(m.skipped() for m in layers.values())
+    with torch.no_grad():
+        assert not torch.allclose(model_output(model, x), model_output(reference, x))
+
+
+def test_adapter_drop_random_form_eval_drop_and_errors():
+    model = _four_block_bert()
+    method = build_method("adapter_d", drop_mode="random", bottleneck=4, eval_drop_layers=1, max_drop=3)
+    method.apply(model.eval())
+    assert method.largest_drop(model) == 3
+    skipped = {m.block_index: m.skipped() for m in model.modules() if isinstance(m, BottleneckAdapterLayer)}
+    assert skipped == {0: True, 1: False, 2: False, 3: False}
+    with pytest.raises(MethodError, match="max_drop=4 would drop every adapter"):
+        build_method("adapter_d", drop_mode="random", bottleneck=4, max_drop=4).apply(_four_block_bert())
+    with pytest.raises(MethodError, match="drop_mode='sometimes'"):
+        build_method("adapter_d", drop_mode="sometimes")
+    with pytest.raises(MethodError, match="eval_drop_layers=-1"):
+        build_method("adapter_d", eval_drop_layers=-1)
+    # the static form (the default) is unchanged: no adapters at all in the lowest drop_layers blocks
+    static = build_method("adapter_d", bottleneck=4, drop_layers=2)
+    m2 = _four_block_bert()
+    static.apply(m2)
+    assert sorted(m.block_index for m in m2.modules() if isinstance(m, BottleneckAdapterLayer)) == [2, 3]

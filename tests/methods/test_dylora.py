@@ -76,6 +76,27 @@ def test_rank_draws_reproducible_and_uniform():
     assert counts[0] == 0 and (counts[1:] > 60).all()
 
 
+def _grad_rows_cols(frozen_lower: bool | None, b: int) -> tuple[list[int], list[int]]:
+    """Which rows of A / columns of B get a gradient in a training forward at rank ``b``."""
+    kw = {} if frozen_lower is None else {"frozen_lower": frozen_lower}
+    model = _no_dropout(fresh("bert"))
+    method = build_method("dylora", r=R, alpha=ALPHA, target_modules=["query", "value"], **kw)
+    method.apply(model)
+    perturb_adapters(model, scale=0.5)
+    model.train()
+    method.set_rank(model, b)
+    model_output(model, tiny_inputs()).sum().backward()
+    layer = next(m for m in model.modules() if isinstance(m, DyLoraLayer))
+    return ((layer.lora_A.grad.abs().sum(1) > 0).nonzero().view(-1).tolist(),
+            (layer.lora_B.grad.abs().sum(0) > 0).nonzero().view(-1).tolist())
+
+
+def test_lower_ranks_frozen_by_default_as_the_reference_code():
+    assert build_method("dylora").config.frozen_lower is True
+    assert _grad_rows_cols(None, 3) == ([2], [2])  # default: only the b-th component learns
+    assert _grad_rows_cols(False, 3) == ([0, 1, 2], [0, 1, 2])  # the switch: all of the first b
+
+
 def test_eval_rank_and_frozen_lower():
     model = _no_dropout(fresh("bert"))
     method = build_method("dylora", r=R, alpha=ALPHA, eval_rank=3, frozen_lower=True,

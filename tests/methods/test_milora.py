@@ -84,3 +84,15 @@ def test_errors():  # the yaml == dataclass check for every method: tests/test_c
     a, _ = fresh_pair("bert")
     with pytest.raises(MethodError, match="r=32"):
         build_method("milora", r=32, target_modules=["query"]).apply(a)
+
+
+def test_alpha_follows_r_by_default_as_the_authors_code():
+    from kasa.methods.base import AdapterLayer
+
+    for r in (4, 8):
+        method = build_method("milora", r=r, target_modules=TARGETS["bert"])
+        assert method.config.alpha is None and method.alpha == r and method.scaling == 1.0
+        model = TINY_MODELS["bert"]()
+        method.apply(model)
+        assert {m.scaling for m in model.modules() if isinstance(m, AdapterLayer)} == {1.0}
+    assert build_method("milora", r=4, alpha=16.0).scaling == 4.0  # an explicit alpha still wins
