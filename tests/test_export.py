@@ -261,3 +261,32 @@ def test_params_command_states_every_methods_export_formats(capsys):
     main(["--models", "roberta-base"])
     out = capsys.readouterr().out
     assert "  kasa: peft lora merged" in out and "  dora: peft merged" in out and "  adapter_h: none" in out
+
+
+@pytest.mark.parametrize("name", ["lora", "kasa"])
+def test_half_precision_base_exports_float32_adapters_that_peft_loads(name, tmp_path):
+    """On a bfloat16 base kasa trains float32 adapters (as PEFT's autocast_adapter_dtype): the export keeps them
+    float32, so PEFT's model computes what kasa's does."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    base = TINY_MODELS["llama"]().to(torch.bfloat16)
+    base.save_pretrained(tmp_path / "base")
+    model = copy.deepcopy(base)
+    method = build_method(name, **KWARGS[name])
+    method.apply(model)
+    _train(method, model)
+    x = tiny_inputs()
+    with torch.no_grad():
+        want = model_output(model, x).float()
+    for fmt in ("peft", "lora"):
+        export_model(model, method, fmt, tmp_path / fmt, base_model=str(tmp_path / "base"))
+        tensors = load_file(tmp_path / fmt / "adapter_model.safetensors")
+        assert {v.dtype for v in tensors.values()} == {torch.float32}
+        loaded = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / fmt).eval()
+        with torch.no_grad():
+            diff = (model_output(loaded, x).float() - want).abs().max().item()
+        # LoRA: the same computation (below one bfloat16 step); KaSA: its truncated base is rounded to bfloat16
+        # (kasa's, PEFT's, or W + the float32 LoRA of the removed part): a bfloat16 step of these ~0.4 logits is 2e-3
+        assert diff <= (1e-3 if name == "lora" else 4e-3), f"{fmt}: {diff}"

@@ -274,7 +274,7 @@ def lora_factors(method: PeftMethod, model: nn.Module) -> dict[str, tuple[torch.
                 B = m.vera_lambda_b.float()[:, None] * pb.float()
             else:  # pragma: no cover
                 raise MethodError(f"--format lora is not implemented for {name}")
-            dtype = m.base_layer.weight.dtype
+            dtype = m.adapter_dtype  # float32 on a half-precision base, as kasa trains it and PEFT loads it
             out[n] = (A.to(dtype), B.to(dtype))
     return out
 
