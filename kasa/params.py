@@ -213,6 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{i}] {note}")
     if skipped:
         print(f"not registered (skipped): {' '.join(skipped)}")
+    from .methods.export import formats
+
+    print("\nExport formats (kasa-export --format; peft: HF PEFT folder, lora: exact plain LoRA, merged: model):")
+    print("\n".join(f"  {m}: {' '.join(formats(m)) or 'none (kasa.runs_io.load_run)'}" for m in methods))
     return 0 if ok else 1
 
 

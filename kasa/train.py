@@ -295,6 +295,7 @@ def _fit(cfg: DictConfig, run_dir: Path, key: str, start: Any, callbacks: list |
     from .training.runs import AtomicCheckpointIO
 
     method = method_from_config(cfg.method)  # hyper-parameter errors before loading
+    lm_eval_cb = _lm_eval_callback(cfg)  # benchmark.lm_eval.tasks: needs the extra, checked before loading
     L.seed_everything(cfg.seed, verbose=False)
 
     d, b = cfg.dataset, cfg.benchmark
@@ -304,6 +305,10 @@ def _fit(cfg: DictConfig, run_dir: Path, key: str, start: Any, callbacks: list |
         method.apply(model, calibration=bundle.calibration_batches())  # CorDA: input covariances
     else:
         method.apply(model)
+    if method.config.init_from:  # an adapter trained elsewhere, in PEFT's folder format
+        from .methods.export import load_peft_adapter
+
+        load_peft_adapter(method, model, method.config.init_from)
     trainable, total = count_parameters(model)
     adapter_params = method.trainable_parameter_count(model)
 
@@ -321,6 +326,8 @@ def _fit(cfg: DictConfig, run_dir: Path, key: str, start: Any, callbacks: list |
         from .analysis.spectra import SpectraCallback
 
         callbacks.append(SpectraCallback(run_dir / "spectra", every_n_epochs=int(analysis.get("every_n_epochs", 1))))
+    if lm_eval_cb is not None:
+        callbacks.append(lm_eval_cb)
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
     try:
         if "strategy" in t:
@@ -365,6 +372,15 @@ def _fit(cfg: DictConfig, run_dir: Path, key: str, start: Any, callbacks: list |
           f"of {total:,}")
     print(f"[kasa] results: {run_dir / 'results.json'}\n[kasa] logs: {run_dir / 'logs'}")
     return results
+
+
+def _lm_eval_callback(cfg: DictConfig):
+    from .harness import LmEvalError, lm_eval_callback
+
+    try:
+        return lm_eval_callback(cfg)
+    except LmEvalError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _wandb_loggers(trainer) -> list:

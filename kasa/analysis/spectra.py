@@ -349,35 +349,11 @@ class SpectraCallback(_Callback):
 
 
 def load_run_model(run_dir: str | Path, checkpoint: str = "last") -> tuple[nn.Module, Any]:
-    """Rebuild a finished run's model from its ``results.json`` config and adapter checkpoint.
+    """Rebuild a run's model from its folder: ``(model, method)``, the method applied (KaSA: the base truncated as
+    in training, rebuilt with ``keep_removed=true`` so :func:`weight_spectra` gives W's spectrum exactly; methods
+    that calibrate from the statistics or factors saved with the adapter) and the trained adapter of the ``last``
+    or ``best`` checkpoint loaded (:func:`kasa.runs_io.load_run`)."""
+    from ..runs_io import load_run
 
-    Returns ``(model, method)`` with the method applied and the trained adapter loaded. KaSA is rebuilt with
-    ``keep_removed=true`` whatever the run used (the removed factors, re-derived from the same base, let
-    :func:`weight_spectra` give W's spectrum exactly); methods that calibrate (KaSA's activation-aware
-    truncation, CorDA) are rebuilt from the statistics or factors saved with the adapter, without calibration
-    data. ``checkpoint``: ``last`` or ``best``.
-    """
-    from omegaconf import OmegaConf
-
-    from ..benchmarks import BENCHMARKS
-    from ..methods import method_from_config
-
-    run_dir = Path(run_dir)
-    res = json.loads((run_dir / "results.json").read_text())
-    cfg = OmegaConf.create(res["config"])
-    mcfg = cfg.method
-    if "keep_removed" in mcfg:
-        mcfg = OmegaConf.merge(mcfg, {"keep_removed": True})
-    method = method_from_config(mcfg)
-    bundle = BENCHMARKS[cfg.benchmark.family](cfg, method)
-    ckpts = sorted((run_dir / "checkpoints").glob("last.ckpt" if checkpoint == "last" else "best-*.ckpt"))
-    if not ckpts:
-        raise FileNotFoundError(f"no {checkpoint} checkpoint in {run_dir / 'checkpoints'}")
-    state = torch.load(ckpts[-1], map_location="cpu", weights_only=True)["state_dict"]
-    sd = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-    if getattr(method, "needs_calibration", False):
-        method.apply(bundle.model, adapter_state_dict=sd)
-    else:
-        method.apply(bundle.model)
-        method.load_adapter_state_dict(bundle.model, sd)
-    return bundle.model.eval(), method
+    run = load_run(run_dir, checkpoint, keep_removed=True)  # W's spectrum exactly, from re-derived removed factors
+    return run.model, run.method

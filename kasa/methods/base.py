@@ -293,6 +293,7 @@ class MethodConfig:
     target_modules: list[str] | str | None = None  # None: the architecture's preset
     modules_to_save: list[str] | None = None  # None: the task head preset (classifier/score/...)
     autocast_adapter_dtype: bool = True  # half-precision base: adapter parameters in float32 (False: base dtype)
+    init_from: str | None = None  # a PEFT adapter folder to start from (see check_init_from)
 
 
 @dataclass
@@ -314,6 +315,7 @@ class PeftMethod:
     def __init__(self, config: MethodConfig):
         self.config = config
         self.validate()
+        check_init_from(self)
 
     # -- hooks for subclasses ---------------------------------------------------------------------
     def validate(self) -> None:
@@ -502,6 +504,30 @@ class PeftMethod:
 
 
 # ----------------------------------------------------------------------------------------------------
+# init_from: start from a PEFT adapter trained elsewhere
+# Methods whose adapters HF PEFT also has (the same tensors on the same layers).
+PEFT_IMPORTABLE = ("lora", "dora", "kasa", "pissa", "adalora", "vera")
+
+
+def check_init_from(method: "PeftMethod") -> None:
+    """``config.init_from``: a PEFT adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``) for a
+    method PEFT shares; checked from the value alone, before any model loads. The training loop loads it after
+    ``apply`` with :func:`kasa.methods.export.load_peft_adapter` (call that yourself in your own loop)."""
+    path = getattr(method.config, "init_from", None)
+    if path is None:
+        return
+    if method.name not in PEFT_IMPORTABLE:
+        raise MethodError(f"{method.name} init_from={path!r}: only the methods PEFT shares start from a PEFT adapter "
+                          f"({' '.join(PEFT_IMPORTABLE)})")
+    from pathlib import Path
+
+    folder = Path(str(path)).expanduser()
+    for f in ("adapter_config.json", "adapter_model.safetensors"):
+        if not (folder / f).is_file():
+            raise MethodError(f"{method.name} init_from={path!r}: no {f} there (expected a PEFT adapter folder)")
+
+
+# ----------------------------------------------------------------------------------------------------
 # count-only mode: the parameter table (`python -m kasa.params`) applies methods to meta-device models
 _COUNT_ONLY = False
 
@@ -571,4 +597,5 @@ __all__ = [
     "PeftMethod", "build_method", "register", "count_parameters", "get_weight", "set_weight",
     "layer_shape", "match_target", "lora_scaling", "check_rank", "field", "count_only", "is_count_only",
     "gathered", "adapter_dtype", "adapter_dtype_policy", "add_cast", "HALF_DTYPES", "step_randint",
+    "PEFT_IMPORTABLE", "check_init_from",
 ]
