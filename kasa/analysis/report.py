@@ -12,8 +12,16 @@ that table's model (a MiniLM run of ``experiment=glue_roberta_base`` goes to ``g
 Missing cells read ``—``. Which epoch a value comes from (best validation epoch or last) is read from each
 results.json's ``metrics.selection`` / ``metrics.reported`` and stated in the caption.
 
-    kasa-report multirun/ outputs/ --out reports/          # report.md, report.tex, report.csv
+Statistics (:mod:`kasa.analysis.stats` says how each is computed): under each table, the per-seed values with
+their mean, 95% t interval, SD and the minimum detectable our − paper difference (MDE, unpaired: our seeds
+against the paper's one run); then every row's paired difference against ``--baseline`` (default ``lora``)
+over the seeds both ran: mean, paired t and percentile-bootstrap 95% intervals, paired t-test and Wilcoxon
+p, paired MDE, and McNemar's test on the runs' saved dev-set predictions (``predictions/epoch<N>.jsonl``;
+commonsense: ``generations/epoch<N>.jsonl``) pooled over those seeds.
+
+    kasa-report multirun/ outputs/ --out reports/          # report.md, report.tex, report.csv, report_paired.csv
     kasa-report sweeps/glue --format md                    # Markdown to stdout
+    kasa-report sweeps/ --out reports/ --plots --baseline lora   # + reports/plots/*.png|pdf (kasa.analysis.plots)
     kasa-report --wandb my-entity/kasa                     # W&B runs (needs the network and an API key)
 """
 
