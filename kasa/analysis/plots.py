@@ -33,8 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .report import FRACTION_METRICS, Record, Table, _get, _row_of, _scale
-from .stats import summarise
+from .stats import FRACTION_METRICS, summarise
+from .stats import in_table_units as _scale
+
+# Inputs are kasa.analysis.report's Record (one per run and seed) and Table objects; not imported here, as
+# report imports this module for --plots.
+Record = Any
+Table = Any
 
 # results.json "memory" keys read as the counted memory of a run, in this order (bytes).
 MEMORY_KEYS = ("counted_bytes", "peak_bytes", "cuda_peak_bytes")
@@ -110,10 +115,10 @@ def learning_curves(recs: list[Record]) -> list[CurvePanel]:
             pts = [(float(h["epoch"]), _scale(metric, float(h[key]))) for h in r.history
                    if isinstance(h.get(key), (int, float)) and "epoch" in h]
             if pts:
-                val.setdefault(_row_of(r), {})[r.seed] = ([p[0] for p in pts], [p[1] for p in pts])
+                val.setdefault(r.row, {})[r.seed] = ([p[0] for p in pts], [p[1] for p in pts])
             tl = _train_loss(r)
             if tl:
-                loss.setdefault(_row_of(r), {})[r.seed] = tl
+                loss.setdefault(r.row, {})[r.seed] = tl
         pct = metric in FRACTION_METRICS
         if val:
             panels.append(CurvePanel(table, task, f"validation {metric}" + (" (%)" if pct else ""), "epoch",
@@ -186,7 +191,7 @@ def tradeoffs(recs: list[Record]) -> list[TradeoffPanel]:
         y_label = f"{metric}" + (" (%)" if pct else "")
         by_row: dict[str, list[Record]] = {}
         for r in rs:
-            by_row.setdefault(_row_of(r), []).append(r)
+            by_row.setdefault(r.row, []).append(r)
         for name, fn in COSTS:
             pts = []
             for row, rr in sorted(by_row.items()):
@@ -378,7 +383,7 @@ def log_to_wandb(files: list[Path], cfgs: list[dict[str, Any]], out_dir: Path) -
     ``kasa-report``: online with a key and a reachable host, else offline under ``out_dir/wandb`` (``wandb sync``
     uploads it). Returns a line saying what happened ("" when no run logged to W&B); never raises."""
     projects = sorted({(str(wb.get("project") or "kasa"), wb.get("entity") or None, str(wb.get("mode") or "auto"))
-                       for cfg in cfgs if isinstance(wb := _get(cfg, "logger.wandb"), dict)}, key=str)
+                       for cfg in cfgs if isinstance(wb := (cfg.get("logger") or {}).get("wandb"), dict)}, key=str)
     pngs = [f for f in files if f.suffix == ".png"]
     if not projects or not pngs:
         return ""

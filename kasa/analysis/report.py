@@ -39,12 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .stats import (BOOTSTRAP_SEED, MCNEMAR_EXACT_BELOW, N_BOOTSTRAP, McNemar, Paired, mcnemar_from_correct,
-                    mde_unpaired, paired, summarise)
+from .stats import (BOOTSTRAP_SEED, FRACTION_METRICS, MCNEMAR_EXACT_BELOW, N_BOOTSTRAP, McNemar, Paired,
+                    mcnemar_from_correct, mde_unpaired, paired, summarise)
+from .stats import in_table_units as _scale
 
 PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.json")
-# Metrics stored as fractions in results.json and printed in percent, as the paper does.
-FRACTION_METRICS = {"accuracy", "accuracy_m", "accuracy_mm", "f1", "mcc", "pearson", "spearman"}
 # Config keys that tell rows of one table apart when a study varies them (first match wins for stages).
 VARIANT_KEYS = ("study.stage", "method.r", "method.alpha", "method.beta", "method.gamma", "method.truncation_rank",
                 "method.truncation", "method.regularizer", "method.singular_values")
@@ -86,6 +85,11 @@ class Record:
     wall_time_s: float | None = None
     memory: dict[str, Any] | None = None  # results.json "memory" when a run recorded it (kasa-train does not yet)
     history: list[dict[str, Any]] = field(default_factory=list, repr=False)  # validation rows, one per epoch
+
+    @property
+    def row(self) -> str:
+        """The table row: the method, with the knobs that tell its configurations apart."""
+        return self.method + (f" ({self.variant})" if self.variant else "")
 
     @property
     def run_dir(self) -> Path | None:
@@ -143,10 +147,6 @@ def pooling_hash(cfg: dict[str, Any]) -> str:
     """Runs with the same hash differ only in the seed (and settings that do not change the computation)."""
     blob = json.dumps(_pooled_items(cfg), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def _scale(metric: str, value: float) -> float:
-    return value * 100.0 if metric in FRACTION_METRICS and abs(value) <= 1.0 else value
 
 
 def records_from_results(res: dict[str, Any], source: str = "", paper: dict[str, Any] | None = None,
@@ -418,10 +418,6 @@ def _summary_cell(got: list[Record], paper_value: float | None, paper_seeds: int
     return c
 
 
-def _row_of(r: Record) -> str:
-    return r.method + (f" ({r.variant})" if r.variant else "")
-
-
 def pick_baseline(rows: list[str], baseline: str | None) -> tuple[str | None, str]:
     """The row ``baseline`` names: that label, else the one plain row of that method, else the one row whose varied
     knob has that value (``--baseline lora`` picks ``kasa (stage=lora)`` in the component ablation); else the
@@ -536,7 +532,7 @@ def build_tables(recs: list[Record], paper: dict[str, Any] | None = None, baseli
         rows: list[str] = []
         values: dict[tuple[str, str], list[Record]] = {}
         for r in rs:
-            row = _row_of(r)
+            row = r.row
             if row not in rows:
                 rows.append(row)
             values.setdefault((row, r.task), []).append(r)

@@ -46,6 +46,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from scipy import optimize, stats
 
+# Metrics stored as fractions in results.json and reported in percent (the paper's units).
+FRACTION_METRICS = {"accuracy", "accuracy_m", "accuracy_mm", "f1", "mcc", "pearson", "spearman"}
 ALPHA = 0.05
 POWER = 0.8
 N_BOOTSTRAP = 10_000
@@ -53,6 +55,11 @@ BOOTSTRAP_SEED = 0
 # Below this many discordant pairs McNemar uses the exact binomial test (the usual rule of thumb).
 MCNEMAR_EXACT_BELOW = 25
 NAN = float("nan")
+
+
+def in_table_units(metric: str, value: float) -> float:
+    """``value`` in the units tables report: percent for :data:`FRACTION_METRICS` stored as fractions."""
+    return value * 100.0 if metric in FRACTION_METRICS and abs(value) <= 1.0 else value
 
 
 def _arr(values: Sequence[float]) -> np.ndarray:
