@@ -71,10 +71,11 @@ def test_cells_are_median_mean_std_with_paper_and_difference(runs):
 def test_formats_and_caption(runs, tmp_path):
     out = tmp_path / "out"
     texts = report([runs], out)
-    assert {p.name for p in out.iterdir()} == {"report.md", "report.tex", "report.csv"}
+    assert {p.name for p in out.iterdir()} == {"report.md", "report.tex", "report.csv", "report_paired.csv"}
     md = texts["md"]
     assert "best validation epoch" in md and "median over seeds" in md
-    assert "| kasa | 65.0 (65.0 ± 1.0, n=3) / paper 65.8 (-0.8)" in md
+    assert "| kasa | 65.0 (65.0 ± 1.0, n=3) / paper 65.8 (-0.8, MDE 6.5)" in md  # MDE: 3 seeds vs 1 paper run
+    assert "| lora | — | — | 87.0 (n=1) |" in md  # one seed: no SD
     assert "— / paper 95.2" in md  # a missing cell beside the paper's number
     assert r"\begin{tabular}" in texts["tex"] and r"\caption{" in texts["tex"]
     rows = list(csv.DictReader(io.StringIO(texts["csv"])))

@@ -35,7 +35,7 @@ def build(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
     dm = ClassificationDataModule(splits, tokenizer, max_length=d.max_length, batch_size=b.batch_size,
                                   eval_batch_size=b.eval_batch_size, seed=cfg.seed)
     module = ClassificationModule(model, method, splits.num_labels, list(d.metrics), OptimConfig(**as_dict(b.optim)),
-                        val_names=val_names)
+                        val_names=val_names, monitor=d.monitor)
     sizes = {"train": len(splits.train), "validation": len(splits.validation)}
     sizes.update({metric_key("validation", v): len(ex) for v, ex in sets.items() if v})
     return TaskBundle(model, dm, module, sizes)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import torchmetrics
 from torch import nn
 
@@ -44,10 +48,19 @@ class ClassificationModule(PeftModule):
     ``val_names``: one name per validation dataloader, in order (GLUE MNLI: ``["m", "mm"]``); each loader's
     metrics are logged as ``val/<metric>_<name>`` and all of them go into the same ``history`` row.
     ``None`` (one dev set) keeps the bare ``val/<metric>`` names.
+
+    Dev-set predictions (``save_predictions``): every validation epoch writes
+    ``<trainer.default_root_dir>/predictions/epoch<N>.jsonl``, one line per dev example
+    ``{"set": <val name>, "idx": <index in that dev set>, "pred": ..., "label": ...}`` gathered from all
+    data-parallel ranks; only the best epoch so far (by ``monitor``, first maximum, as results.json's
+    ``best_epoch``) and the current one are kept, so a finished run holds its best and last epochs: the two a
+    report can read (``benchmark.selection``), without an epoch count's worth of files on a large dev set.
+    ``kasa-report`` pairs them across methods for McNemar's test.
     """
 
     def __init__(self, model: nn.Module, method: PeftMethod, num_labels: int, metrics: list[str],
-                 optim: OptimConfig | None = None, val_names: list[str] | None = None):
+                 optim: OptimConfig | None = None, val_names: list[str] | None = None, monitor: str | None = None,
+                 save_predictions: bool = True):
         super().__init__(model, method, optim)
         self.num_labels = num_labels
         self.val_names = list(val_names) if val_names else [""]
@@ -59,12 +72,22 @@ class ClassificationModule(PeftModule):
         # Lightning's own sync_dist mean averages an int batch count across ranks and truncates it.
         self.val_losses = nn.ModuleList([torchmetrics.MeanMetric() for _ in self.val_names])
         self.metric_names = list(metrics)
+        self.monitor = monitor or self.metric_keys[0]
+        self.save_predictions = save_predictions
+        self._predictions: list[tuple[int, int, Any, Any]] = []  # (loader, dev index, prediction, label)
+        self._orders: list[list[int] | None] = []  # per loader: the dev indices its sampler yields, in order
+        self._seen: list[int] = []                 # per loader: examples this rank scored so far this epoch
 
     # -- evaluation ------------------------------------------------------------------------------
     @property
     def metric_keys(self) -> list[str]:
         """Every key a validation epoch writes into ``history`` (and logs under ``val/``)."""
         return [metric_key(m, v) for v in self.val_names for m in self.metric_names]
+
+    def on_validation_epoch_start(self) -> None:
+        self._predictions = []
+        self._orders = [None] * len(self.val_names)
+        self._seen = [0] * len(self.val_names)
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         labels = batch["labels"]
@@ -74,6 +97,23 @@ class ClassificationModule(PeftModule):
         metrics = self.val_metrics if dataloader_idx == 0 else self.extra_val_metrics[dataloader_idx - 1]
         metrics.update(preds.float() if self.num_labels == 1 else preds, labels)
         self.val_losses[dataloader_idx].update(out.loss.detach(), weight=labels.shape[0])
+        if self.save_predictions and not self.trainer.sanity_checking:
+            idx = self._dev_indices(dataloader_idx, labels.shape[0])
+            self._predictions += [(dataloader_idx, i, p, y) for i, p, y in
+                                  zip(idx, preds.detach().float().cpu().tolist() if self.num_labels == 1
+                                      else preds.detach().cpu().tolist(), labels.detach().cpu().tolist())]
+
+    def _dev_indices(self, dataloader_idx: int, n: int) -> list[int]:
+        """The dev-set indices of this rank's next ``n`` examples of loader ``dataloader_idx``: the positions its
+        sampler yields (:class:`~kasa.data.classification.ShardSampler` under DDP: ``rank, rank + W, ...``)."""
+        if self._orders[dataloader_idx] is None:
+            loaders = self.trainer.val_dataloaders
+            loader = loaders[dataloader_idx] if isinstance(loaders, (list, tuple)) else loaders
+            sampler = getattr(loader, "sampler", None)
+            self._orders[dataloader_idx] = list(sampler) if sampler is not None else list(range(len(loader.dataset)))
+        start = self._seen[dataloader_idx]
+        self._seen[dataloader_idx] += n
+        return self._orders[dataloader_idx][start:start + n]
 
     def on_validation_epoch_end(self) -> None:
         values: dict[str, float] = {}
@@ -94,3 +134,33 @@ class ClassificationModule(PeftModule):
             # over ranks returns it exactly (and tells Lightning it is a cross-device value).
             self.log(f"val/{k}", v, prog_bar=True, sync_dist=True, reduce_fx="max")
         self.history.append({"epoch": self.current_epoch, "step": self.global_step, **values})
+        if self.save_predictions:
+            self._write_predictions()
+
+    def _gathered_predictions(self) -> list[tuple[int, int, Any, Any]]:
+        import torch.distributed as dist
+
+        if self.trainer.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
+            return list(self._predictions)
+        parts: list[list | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, self._predictions)  # every rank takes part; rank 0 writes
+        return [row for part in parts for row in (part or [])]
+
+    def _write_predictions(self) -> None:
+        rows = sorted(self._gathered_predictions(), key=lambda r: (r[0], r[1]))
+        self._predictions = []
+        if self.trainer.global_rank != 0 or not self.trainer.default_root_dir:
+            return
+        folder = Path(self.trainer.default_root_dir) / "predictions"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"epoch{self.current_epoch}.jsonl"
+        tmp = path.with_suffix(".jsonl.tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            for loader, i, p, y in rows:
+                f.write(json.dumps({"set": self.val_names[loader], "idx": i, "pred": p, "label": y}) + "\n")
+        tmp.replace(path)
+        best = max(self.history, key=lambda r: r.get(self.monitor, float("-inf")))["epoch"]
+        keep = {f"epoch{best}.jsonl", path.name}
+        for old in folder.glob("epoch*.jsonl"):
+            if old.name not in keep:
+                old.unlink()
