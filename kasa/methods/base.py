@@ -29,7 +29,7 @@ import re
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -590,6 +590,35 @@ def check_rank(name: str, r: int, out_features: int, in_features: int, what: str
         raise MethodError(
             f"{what}={r} is impossible for '{name}' ({out_features}x{in_features}): it must be < min(out, in) = {k}"
         )
+
+
+def feed_calibration(model: nn.Module, batches: Iterable[Any], max_samples: int | None, handles: list[Any],
+                     mask_box: list[Any]) -> None:
+    """Run ``model`` in eval mode over calibration batches (dicts, tuples or tensors) until ``max_samples``
+    sequences were seen, with ``mask_box[0]`` set to each dict batch's ``attention_mask`` for the forward hooks
+    in ``handles``; the hooks are removed and the training mode restored afterwards (also on errors)."""
+    was_training = model.training
+    model.eval()
+    seen = 0
+    try:
+        for batch in batches:
+            if max_samples is not None and seen >= max_samples:
+                break
+            mask_box[0] = batch.get("attention_mask") if isinstance(batch, dict) else None
+            if isinstance(batch, dict):
+                model(**batch)
+                first = next(iter(batch.values()))
+            elif isinstance(batch, (tuple, list)):
+                model(*batch)
+                first = batch[0]
+            else:
+                model(batch)
+                first = batch
+            seen += first.shape[0] if isinstance(first, torch.Tensor) and first.dim() >= 2 else 1
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
 
 
 __all__ = [

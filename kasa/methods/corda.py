@@ -36,7 +36,7 @@ from typing import Any, ClassVar, Iterable
 import torch
 from torch import nn
 
-from .base import MethodError, check_rank, get_weight, is_linear_like, match_target, register
+from .base import MethodError, check_rank, feed_calibration, get_weight, is_linear_like, match_target, register
 from .pissa import ResidualLoraLayer, ResidualLoraMethod, SvdInitConfig
 
 MODES = {"kpa": "kpa", "ipa": "ipa", "kpm": "kpa", "ipm": "ipa"}  # PEFT's names as aliases
@@ -151,28 +151,7 @@ class Corda(ResidualLoraMethod):
             return hook
 
         handles = [m.register_forward_hook(make_hook(n)) for n, m in layers.items()]
-        was_training = model.training
-        model.eval()
-        seen = 0
-        try:
-            for batch in batches:
-                if max_samples is not None and seen >= max_samples:
-                    break
-                mask_box[0] = batch.get("attention_mask") if isinstance(batch, dict) else None
-                if isinstance(batch, dict):
-                    model(**batch)
-                    first = next(iter(batch.values()))
-                elif isinstance(batch, (tuple, list)):
-                    model(*batch)
-                    first = batch[0]
-                else:
-                    model(batch)
-                    first = batch
-                seen += first.shape[0] if isinstance(first, torch.Tensor) and first.dim() >= 2 else 1
-        finally:
-            for h in handles:
-                h.remove()
-            model.train(was_training)
+        feed_calibration(model, batches, max_samples, handles, mask_box)
         unseen = sorted(n for n in layers if counts[n] == 0)
         if unseen:
             raise MethodError(f"corda: calibration never reached {unseen[:5]} (empty batches?)")

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import (LoraConfigBase, MethodError, PeftMethod, check_rank, get_weight, is_count_only,
+from .base import (LoraConfigBase, MethodError, PeftMethod, check_rank, feed_calibration, get_weight, is_count_only,
                    match_target, register, set_weight)
 from .lora import LoraLayer
 from .svd import batched_smallest_triplets, check_svd_method, smallest_triplets, svd_dtype
@@ -135,28 +135,7 @@ def input_rms(model: nn.Module, names: list[str], batches: Iterable[Any], max_sa
         return hook
 
     handles = [model.get_submodule(n).register_forward_hook(make_hook(n)) for n in names]
-    was_training = model.training
-    model.eval()
-    seen = 0
-    try:
-        for batch in batches:
-            if max_samples is not None and seen >= max_samples:
-                break
-            mask_box[0] = batch.get("attention_mask") if isinstance(batch, dict) else None
-            if isinstance(batch, dict):
-                model(**batch)
-                first = next(iter(batch.values()))
-            elif isinstance(batch, (tuple, list)):
-                model(*batch)
-                first = batch[0]
-            else:
-                model(batch)
-                first = batch
-            seen += first.shape[0] if isinstance(first, torch.Tensor) and first.dim() >= 2 else 1
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    feed_calibration(model, batches, max_samples, handles, mask_box)
     unseen = sorted(n for n in names if count[n] == 0)
     if unseen:
         raise MethodError(f"kasa activation_aware: the calibration data never reached {unseen[:5]} (empty batches?)")
