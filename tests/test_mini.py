@@ -101,3 +101,47 @@ def test_render_synthetic_sweep(tmp_path):
     assert "62.0" in l3  # read from the mini kasa runs
     assert "Incomplete: 7 of 54 runs missing" in md and "1234 s" in md and "2026-11-26" in md
     assert "best validation epoch" in md
+
+
+# -- the powered reproduction (conf/experiment/mini_powered.yaml, experiments/mini/powered.sh) ------------------
+POWERED_ARMS = [("kasa", "paper"), ("kasa", "none"), ("kasa", "activation_aware"), ("lora", None)]
+
+
+@pytest.mark.parametrize("method,truncation", POWERED_ARMS)
+def test_powered_arms_compose_and_pool_across_seeds(method, truncation):
+    from kasa.analysis.report import pooling_hash
+
+    extra = [f"method.truncation={truncation}"] if truncation else []
+    groups = set()
+    for seed in (0, 7):
+        cfg = _compose("experiment=mini_powered", f"method={method}", f"seed={seed}", *extra)
+        c = OmegaConf.to_container(cfg, resolve=True)
+        method_from_config(cfg.method)
+        assert c["trainer"]["max_epochs"] == 10 and c["benchmark"]["selection"] == "last"
+        assert c["dataset"]["name"] == "intent_recognition" and c["dataset"]["split_per_seed"] is True
+        assert len(c["study"]["seeds"]) >= 15
+        groups.add(pooling_hash(c))
+    assert len(groups) == 1  # the seeds of one arm pool into one cell although their splits differ
+
+
+def test_split_per_seed_draws_the_split_from_the_run_seed():
+    from kasa.benchmarks.classification import split_args
+    from kasa.data.classification import load_splits
+
+    def val_texts(*overrides):
+        cfg = _compose("experiment=mini_powered", *overrides)
+        args = split_args(cfg)
+        return args["split_seed"], sorted(e.text for e in load_splits(cfg.dataset.source, **args).validation)
+
+    s0, v0 = val_texts("seed=0")
+    s3, v3 = val_texts("seed=3")
+    assert (s0, s3) == (0, 3) and v0 != v3 and len(v0) == len(v3)
+    assert val_texts("seed=3") == (s3, v3)  # a pure function of the seed
+    fixed_seed, fixed = val_texts("seed=3", "dataset.split_per_seed=false")
+    assert fixed_seed == 0 and fixed == v0  # the switch off: the fixed split of every other experiment
+
+
+def test_powered_driver_runs_every_arm_per_seed():
+    text = (REPO / "experiments" / "mini" / "powered.sh").read_text()
+    assert "method.truncation=paper,none,activation_aware" in text and "method=lora" in text
+    assert "--plots" in text and "kasa-report" in text

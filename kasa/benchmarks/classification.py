@@ -13,6 +13,20 @@ from ..methods.base import PeftMethod
 from .base import TaskBundle, as_dict
 
 
+def split_args(cfg: DictConfig) -> dict:
+    """``dataset.source_args``, with ``split_seed`` set to the run seed where ``dataset.split_per_seed`` is true.
+
+    A fixed split (the default) gives every seed the same validation set, so seeds only vary the initialisation
+    and data order; ``split_per_seed`` also varies which examples are held out (the data's own variance enters the
+    seed-to-seed spread). The switch, not the resolved ``split_seed``, stays in the config, so kasa-report still
+    pools the seeds of one setting.
+    """
+    args = as_dict(cfg.dataset.get("source_args"))
+    if cfg.dataset.get("split_per_seed", False):
+        args["split_seed"] = int(cfg.seed)
+    return args
+
+
 def build(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
     """Sequence classification / regression (GLUE-style): encoder + head, torchmetrics on the dev set."""
     from ..data.classification import ClassificationDataModule, DatasetError, load_splits
@@ -21,7 +35,7 @@ def build(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
     from ..training.optim import OptimConfig
 
     d, b, m = cfg.dataset, cfg.benchmark, cfg.model
-    splits = load_splits(d.source, **as_dict(d.get("source_args")))
+    splits = load_splits(d.source, **split_args(cfg))
     # Several dev sets (MNLI m/mm): metrics are suffixed with each set's name; one: bare names.
     sets = splits.validation_sets
     val_names = list(sets) if len(sets) > 1 or splits.validation_name else None
