@@ -279,6 +279,31 @@ def check_method(cfg: DictConfig) -> None:
             raise MethodError(f"method.{f.name}={_fmt(value)} is not allowed; use {rng[0]}")
 
 
+def check_quantization_cfg(cfg: DictConfig) -> None:
+    """``model.quantization`` / ``model.quantization_backend``: known values, a backend that can run here (CUDA for
+    bitsandbytes, the package installed), and a method that can train on a quantised base (not FFT)."""
+    from .methods import REGISTRY
+    from .models.quantize import QuantizationError, check_quantization, resolve_backend
+
+    scheme = OmegaConf.select(cfg, "model.quantization", default=None)
+    backend = OmegaConf.select(cfg, "model.quantization_backend", default="auto")
+    try:
+        check_quantization(scheme, backend)
+        if scheme is None:
+            return
+        resolve_backend(scheme, backend)
+    except QuantizationError as exc:
+        raise ConfigError(str(exc)) from None
+    cls = REGISTRY.get(OmegaConf.select(cfg, "method.name", default=None))
+    if cls is not None and cls.trains_base_weights:
+        raise ConfigError(f"model.quantization={scheme}: method={cls.name} trains the base model's own weights, which "
+                          "a quantised base cannot update; use model.quantization=null")
+    if str(OmegaConf.select(cfg, "trainer.precision", default="") or "") in ("bf16-true", "16-true"):
+        raise ConfigError(f"model.quantization={scheme} with trainer.precision={cfg.trainer.precision}: Lightning's "
+                          "*-true precisions cast every parameter, the quantised weights too; use model.dtype and "
+                          "trainer.precision=32-true or bf16-mixed")
+
+
 # ------------------------------------------------------------------------------------------------------
 # backbone architecture vs benchmark family
 
@@ -351,4 +376,5 @@ def check_config(cfg: DictConfig) -> None:
     check_paths(cfg)
     check_services(cfg)
     check_method(cfg)
+    check_quantization_cfg(cfg)
     check_architecture(cfg)

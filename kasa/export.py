@@ -54,19 +54,20 @@ def _finish(tmp: Path, out: Path) -> None:
 
 def export_model(model: nn.Module, method: Any, fmt: str, out: str | Path, *, base_model: str | None = None,
                  revision: str | None = None, task_type: str | None = None, tokenizer: Any = None,
-                 overwrite: bool = False, source: dict[str, Any] | None = None) -> Path:
+                 overwrite: bool = False, source: dict[str, Any] | None = None, dequantize: bool = False) -> Path:
     """Write ``model`` (adapted by ``method`` and trained) to ``out`` in format ``fmt``; returns ``out``.
 
     ``base_model``: what ``adapter_config.json`` names as ``base_model_name_or_path`` (the ORIGINAL weights).
     ``task_type``: PEFT's (``SEQ_CLS``, ``CAUSAL_LM``; None: a generic ``PeftModel``). ``tokenizer``: saved beside a
-    merged model. ``merged`` merges ``model`` in place (irreversibly: the adapter layers are unloaded).
+    merged model. ``merged`` merges ``model`` in place (irreversibly: the adapter layers are unloaded); on a quantised
+    base it refuses unless ``dequantize`` (the dense dequantised base plus the adapter, in the base's compute dtype).
     """
     check_format(method.name, fmt, method.config)
     out = Path(out)
     tmp = _prepare_out(out, overwrite)
     try:
         if fmt == "merged":
-            method.merge_and_unload(model, safe=True)
+            method.merge_and_unload(model, safe=True, dequantize=dequantize)
             model.save_pretrained(tmp, safe_serialization=True)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
@@ -112,7 +113,7 @@ def verify_export(folder: str | Path) -> dict[str, Any]:
 
 
 def export_run(run_dir: str | Path, fmt: str, out: str | Path, checkpoint: str | None = None,
-               overwrite: bool = False) -> Path:
+               overwrite: bool = False, dequantize: bool = False) -> Path:
     """Export a finished or interrupted run folder (its config and ``checkpoints/``) as ``fmt`` into ``out``.
 
     ``checkpoint``: ``best`` | ``last`` | None (the one ``benchmark.selection`` reports, best by default). The
@@ -123,6 +124,10 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, checkpoint: str |
 
     cfg, cfg_file = run_config(run_dir)
     check_format(cfg.method.name, fmt, cfg.method)
+    quant = cfg.model.get("quantization")
+    if fmt == "merged" and quant and not dequantize:
+        raise ExportError(f"the run trained on a model.quantization={quant} base: --format merged needs --dequantize "
+                          "(the merged model is then the dequantised base plus the adapter, dense)")
     which = checkpoint or default_checkpoint(cfg)
     find_checkpoint(run_dir, which)  # a missing checkpoint fails before the model loads
     run = load_run(run_dir, which, cfg=cfg, keep_removed=fmt == "lora")
@@ -131,7 +136,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, checkpoint: str |
               "checkpoint_file": str(run.checkpoint_path.name), "epoch": run.epoch}
     return export_model(run.model, run.method, fmt, out, base_model=resolve_path(m.name_or_path),
                         revision=m.get("revision"), task_type=TASK_TYPES.get(cfg.benchmark.family, "CAUSAL_LM"),
-                        tokenizer=run.tokenizer, overwrite=overwrite, source=source)
+                        tokenizer=run.tokenizer, overwrite=overwrite, source=source, dequantize=dequantize)
 
 
 def _known_errors() -> tuple[type[Exception], ...]:
@@ -152,9 +157,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--checkpoint", choices=("best", "last"), default=None,
                     help="default: the one benchmark.selection reports (best)")
     ap.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    ap.add_argument("--dequantize", action="store_true",
+                    help="--format merged of a run on a quantised base: merge into the dequantised dense weights")
     args = ap.parse_args(argv)
     try:
-        out = export_run(args.run_dir, args.fmt, args.out, checkpoint=args.checkpoint, overwrite=args.overwrite)
+        out = export_run(args.run_dir, args.fmt, args.out, checkpoint=args.checkpoint, overwrite=args.overwrite,
+                         dequantize=args.dequantize)
     except _known_errors() as exc:
         print(f"kasa-export: error: {exc}", file=sys.stderr)
         return 2

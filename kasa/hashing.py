@@ -12,6 +12,16 @@ from omegaconf import DictConfig, OmegaConf
 HASH_EXCLUDE = ("resume", "sweep_dir", "trainer.enable_progress_bar", "logger", "hparams_search")
 
 
+def drop_neutral(c: dict) -> dict:
+    """Remove settings that were added later with a value that changes nothing, so runs made before they existed
+    keep their hash (and pool with new ones): ``model.quantization: null`` and then its backend."""
+    model = c.get("model")
+    if isinstance(model, dict) and model.get("quantization", None) is None:
+        model.pop("quantization", None)
+        model.pop("quantization_backend", None)
+    return c
+
+
 def config_hash(cfg: DictConfig) -> str:
     """12 hex digits of SHA-256 over the resolved config (without ``hydra`` and :data:`HASH_EXCLUDE`).
 
@@ -26,4 +36,5 @@ def config_hash(cfg: DictConfig) -> str:
             node = node.get(p) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(leaf, None)
+    drop_neutral(c)
     return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -134,8 +134,19 @@ def build_model(cfg: DictConfig, method: Any, state: dict[str, torch.Tensor]) ->
     return model, tok
 
 
-def apply_and_load(method: Any, model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
-    """``method.apply`` then the saved adapter; a checkpoint that does not fit the model is named in one line."""
+def apply_and_load(method: Any, model: nn.Module, state: dict[str, torch.Tensor], path: Path,
+                   quantization: str | None = None, backend: str = "auto") -> nn.Module:
+    """``method.apply`` then the saved adapter; a checkpoint that does not fit the model is named in one line.
+    ``quantization``: the run's ``model.quantization``, applied at the moment training applied it."""
+    from .models.quantize import quantize_for_method
+
+    quantize_for_method(model, method, quantization, backend, stage="before")
+    _apply_and_load(method, model, state, path)
+    quantize_for_method(model, method, quantization, backend, stage="after")
+    return model
+
+
+def _apply_and_load(method: Any, model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
     from .methods import MethodError
 
     try:
@@ -186,7 +197,8 @@ def load_run(run_dir: str | Path, checkpoint: str | None = None, *, cfg: DictCon
         model, tok = bundle.model, getattr(bundle.module, "tokenizer", None)
     else:
         model, tok = build_model(cfg, method, state)
-    apply_and_load(method, model, state, path)
+    apply_and_load(method, model, state, path, cfg.model.get("quantization"),
+                   cfg.model.get("quantization_backend", "auto"))
     return LoadedRun(run_dir, cfg, method, model.eval(), tok, which, path, ckpt.get("epoch"), bundle)
 
 

@@ -291,6 +291,7 @@ def _fit(cfg: DictConfig, run_dir: Path, key: str, start: Any, callbacks: list |
 
     from .benchmarks import BENCHMARKS
     from .methods import count_parameters, method_from_config
+    from .models.quantize import quantize_for_method
     from .training import StepSeed
     from .training.runs import AtomicCheckpointIO
 
@@ -301,6 +302,9 @@ def _fit(cfg: DictConfig, run_dir: Path, key: str, start: Any, callbacks: list |
     d, b = cfg.dataset, cfg.benchmark
     bundle = BENCHMARKS[b.family](cfg, method)
     model, module = bundle.model, bundle.module
+    quant = cfg.model.get("quantization")
+    # QLoRA order: the base is quantised before a plain adapter goes on it, after an SVD init wrote its residual
+    quantize_for_method(model, method, quant, cfg.model.get("quantization_backend", "auto"), stage="before")
     if getattr(method, "needs_calibration", False):
         method.apply(model, calibration=bundle.calibration_batches())  # CorDA: input covariances
     else:
@@ -309,6 +313,7 @@ def _fit(cfg: DictConfig, run_dir: Path, key: str, start: Any, callbacks: list |
         from .methods.export import load_peft_adapter
 
         load_peft_adapter(method, model, method.config.init_from)
+    quantize_for_method(model, method, quant, cfg.model.get("quantization_backend", "auto"), stage="after")
     trainable, total = count_parameters(model)
     adapter_params = method.trainable_parameter_count(model)
 

@@ -443,7 +443,7 @@ class BottleneckAdapters(PeftMethod):
                 for p in m.parameters(recurse=False):
                     p.requires_grad_(True)
 
-    def merge(self, model: nn.Module, safe: bool = False) -> nn.Module:
+    def merge(self, model: nn.Module, safe: bool = False, dequantize: bool = False) -> nn.Module:
         raise MethodError(
             f"method '{self.name}' is not mergeable: a bottleneck adapter is a serial nonlinear module "
             "(y + f(y W_down) W_up), not a weight update; keep it unmerged for inference"

@@ -117,6 +117,45 @@ def gathered(weights: torch.Tensor | list[torch.Tensor], modifier_rank: int | No
         yield
 
 
+# Quantised weights (bitsandbytes layers, torchao tensor subclasses; kasa.models.quantize makes them). Recognised by
+# the defining package, so neither package is imported here.
+def _weight_kind(w: Any) -> str | None:
+    mod = type(w).__module__ or ""
+    if mod.startswith("torchao") or mod.startswith("bitsandbytes"):
+        return f"{mod.partition('.')[0]} {type(w).__name__}"
+    return None
+
+
+def quantized_kind(module: nn.Module) -> str | None:
+    """What quantises ``module``'s weight (``"torchao NF4Tensor"``, ``"bitsandbytes Linear4bit"``, ...), or None."""
+    if (type(module).__module__ or "").startswith("bitsandbytes"):
+        return f"bitsandbytes {type(module).__name__}"
+    w = getattr(module, "weight", None)
+    return _weight_kind(w) if isinstance(w, torch.Tensor) else None
+
+
+def is_quantized(module: nn.Module) -> bool:
+    """Whether ``module``'s weight is stored quantised."""
+    return quantized_kind(module) is not None
+
+
+def dequantized_weight(module: nn.Module) -> torch.Tensor:
+    """The ``(out, in)`` weight of a quantised linear layer as a new dense tensor (its compute dtype)."""
+    w = module.weight
+    kind = quantized_kind(module) or ""
+    if kind.startswith("torchao"):
+        return w.get_original_weight() if hasattr(w, "get_original_weight") else w.dequantize()  # NF4 | int8
+    if kind.startswith("bitsandbytes"):
+        import bitsandbytes as bnb
+
+        if getattr(w, "quant_state", None) is not None:  # Params4bit, packed on the GPU
+            return bnb.functional.dequantize_4bit(w.data, w.quant_state)
+        if getattr(w, "SCB", None) is not None:  # Int8Params, packed: int8 rows times their absmax / 127
+            return w.CB.float() * (w.SCB.float()[:, None] / 127.0)
+        return w.data.clone()  # not moved to the GPU yet: still the full-precision values
+    return w
+
+
 def is_linear_like(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or (bool(Conv1D) and isinstance(module, Conv1D))
 
@@ -131,7 +170,10 @@ def layer_shape(module: nn.Module) -> tuple[int, int]:
 
 
 def get_weight(module: nn.Module) -> torch.Tensor:
-    """The weight as an ``(out, in)`` tensor (a transposed view for Conv1D)."""
+    """The weight as an ``(out, in)`` tensor (a transposed view for Conv1D; a dequantised copy for a quantised
+    layer, see :func:`quantized_kind`)."""
+    if quantized_kind(module) is not None:
+        return dequantized_weight(module)
     w = module.weight
     return w.T if (Conv1D and isinstance(module, Conv1D)) else w
 
@@ -139,6 +181,10 @@ def get_weight(module: nn.Module) -> torch.Tensor:
 @torch.no_grad()
 def set_weight(module: nn.Module, w_out_in: torch.Tensor) -> None:
     """Overwrite the weight from an ``(out, in)`` tensor, keeping the layer's dtype, device and layout."""
+    kind = quantized_kind(module)
+    if kind is not None:
+        raise MethodError(f"cannot write into a quantised weight ({kind}): decompose and merge at full precision "
+                          "(model.quantization quantises after an SVD-initialised method's residual is written)")
     target = module.weight
     src = w_out_in.T if (Conv1D and isinstance(module, Conv1D)) else w_out_in
     target.copy_(src.to(dtype=target.dtype, device=target.device))
@@ -216,7 +262,10 @@ class AdapterLayer(nn.Module):
         self.disabled = False
         w = getattr(base_layer, "weight", None)
         like = w if isinstance(w, torch.Tensor) else next(base_layer.parameters(), None)
-        self.adapter_dtype = adapter_dtype(like.dtype if like is not None else torch.get_default_dtype())
+        base_dtype = like.dtype if like is not None else torch.get_default_dtype()
+        if not base_dtype.is_floating_point:  # packed quantised storage: the dtype its kernels compute in
+            base_dtype = getattr(base_layer, "compute_dtype", None) or torch.float32
+        self.adapter_dtype = adapter_dtype(base_dtype)
 
     @property
     def weight(self) -> torch.Tensor:  # lets code that reads `.weight` of a target keep working
@@ -244,6 +293,7 @@ class AdapterLayer(nn.Module):
             return
         if not self.mergeable:
             raise MethodError(f"{type(self).__name__} is not mergeable")
+        check_mergeable_base(self)
         w = get_weight(self.base_layer)
         new = w.float() + self.delta_weight().float()
         if safe and not torch.isfinite(new).all():
@@ -258,6 +308,36 @@ class AdapterLayer(nn.Module):
         w = get_weight(self.base_layer)
         set_weight(self.base_layer, w.float() - self.delta_weight().float())
         self.merged = False
+
+
+def check_mergeable_base(layer: "AdapterLayer", name: str = "") -> None:
+    """A merge writes into the base weight: refused on a quantised one (one line naming the layer)."""
+    kind = quantized_kind(layer.base_layer)
+    if kind is not None:
+        name = name or getattr(layer, "name", "") or type(layer).__name__
+        raise MethodError(f"cannot merge '{name}' into its quantised base weight ({kind}): merge(model, "
+                          "dequantize=True) replaces each quantised base by its dequantised dense weight first")
+
+
+def dequantize_bases(model: nn.Module) -> list[str]:
+    """Replace the quantised ``base_layer`` of every adapter by a dense ``nn.Linear`` holding its dequantised weight
+    and bias; returns the layers replaced (the merge of a QLoRA-style run into a dense model)."""
+    done = []
+    for lname, layer in model.named_modules():
+        if isinstance(layer, AdapterLayer) and is_quantized(layer.base_layer):
+            base = layer.base_layer
+            w = dequantized_weight(base)
+            dense = nn.Linear(w.shape[1], w.shape[0], bias=getattr(base, "bias", None) is not None,
+                              device=w.device, dtype=w.dtype)
+            with torch.no_grad():
+                dense.weight.copy_(w)
+                if dense.bias is not None:
+                    dense.bias.copy_(base.bias.detach().to(w.dtype))
+            for p in dense.parameters():
+                p.requires_grad_(False)
+            layer.base_layer = dense.train(base.training)
+            done.append(lname)
+    return done
 
 
 def warn_half_base_parameters(method_name: str, model: nn.Module) -> None:
@@ -311,6 +391,11 @@ class PeftMethod:
     config_cls: ClassVar[type[MethodConfig]] = MethodConfig
     # Whether the method wraps target layers (False: FFT, BitFit, ... override apply / select params).
     wraps_targets: ClassVar[bool] = True
+    # Whether ``apply`` decomposes the target weights (SVD inits, KaSA's truncation): those must see full-precision
+    # weights, so a quantised base is quantised after them (kasa.models.quantize) and refused before them.
+    decomposes_weights: ClassVar[bool] = False
+    # Whether the method trains the base model's own weights (FFT): impossible on a quantised base.
+    trains_base_weights: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig):
         self.config = config
@@ -362,6 +447,13 @@ class PeftMethod:
                         f"method '{self.name}' cannot wrap '{n}' of type {type(module).__name__}; "
                         "it wraps nn.Linear and Conv1D layers"
                     )
+                kind = quantized_kind(module) if self.decomposes_weights else None
+                if kind is not None:  # an SVD of packed quantised values means nothing
+                    raise MethodError(
+                        f"method '{self.name}' decomposes the weight of '{n}', which is already quantised ({kind}); "
+                        "load the base in full precision and set model.quantization, which quantises the residual "
+                        "after the decomposition"
+                    )
             # Every weight read (SVDs in before_wrap and in the layers' init) and residual write happens in here.
             with gathered([w for n in names for w in self.target_weights(model.get_submodule(n))]), \
                     adapter_dtype_policy(self.config.autocast_adapter_dtype):
@@ -407,9 +499,22 @@ class PeftMethod:
     def adapter_layers(self, model: nn.Module) -> Iterator[AdapterLayer]:
         return (m for m in model.modules() if isinstance(m, AdapterLayer))
 
-    def merge(self, model: nn.Module, safe: bool = False) -> nn.Module:
-        """Fold every adapter into its base weight (``safe``: refuse non-finite results, change nothing)."""
+    def merge(self, model: nn.Module, safe: bool = False, dequantize: bool = False) -> nn.Module:
+        """Fold every adapter into its base weight (``safe``: refuse non-finite results, change nothing).
+
+        A quantised base refuses (one line) unless ``dequantize``: each quantised base layer is then replaced by
+        a dense one holding its dequantised weight, and the adapter merged into that (irreversible for the base).
+        """
         layers = list(self.adapter_layers(model))
+        if dequantize:
+            for layer in layers:
+                if not layer.mergeable:
+                    raise MethodError(f"method '{self.name}' is not mergeable ({type(layer).__name__})")
+            dequantize_bases(model)
+        else:
+            for lname, layer in model.named_modules():
+                if isinstance(layer, AdapterLayer) and layer.mergeable and not layer.merged:
+                    check_mergeable_base(layer, lname)
         if safe:
             # Check everything before touching anything, so a refusal leaves the model as it was.
             for layer in layers:
@@ -428,11 +533,12 @@ class PeftMethod:
             layer.unmerge()
         return model
 
-    def merge_and_unload(self, model: nn.Module, safe: bool = True) -> nn.Module:
+    def merge_and_unload(self, model: nn.Module, safe: bool = True, dequantize: bool = False) -> nn.Module:
         """Merge, then put every wrapped layer's ``base_layer`` back in its place: a plain model with the
         base architecture and no wrapper calls, so merged inference runs at the base model's speed.
-        Irreversible (adapter parameters are dropped); non-mergeable methods raise :class:`MethodError`."""
-        self.merge(model, safe=safe)
+        Irreversible (adapter parameters are dropped); non-mergeable methods raise :class:`MethodError`;
+        ``dequantize``: see :meth:`merge`."""
+        self.merge(model, safe=safe, dequantize=dequantize)
         names = [n for n, m in model.named_modules() if isinstance(m, AdapterLayer)]
         for n in names:
             parent_name, _, child = n.rpartition(".")
@@ -626,5 +732,5 @@ __all__ = [
     "PeftMethod", "build_method", "register", "count_parameters", "get_weight", "set_weight",
     "layer_shape", "match_target", "lora_scaling", "check_rank", "field", "count_only", "is_count_only",
     "gathered", "adapter_dtype", "adapter_dtype_policy", "add_cast", "HALF_DTYPES", "step_randint",
-    "PEFT_IMPORTABLE", "check_init_from",
+    "PEFT_IMPORTABLE", "check_init_from", "quantized_kind", "is_quantized", "dequantized_weight", "dequantize_bases",
 ]

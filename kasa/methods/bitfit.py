@@ -66,7 +66,7 @@ class BitFit(PeftMethod):
         for n in names if names is not None else self.bias_names(model):
             params[n].requires_grad_(True)
 
-    def merge(self, model: nn.Module, safe: bool = False) -> nn.Module:
+    def merge(self, model: nn.Module, safe: bool = False, dequantize: bool = False) -> nn.Module:
         return model  # the trained biases are the model's own parameters: nothing to fold
 
     def unmerge(self, model: nn.Module) -> nn.Module:

@@ -14,13 +14,14 @@ from .base import MethodConfig, PeftMethod, register, warn_half_base_parameters
 class FullFineTuning(PeftMethod):
     config_cls = MethodConfig
     wraps_targets = False
+    trains_base_weights = True
 
     def mark_trainable(self, model: nn.Module) -> None:
         for p in model.parameters():
             p.requires_grad_(True)
         warn_half_base_parameters("fft", model)
 
-    def merge(self, model: nn.Module, safe: bool = False) -> nn.Module:
+    def merge(self, model: nn.Module, safe: bool = False, dequantize: bool = False) -> nn.Module:
         return model  # nothing to fold: the weights are the model
 
     def unmerge(self, model: nn.Module) -> nn.Module:

@@ -379,6 +379,12 @@ class KasaConfig(LoraConfigBase):
 class Kasa(PeftMethod):
     config_cls = KasaConfig
 
+    @property
+    def decomposes_weights(self) -> bool:  # type: ignore[override]
+        """The truncation decomposes W (``truncation=none``, or a zero ``truncation_rank``, reads no spectrum)."""
+        c = self.config
+        return c.truncation != "none" and (c.truncation_rank is None or c.truncation_rank > 0)
+
     def validate(self) -> None:
         c = self.config
         for field_name, value, allowed in (("truncation", c.truncation, TRUNCATIONS),

@@ -97,6 +97,8 @@ class ResidualLoraMethod(PeftMethod):
     Subclasses implement :meth:`initial_triplets`; the factors, residual, loading and export are shared.
     """
 
+    decomposes_weights = True
+
     def validate(self) -> None:
         c = self.config
         if c.r < 1:

@@ -92,6 +92,7 @@ class SaraConfig(MethodConfig):
 
 @register("sara")
 class Sara(PeftMethod):
+    decomposes_weights = True
     config_cls = SaraConfig
 
     def validate(self) -> None:
