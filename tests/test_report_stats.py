@@ -167,3 +167,26 @@ def test_ablation_baseline_by_the_value_of_its_varied_knob(tmp_path):
     tb = build_tables(collect([tmp_path], load_paper_numbers())[0], baseline="lora")[0]
     assert tb.baseline == "kasa (stage=lora)" and tb.baseline_note == ""
     assert [(p.row, p.stats.mean) for p in tb.paired] == [("kasa (stage=l3)", pytest.approx(100 * 3 / N_DEV))]
+
+
+def test_selection_reads_every_run_at_its_best_or_last_epoch(tmp_path):
+    """--selection: the same runs read at their last epoch (results.json metrics.final) or their best one, the
+    epoch each value came from recorded (it picks the predictions file McNemar reads)."""
+    root = tmp_path / "runs"
+    for s in range(3):
+        d = write_run(root, "kasa", s, 30, epoch=2)
+        res = json.loads((d / "results.json").read_text())
+        res["metrics"]["final"] = {"accuracy": 0.5 + 0.01 * s}
+        res["history"].append({"epoch": 3, "step": 40, "accuracy": 0.5 + 0.01 * s})
+        (d / "results.json").write_text(json.dumps(res))
+    best, _ = collect([root], selection="best")
+    last, _ = collect([root], selection="last")
+    as_run, _ = collect([root])
+    assert sorted(r.value for r in best) == sorted(r.value for r in as_run) == [75.0] * 3
+    assert sorted(r.value for r in last) == pytest.approx([50.0, 51.0, 52.0])
+    assert {r.selection for r in last} == {"last"} and {r.epoch for r in last} == {3}
+    assert {r.epoch for r in best} == {2}
+    md = report([root], selection="last", formats=["md"])["md"]
+    assert "last" in md and "51.0" in md
+    with pytest.raises(Exception, match="selection='first': use best or last"):
+        report([root], selection="first")

@@ -1,6 +1,6 @@
-"""Render the mini reproduction (experiments/mini): docs/mini.md and docs/figures/mini_*.png from a sweep folder.
+"""Render the mini reproduction (experiments/mini): docs/mini_six_methods.md and docs/figures/mini_*.png from a sweep folder.
 
-    python experiments/mini/render.py outputs/mini --out docs/mini.md --figures docs/figures
+    python experiments/mini/render.py outputs/mini --out docs/mini_six_methods.md --figures docs/figures
 
 The tables are kasa-report's (``kasa.analysis.report``: median over seeds, then mean ± std and n; ``—`` for
 a missing cell), with every expected row and task present so that missing runs show. The ablation's last
@@ -220,7 +220,7 @@ make mini                                     # = experiments/mini/run.sh output
 # or by hand, per task and seed (what run.sh runs; rerunning skips finished runs, resumes interrupted ones):
 kasa-train -m experiment=mini dataset=intent_recognition method=kasa,lora,pissa,milora,dora,fft seed=0 logger=csv sweep_dir=outputs/mini
 kasa-train -m experiment=mini_ablation dataset=intent_recognition study.stage=lora,learnable_sv,l2 seed=0 logger=csv sweep_dir=outputs/mini
-python experiments/mini/render.py outputs/mini --out docs/mini.md --figures docs/figures --date 2026-11-26
+python experiments/mini/render.py outputs/mini --out docs/mini_six_methods.md --figures docs/figures --date 2026-11-26
 #   (this page also got --note "<Observed line>" --findings <file with the Findings section>, both hand-written)
 kasa-report outputs/mini --format md          # the same cells, plain kasa-report (ablation without the l3 row)
 ```
@@ -265,7 +265,7 @@ kasa-report outputs/mini --format md          # the same cells, plain kasa-repor
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("sweep", help="the sweep folder (experiments/mini/run.sh's SWEEP_DIR)")
-    p.add_argument("--out", default="docs/mini.md")
+    p.add_argument("--out", default="docs/mini_six_methods.md")
     p.add_argument("--figures", default="docs/figures")
     p.add_argument("--date", default=None, help="date stated in the page (default: today)")
     p.add_argument("--note", default="", help="extra line for the page (e.g. observed load)")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Mini reproduction: MiniLM on intent_recognition + implicatures, KaSA vs LoRA/PiSSA/MiLoRA/DoRA/FFT
-# (seeds 0-2) and the KaSA component ablation, then the tables and figures (docs/mini.md, docs/figures/).
+# (seeds 0-2) and the KaSA component ablation, then the tables and figures (docs/mini_six_methods.md, docs/figures/).
 #   experiments/mini/run.sh [SWEEP_DIR]        (default outputs/mini; `make mini` runs it)
 # Every point goes through sweep_dir: rerunning skips finished runs, an interrupted run resumes from its
 # last.ckpt. One worker per task, one thread each (MINI_THREADS): on 2 cores two single-thread MiniLM runs
@@ -35,4 +35,4 @@ wait
 wall=$(( $(date +%s) - start ))
 echo "[mini] training wall time: $wall s"
 echo "$wall" > "$SWEEP/wall_time_s.txt"
-"$PY" experiments/mini/render.py "$SWEEP" --out docs/mini.md --figures docs/figures
+"$PY" experiments/mini/render.py "$SWEEP" --out docs/mini_six_methods.md --figures docs/figures

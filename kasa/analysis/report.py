@@ -138,7 +138,13 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _pooled_items(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The flattened config minus :data:`REPORT_IGNORE` (and everything under those keys)."""
+    """The flattened config minus :data:`REPORT_IGNORE` (and everything under those keys) and the neutral settings
+    of :func:`kasa.hashing.drop_neutral`."""
+    import copy
+
+    from ..hashing import drop_neutral
+
+    cfg = drop_neutral(copy.deepcopy(cfg))
     return {k: v for k, v in _flatten(cfg).items()
             if not any(k == ign or k.startswith(ign + ".") for ign in REPORT_IGNORE)}
 
@@ -150,12 +156,22 @@ def pooling_hash(cfg: dict[str, Any]) -> str:
 
 
 def records_from_results(res: dict[str, Any], source: str = "", paper: dict[str, Any] | None = None,
-                         mtime: float = 0.0) -> list[Record]:
-    """Records of one results.json: one per task (several when a run evaluates several tasks, e.g. commonsense)."""
+                         mtime: float = 0.0, selection: str | None = None) -> list[Record]:
+    """Records of one results.json: one per task (several when a run evaluates several tasks, e.g. commonsense).
+
+    ``selection``: ``best`` | ``last`` reads that epoch's metrics (results.json ``metrics.best`` / ``metrics.final``)
+    instead of the ones the run reported; None keeps the run's own ``metrics.selection``.
+    """
     cfg = res.get("config") or {}
     m = res.get("metrics") or {}
     reported = m.get("reported") or {}
-    selection = m.get("selection") or "?"
+    selection_ = m.get("selection") or "?"
+    if selection is not None and selection != selection_:
+        other = m.get("best" if selection == "best" else "final")
+        if not isinstance(other, dict) or not other:
+            return []  # the run did not record that epoch's metrics: no value rather than a mislabelled one
+        reported, selection_ = other, selection
+    selection = selection_
     table = table_key(cfg, paper)
     method = str(res.get("method") or _get(cfg, "method.name"))
     seed = int(res.get("seed", _get(cfg, "seed") or 0))
@@ -182,7 +198,8 @@ def records_from_results(res: dict[str, Any], source: str = "", paper: dict[str,
                    metric=str(monitor), **common)]
 
 
-def collect(paths: Iterable[str | Path], paper: dict[str, Any] | None = None) -> tuple[list[Record], list[dict]]:
+def collect(paths: Iterable[str | Path], paper: dict[str, Any] | None = None,
+            selection: str | None = None) -> tuple[list[Record], list[dict]]:
     """Every ``results.json`` under ``paths`` (files or folders, searched recursively).
 
     Returns the records and, per run, its config (for finding the knobs a study varies). Skipped-run
@@ -200,7 +217,7 @@ def collect(paths: Iterable[str | Path], paper: dict[str, Any] | None = None) ->
             except (OSError, json.JSONDecodeError) as exc:
                 print(f"kasa-report: skipping {f}: {exc}", file=sys.stderr)
                 continue
-            new = records_from_results(res, str(f), paper, mtime=mtime)
+            new = records_from_results(res, str(f), paper, mtime=mtime, selection=selection)
             recs.extend(new)
             cfgs.extend([res.get("config") or {}] * len(new))
     _set_variants(recs, cfgs)
@@ -267,7 +284,7 @@ def one_per_seed(recs: list[Record], notes: bool = True) -> list[Record]:
     return [r for r in recs if best[(r.table, r.method, r.variant, r.task, r.group, r.seed)] is r]
 
 
-def collect_wandb(path: str, paper: dict[str, Any] | None = None) -> list[Record]:
+def collect_wandb(path: str, paper: dict[str, Any] | None = None, selection: str | None = None) -> list[Record]:
     """Runs of a W&B project ``entity/project`` via the public API (needs the network and a key).
 
     The run config is the resolved Hydra config kasa-train logs; the value is the best or last
@@ -286,11 +303,11 @@ def collect_wandb(path: str, paper: dict[str, Any] | None = None) -> list[Record
         hist = [v for v in hist if isinstance(v, (int, float))]
         if not hist:
             continue
-        selection = _get(cfg, "benchmark.selection") or "best"
-        value = max(hist) if selection == "best" else hist[-1]
+        chosen = selection or _get(cfg, "benchmark.selection") or "best"
+        value = max(hist) if chosen == "best" else hist[-1]
         res = {"config": cfg, "method": _get(cfg, "method.name"), "seed": cfg.get("seed", 0),
                "dataset": _get(cfg, "dataset.name"),
-               "metrics": {"reported": {monitor: value}, "selection": selection, "monitor": monitor}}
+               "metrics": {"reported": {monitor: value}, "selection": chosen, "monitor": monitor}}
         new = records_from_results(res, f"wandb:{path}/{run.id}", paper, mtime=_wandb_time(run))
         recs.extend(new)
         cfgs.extend([cfg] * len(new))
@@ -779,14 +796,15 @@ COMPANIONS = {"csv": {"paired.csv": to_paired_csv}}
 
 def report(paths: Iterable[str | Path], out_dir: str | Path | None = None, formats: Iterable[str] = ("md", "tex", "csv"),
            wandb_path: str | None = None, baseline: str | None = "lora", plots: bool = False,
-           wandb_images: bool = True, n_resamples: int = N_BOOTSTRAP, bootstrap_seed: int = BOOTSTRAP_SEED
-           ) -> dict[str, str]:
+           wandb_images: bool = True, n_resamples: int = N_BOOTSTRAP, bootstrap_seed: int = BOOTSTRAP_SEED,
+           selection: str | None = None) -> dict[str, str]:
     """Collect, aggregate and render; write ``report.<fmt>`` into ``out_dir`` when given. Returns the texts
     (``"paired.csv"`` too when csv is asked for).
 
     ``plots``: also write the figures of :mod:`kasa.analysis.plots` into ``out_dir/plots`` (PNG and PDF; and
     as W&B images when the runs logged to W&B and ``wandb_images``). Raises :class:`ReportError` for a path
-    that does not exist, when no run is found at all, and for ``plots`` without ``out_dir``.
+    that does not exist, when no run is found at all, and for ``plots`` without ``out_dir``. ``selection``:
+    ``best`` | ``last`` reads every run at that epoch instead of the one it reported (captions say which).
     """
     paths = [Path(p) for p in paths]
     missing = [str(p) for p in paths if not p.exists()]
@@ -795,9 +813,11 @@ def report(paths: Iterable[str | Path], out_dir: str | Path | None = None, forma
     if plots and out_dir is None:
         raise ReportError("--plots needs --out DIR (the figures go to DIR/plots)")
     paper = load_paper_numbers()
-    recs, cfgs = collect(paths, paper)
+    if selection not in (None, "best", "last"):
+        raise ReportError(f"selection={selection!r}: use best or last")
+    recs, cfgs = collect(paths, paper, selection)
     if wandb_path:
-        recs += collect_wandb(wandb_path, paper)
+        recs += collect_wandb(wandb_path, paper, selection)
     if not recs:
         where = " ".join(str(p) for p in paths) + (f" or W&B project {wandb_path}" if wandb_path else "")
         raise ReportError(f"no runs found under {where} (no results.json with a reported metric)")
@@ -837,6 +857,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bootstrap", type=int, default=N_BOOTSTRAP, metavar="N",
                    help=f"bootstrap resamples for the paired intervals (default {N_BOOTSTRAP})")
     p.add_argument("--bootstrap-seed", type=int, default=BOOTSTRAP_SEED, help="numpy seed of the bootstrap")
+    p.add_argument("--selection", choices=("best", "last"), default=None,
+                   help="read every run at its best validation epoch or its last one (default: the epoch each run "
+                        "reported, benchmark.selection); captions say which")
     a = p.parse_args(argv)
     formats = [f.strip() for f in a.format.split(",") if f.strip()]
     bad = [f for f in formats if f not in RENDERERS]
@@ -849,7 +872,8 @@ def main(argv: list[str] | None = None) -> int:
     baseline = None if a.baseline.lower() == "none" else a.baseline
     try:
         texts = report(a.paths, a.out, formats, a.wandb, baseline=baseline, plots=a.plots,
-                       wandb_images=not a.no_wandb_images, n_resamples=a.bootstrap, bootstrap_seed=a.bootstrap_seed)
+                       wandb_images=not a.no_wandb_images, n_resamples=a.bootstrap, bootstrap_seed=a.bootstrap_seed,
+                       selection=a.selection)
     except ReportError as exc:
         print(f"kasa-report: error: {exc}", file=sys.stderr)
         return 2
