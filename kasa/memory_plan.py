@@ -416,7 +416,7 @@ def estimate_named(model_name: str, method_name: str, batch: int, seq: int, dtyp
     else:
         from .models.architectures import arch_info
         from .methods import build_method
-        from .params import method_kwargs, resolve
+        from .method_presets import method_kwargs, resolve
 
         try:
             registered, settings = resolve(method_name)
@@ -497,7 +497,7 @@ def cuda_check(model_name: str, method_name: str, batch: int, seq: int, dtype: s
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
         from .methods import build_method
-        from .params import resolve
+        from .method_presets import resolve
 
         cfg = arch_config(model_name)
         task = arch_info(model_name)["task"]

@@ -35,14 +35,12 @@ from __future__ import annotations
 
 import argparse
 import ast
-import copy
-import dataclasses
-import functools
 import sys
 import warnings
 from typing import Any, Sequence
 
 from .methods import REGISTRY, build_method
+from .method_presets import method_kwargs, presets, resolve  # noqa: F401  (kasa.params.resolve stays public)
 from .methods.base import count_only
 from .models.architectures import arch_info, arch_names, backbone_parameter_count, meta_model
 
@@ -85,40 +83,6 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
         except (ValueError, SyntaxError):
             out[key] = raw
     return out
-
-
-def presets() -> list[str]:
-    """The presets of ``conf/method/``: yaml files that are not a registry name (each extends a method)."""
-    from .train import CONF_DIR
-
-    return sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml") if p.stem not in REGISTRY)
-
-
-@functools.cache
-def _composed(name: str) -> dict[str, Any]:
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from .train import CONF_DIR  # importing kasa.train registers the methods' structured configs
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="kasa.params"):
-        return OmegaConf.to_container(compose("train", overrides=[f"method={name}"]).method, resolve=True)
-
-
-def resolve(name: str) -> tuple[str, dict[str, Any]]:
-    """``(registry name, settings)`` that ``kasa-train method=<name>`` composes: a registry name gives its
-    dataclass defaults, a ``conf/method/`` preset the method it extends with the preset's values."""
-    if name not in REGISTRY and name not in presets():
-        raise ValueError(f"unknown method or preset '{name}'; registry: {' '.join(sorted(REGISTRY))}; "
-                         f"presets: {' '.join(presets())}")
-    cfg = copy.deepcopy(_composed(name))  # cached: one composition per name
-    return cfg.pop("name"), cfg
-
-
-def method_kwargs(name: str, sets: dict[str, Any]) -> dict[str, Any]:
-    """The subset of ``sets`` that method ``name`` accepts."""
-    fields = {f.name for f in dataclasses.fields(REGISTRY[name].config_cls)}
-    return {k: v for k, v in sets.items() if k in fields}
 
 
 def applied(method_name: str, model_name: str, sets: dict[str, Any] | None = None):
