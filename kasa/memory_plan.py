@@ -36,8 +36,9 @@ and one training forward runs on meta tensors. The components, in bytes:
 ``total`` sums them: grads counted alongside the activations (the backward frees activations as it writes
 gradients, so this is an upper bound of the allocator's peak, which also has kernel workspaces and the CUDA
 context, neither modelled). :func:`compare_with_bench` checks every component against what
-:func:`kasa.perf.memory.memory_row` counts on the benchmark's real Llama; :func:`cuda_check` compares the
-total with ``torch.cuda.max_memory_allocated`` where a GPU is at hand.
+:func:`kasa.perf.memory.memory_row` counts on the benchmark's real Llama; :func:`cpu_peak_check` compares the
+total (with and without checkpointing) with the peak of live tensors in a real CPU step (torch's memory
+profiler), :func:`cuda_check` with ``torch.cuda.max_memory_allocated`` where a GPU is at hand.
 """
 
 from __future__ import annotations
@@ -210,7 +211,8 @@ def _key(t: torch.Tensor) -> int:
 def measure_saved(model: nn.Module, forward) -> _Saved:
     """Bytes autograd saves in ``forward()`` (a closure returning the loss) on the meta-device ``model``, without
     and with gradient checkpointing per block (see the module docstring)."""
-    frozen = {_key(p) for p in model.parameters()} | {_key(b) for b in model.buffers()}
+    # parameters (trainable ones too: they are counted as such) and buffers are not activations
+    owned = {_key(p) for p in model.parameters()} | {_key(b) for b in model.buffers()}
     sizes: dict[int, int] = {}
     outside: set[int] = set()
     per_block: list[set[int]] = []
@@ -220,7 +222,7 @@ def measure_saved(model: nn.Module, forward) -> _Saved:
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         k = _key(t)
-        if k not in frozen:
+        if k not in owned:
             if k not in sizes:
                 sizes[k] = t.untyped_storage().nbytes()
                 keep.append(t)
@@ -470,34 +472,27 @@ def compare_with_bench(profile: str, methods: Sequence[str], r: int = 8) -> list
     return rows
 
 
-def cuda_check(model_name: str, method_name: str, batch: int, seq: int, dtype: str | torch.dtype | None = None,
-               checkpointing: bool = False, steps: int = 2) -> dict[str, Any]:
-    """The planner's estimate against ``torch.cuda.max_memory_allocated`` (CUDA only): ``model_name`` built on the
-    GPU from its config (random weights: memory does not depend on values), the method applied, ``steps``
-    training steps with AdamW; the peak is taken over the last step, above nothing (weights, AdamW state and
-    all). Returns the estimate's total, the measured peak, the memory allocated before the last step (weights +
-    trainable + AdamW + buffers: the estimate's static part) and the two ratios."""
-    if not torch.cuda.is_available():
-        raise MemoryPlanError("cuda_check needs a CUDA device")
-    from .models.architectures import arch_config, arch_info
-
-    dt = parse_dtype(dtype) or default_dtype(model_name)
-    est = estimate_named(model_name, method_name, batch, seq, dtype=dt)
-    torch.cuda.empty_cache()
+def _real_training(model_name: str, method_name: str, batch: int, seq: int, dtype: torch.dtype, device: str,
+                   checkpointing: bool):
+    """``(model, method, optimizer, step)`` for real training steps of the config :func:`estimate_named` plans:
+    the model built on ``device`` from its config (random weights: memory does not depend on values), the
+    method applied, AdamW; ``step(i)`` runs training step ``i`` (zero_grad, forward + regulariser, backward,
+    AdamW)."""
     torch.manual_seed(0)
     if model_name.startswith(PERF_PREFIX):
         from .perf.core import build_llama
 
         p = _perf_profile(model_name)
-        p.device, p.dtype = "cuda", dt
+        p.device, p.dtype = device, dtype
         model = build_llama(p, bias=True)
         method = perf_method(method_name, p.layers)
         task, vocab = "causal_lm", p.vocab
     else:
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-        from .methods import build_method
         from .method_presets import resolve
+        from .methods import build_method
+        from .models.architectures import arch_config, arch_info
 
         cfg = arch_config(model_name)
         task = arch_info(model_name)["task"]
@@ -506,47 +501,105 @@ def cuda_check(model_name: str, method_name: str, batch: int, seq: int, dtype: s
             if getattr(cfg, "pad_token_id", None) is None:
                 cfg.pad_token_id = getattr(cfg, "eos_token_id", 0) or 0
         auto = AutoModelForCausalLM if task == "causal_lm" else AutoModelForSequenceClassification
-        with torch.device("cuda"):
-            model = auto.from_config(cfg, dtype=dt)
+        with torch.device(device):
+            model = auto.from_config(cfg, dtype=dtype)
         registered, settings = resolve(method_name)
         method = build_method(registered, **settings)
         vocab = cfg.vocab_size
-    method.apply(model)
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, vocab, (batch, seq), generator=gen).to(device)
+    labels = ids if task == "causal_lm" else torch.zeros(batch, dtype=torch.long, device=device)
+    if getattr(method, "needs_calibration", False):  # CorDA (KaSA activation_aware): the step's batch, as the bench
+        method.apply(model, calibration=[{"input_ids": ids}])
+    else:
+        method.apply(model)
     model.train()
-    if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if checkpointing:  # as kasa.models.loader.load_model does for model.gradient_checkpointing=true
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     params = [q for q in model.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
-    ids = torch.randint(0, vocab, (batch, seq), device="cuda")
-    labels = ids if task == "causal_lm" else torch.zeros(batch, dtype=torch.long, device="cuda")
-    before = 0
-    for i in range(steps):
+
+    def step(i: int) -> None:
         opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        if i == steps - 1:
-            before = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
         method.on_before_forward(model, i)
         loss = model(input_ids=ids, labels=labels).loss + method.regularization_loss(model)
         loss.backward()
         opt.step()
-        del loss
+
+    return model, method, opt, step
+
+
+def cpu_peak_check(model_name: str, method_name: str, batch: int, seq: int, dtype: str | torch.dtype | None = None,
+                   checkpointing: bool = False) -> dict[str, Any]:
+    """The planner's total against the peak of the bytes of every live tensor during one real training step on the
+    CPU (after a first step, so AdamW's state exists), from torch's memory profiler timeline
+    (``torch.profiler.profile(profile_memory=True)``; its ``_memory_profile`` is torch's own, not public, API):
+    the CPU's counterpart of ``torch.cuda.max_memory_allocated``. Returns the estimate's total, the peak, the
+    bytes alive when the step starts (the estimate's static part: weights, trainable, AdamW, buffers) and the
+    ratios."""
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        from torch.profiler._memory_profiler import Action
+    except ImportError as exc:  # pragma: no cover (the private module moved)
+        raise MemoryPlanError(f"torch's memory profiler timeline is not available here ({exc})") from None
+    dt = parse_dtype(dtype) or default_dtype(model_name)
+    est = estimate_named(model_name, method_name, batch, seq, dtype=dt)
+    model, method, opt, step = _real_training(model_name, method_name, batch, seq, dt, "cpu", checkpointing)
+    step(0)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        step(1)
+    alive = peak = before = 0
+    for _, action, _, size in prof._memory_profile().timeline:
+        if action == Action.PREEXISTING:
+            before += size
+        if action in (Action.PREEXISTING, Action.CREATE):
+            alive += size
+        elif action == Action.DESTROY:
+            alive -= size
+        peak = max(peak, alive)
+    static = est.weights + est.trainable + est.adamw + est.buffers
+    total = est.total(checkpointing)
+    return {"model": model_name, "method": method_name, "checkpointing": checkpointing, "estimate_total": total,
+            "cpu_peak": peak, "estimate_static": static, "alive_before_step": before, "total_ratio": total / peak,
+            "static_ratio": static / before if before else math.nan}
+
+
+def cuda_check(model_name: str, method_name: str, batch: int, seq: int, dtype: str | torch.dtype | None = None,
+               checkpointing: bool = False, steps: int = 2) -> dict[str, Any]:
+    """The planner's estimate against ``torch.cuda.max_memory_allocated`` (CUDA only): ``steps`` real training
+    steps (:func:`_real_training` on the GPU); the peak is taken over the last step, above nothing (weights,
+    AdamW state and all). Returns the estimate's total, the measured peak, the memory allocated before the last
+    step (weights + trainable + AdamW + buffers: the estimate's static part) and the two ratios."""
+    if not torch.cuda.is_available():
+        raise MemoryPlanError("cuda_check needs a CUDA device")
+    dt = parse_dtype(dtype) or default_dtype(model_name)
+    est = estimate_named(model_name, method_name, batch, seq, dtype=dt)
+    torch.cuda.empty_cache()
+    model, method, opt, step = _real_training(model_name, method_name, batch, seq, dt, "cuda", checkpointing)
+    before = 0
+    for i in range(steps):
+        if i == steps - 1:
+            opt.zero_grad(set_to_none=True)  # step() does it too: what is allocated now is the static part
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        step(i)
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated()
     static = est.weights + est.trainable + est.adamw + est.buffers
     total = est.total(checkpointing)
-    del model, opt, params
+    del model, method, opt, step
     torch.cuda.empty_cache()
     return {"model": model_name, "method": method_name, "dtype": str(dt).removeprefix("torch."), "batch": batch,
             "seq": seq, "checkpointing": checkpointing, "estimate_total": total, "cuda_peak": peak,
             "estimate_static": static, "cuda_before_step": before, "total_ratio": total / peak,
             "static_ratio": static / before if before else math.nan}
-
-
-__all__ = ["MemoryEstimate", "MemoryPlanError", "QUANTIZATIONS", "DTYPES", "GIB", "estimate", "estimate_named",
-           "measure_saved", "frozen_weight_bytes", "quantized_bytes", "parse_dtype", "model_names", "build_meta",
-           "default_dtype", "conf_model_defaults", "perf_method", "compare_with_bench", "cuda_check", "COMPONENTS"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -603,3 +656,9 @@ def plan_table(models: Sequence[str], methods: Sequence[str], batch: int | None 
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out), notes
+
+
+__all__ = ["MemoryEstimate", "MemoryPlanError", "QUANTIZATIONS", "DTYPES", "GIB", "estimate", "estimate_named",
+           "measure_saved", "frozen_weight_bytes", "quantized_bytes", "parse_dtype", "model_names", "build_meta",
+           "default_dtype", "conf_model_defaults", "perf_method", "compare_with_bench", "cpu_peak_check", "cuda_check",
+           "plan_table", "COMPONENTS"]

@@ -270,19 +270,31 @@ def _against_bench(ap: argparse.ArgumentParser, models: list[str], methods: list
     if any(not m.startswith(mp.PERF_PREFIX) for m in models):
         ap.error("--against-bench compares the benchmark's Llama: give --models perf:tiny perf:quick")
     worst = 0.0
-    print("Planner estimate / bytes kasa.perf.memory.memory_row counts on the real model (CPU, one step done)\n")
-    print("| model | method | " + " | ".join(mp.COMPONENTS) + " | frozen weights | counted total |")
-    print("|---|---|" + "---:|" * (len(mp.COMPONENTS) + 2))
+    print("Planner estimate / what is measured on the real model on the CPU: per component, the bytes "
+          "kasa.perf.memory.memory_row counts after one step; the totals (without, with gradient checkpointing), "
+          "the peak of live tensors during a step (torch's memory profiler)\n")
+    print("| model | method | " + " | ".join(mp.COMPONENTS) + " | frozen weights | counted total | total / CPU peak "
+          "| total (ckpt) / CPU peak (ckpt) |")
+    print("|---|---|" + "---:|" * (len(mp.COMPONENTS) + 4))
     for mod in models:
-        for row in mp.compare_with_bench(mod.removeprefix(mp.PERF_PREFIX), methods):
+        profile = mod.removeprefix(mp.PERF_PREFIX)
+        p = mp._perf_profile(mod)
+        for row in mp.compare_with_bench(profile, methods):
             if "error" in row:
-                print(f"| {mod} | {row['method']} | n/a: {row['error'][:150]} |" + " |" * (len(mp.COMPONENTS) + 1))
+                print(f"| {mod} | {row['method']} | n/a: {row['error'][:150]} |" + " |" * (len(mp.COMPONENTS) + 3))
                 continue
             worst = max([worst, abs(row["weights"] - 1)] + [abs(v - 1) for v in row["ratio"].values()])
+            peaks = []
+            for ckpt in (False, True):
+                try:
+                    r = mp.cpu_peak_check(mod, row["method"], p.batch, p.seq, p.dtype, checkpointing=ckpt)
+                    peaks.append(f"{r['total_ratio']:.3f}")
+                except Exception as exc:  # noqa: BLE001  (a cell, not a crash: say why)
+                    peaks.append(f"n/a: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:80]}")
             cells = [f"{row['ratio'][c]:.4f}" for c in mp.COMPONENTS]
             print(f"| {mod} | {row['method']} | " + " | ".join(cells)
-                  + f" | {row['weights']:.4f} | {row['counted']['total']:,} B |")
-    print(f"\nlargest deviation from 1: {worst:.4f}")
+                  + f" | {row['weights']:.4f} | {row['counted']['total']:,} B | {peaks[0]} | {peaks[1]} |", flush=True)
+    print(f"\nlargest deviation of a counted component from 1: {worst:.4f}")
     return 0 if worst <= 0.10 else 1
 
 

@@ -14,7 +14,7 @@
 #                      small evaluation): classification (minilm), e2e, commonsense, instruction (smollm2)
 #   quant_lora/kasa    the same short run on an NF4-quantised smollm2 (model.quantization=nf4)
 #   planner_cuda       python -m kasa.params --memory --cuda-check: the planner's estimate against
-#                      torch.cuda.max_memory_allocated (the bench's 7B-shaped Llama and LLaMA-2-7B)
+#                      torch.cuda.max_memory_allocated (the bench's 7B-shaped Llama: 8 layers, bf16)
 #   planner_test       the CUDA test of tests/test_memory_plan.py
 #   perf_methods       python -m kasa.perf --full --skip-truncation: adds the every-method table
 # GPU_CHECK_BUDGET (seconds, default 480) caps the whole run: a part gets min(its timeout, what is left), and
@@ -88,9 +88,9 @@ train quant_lora quant 60 "e2e on an NF4 smollm2, method=lora" \
     benchmark=e2e model=smollm2 method=lora model.quantization=nf4 "${gen_eval[@]}"
 train quant_kasa quant 60 "e2e on an NF4 smollm2, method=kasa" \
     benchmark=e2e model=smollm2 method=kasa model.quantization=nf4 "${gen_eval[@]}"
-part planner_cuda planner 120 "planner estimate vs torch.cuda.max_memory_allocated (bench 7B-shaped Llama, LLaMA-2-7B)" \
-    "$py" -m kasa.params --memory --cuda-check --models perf:full llama-2-7b --methods kasa lora fft
-part planner_test planner 60 "tests/test_memory_plan.py on the GPU (the CUDA bounds)" \
+part planner_cuda planner 100 "planner estimate vs torch.cuda.max_memory_allocated (the bench's 7B-shaped Llama, bf16)" \
+    "$py" -m kasa.params --memory --cuda-check --models perf:full --methods kasa lora fft
+part planner_test planner 60 "tests/test_memory_plan.py on the GPU (its CUDA bounds, RoBERTa-base)" \
     "$py" -m pytest -q tests/test_memory_plan.py -k cuda -p no:cacheprovider
 part perf_methods perf 180 "kasa.perf --full --skip-truncation: adds the every-method table (bf16, 7B-shaped)" \
     "$py" -m kasa.perf --full --skip-truncation --out "$out/perf_methods.md"
