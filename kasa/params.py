@@ -19,20 +19,28 @@ result has the right shapes and no values), so their counts need no real SVD. Me
 :func:`kasa.methods.base.count_only`, so one whose initialisation needs values (calibration data) may
 skip it. A method that still cannot be applied on the meta device (e.g. a rank that depends on the
 pretrained spectrum) gets ``n/a`` and a footnote saying why.
+
+``--memory``: the training-memory planner (:mod:`kasa.memory_plan`) instead of the count table::
+
+    python -m kasa.params --memory                                         # every paper model x every method
+    python -m kasa.params --memory --model llama-2-7b --methods kasa lora --quantization nf4 --gpu 24
+    python -m kasa.params --memory --models perf:tiny perf:quick --methods kasa lora fft --against-bench
+    python -m kasa.params --memory --models llama-2-7b --methods kasa lora --cuda-check   # on a GPU
+
+``--against-bench`` checks each estimate against what the CPU benchmark counts (``perf:<profile>`` models);
+``--cuda-check`` against ``torch.cuda.max_memory_allocated`` of real training steps.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import copy
-import dataclasses
-import functools
 import sys
 import warnings
 from typing import Any, Sequence
 
 from .methods import REGISTRY, build_method
+from .method_presets import method_kwargs, presets, resolve  # noqa: F401  (kasa.params.resolve stays public)
 from .methods.base import count_only
 from .models.architectures import arch_info, arch_names, backbone_parameter_count, meta_model
 
@@ -75,40 +83,6 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
         except (ValueError, SyntaxError):
             out[key] = raw
     return out
-
-
-def presets() -> list[str]:
-    """The presets of ``conf/method/``: yaml files that are not a registry name (each extends a method)."""
-    from .train import CONF_DIR
-
-    return sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml") if p.stem not in REGISTRY)
-
-
-@functools.cache
-def _composed(name: str) -> dict[str, Any]:
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from .train import CONF_DIR  # importing kasa.train registers the methods' structured configs
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="kasa.params"):
-        return OmegaConf.to_container(compose("train", overrides=[f"method={name}"]).method, resolve=True)
-
-
-def resolve(name: str) -> tuple[str, dict[str, Any]]:
-    """``(registry name, settings)`` that ``kasa-train method=<name>`` composes: a registry name gives its
-    dataclass defaults, a ``conf/method/`` preset the method it extends with the preset's values."""
-    if name not in REGISTRY and name not in presets():
-        raise ValueError(f"unknown method or preset '{name}'; registry: {' '.join(sorted(REGISTRY))}; "
-                         f"presets: {' '.join(presets())}")
-    cfg = copy.deepcopy(_composed(name))  # cached: one composition per name
-    return cfg.pop("name"), cfg
-
-
-def method_kwargs(name: str, sets: dict[str, Any]) -> dict[str, Any]:
-    """The subset of ``sets`` that method ``name`` accepts."""
-    fields = {f.name for f in dataclasses.fields(REGISTRY[name].config_cls)}
-    return {k: v for k, v in sets.items() if k in fields}
 
 
 def applied(method_name: str, model_name: str, sets: dict[str, Any] | None = None):
@@ -182,18 +156,46 @@ def table(methods: Sequence[str], models: Sequence[str], sets: dict[str, Any] | 
     return "\n".join(lines), notes, ok
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Bad options: one line naming the problem (no usage block)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m kasa.params", description=__doc__.split("\n\n")[0])
+    ap = _OneLineParser(prog="python -m kasa.params", description=__doc__.split("\n\n")[0])
     ap.add_argument("--methods", nargs="+", default=None,
                     help="registry names or conf/method/ presets (default: every registered method)")
     ap.add_argument("--models", nargs="+", default=None, help=f"shipped architectures (default: {' '.join(arch_names())})")
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                     help="hyper-parameters, passed to each method that has the field")
     ap.add_argument("--include-heads", action="store_true", help="count the task head too")
+    mem = ap.add_argument_group("memory planner (--memory)")
+    mem.add_argument("--memory", action="store_true", help="estimate training memory instead of counting parameters")
+    mem.add_argument("--model", action="append", default=None, help="a model (repeatable; same as --models)")
+    mem.add_argument("--batch", type=int, default=None, help="sequences per step (default 4; perf:<p>: its batch)")
+    mem.add_argument("--seq", type=int, default=None, help="tokens per sequence (default 512; perf:<p>: its seq)")
+    mem.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: conf/model/<model>.yaml)")
+    mem.add_argument("--quantization", default=None, help="null | nf4 | int8: the frozen linear weights")
+    mem.add_argument("--gradient-checkpointing", action="store_true",
+                     help="only the checkpointed estimate (default: with and without)")
+    mem.add_argument("--gpu", type=float, default=None, metavar="GIB", help="GPU memory: adds a fits column")
+    mem.add_argument("--against-bench", action="store_true",
+                     help="perf:<profile> models: estimate / bytes the CPU benchmark counts, per component")
+    mem.add_argument("--cuda-check", action="store_true",
+                     help="estimate vs torch.cuda.max_memory_allocated of real steps (needs CUDA)")
     args = ap.parse_args(argv)
+    if args.memory:
+        return memory_main(ap, args)
+    used = [f"--{k.replace('_', '-')}" for k in ("model", "batch", "seq", "dtype", "quantization", "gpu")
+            if getattr(args, k) is not None]
+    used += [f"--{k.replace('_', '-')}" for k in ("gradient_checkpointing", "against_bench", "cuda_check")
+             if getattr(args, k)]
+    if used:
+        ap.error(f"{' '.join(used)}: memory-planner options, give --memory too")
 
-    registered = [m for m in ALL_METHODS if m in REGISTRY] + sorted(set(REGISTRY) - set(ALL_METHODS))
-    methods = args.methods or registered
+    methods = args.methods or _registered_methods()
     unknown = [m for m in methods if m not in REGISTRY and m not in presets()]
     models = args.models or arch_names()
     bad_models = [m for m in models if m not in arch_names()]
@@ -218,6 +220,112 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\nExport formats (kasa-export --format; peft: HF PEFT folder, lora: exact plain LoRA, merged: model):")
     print("\n".join(f"  {m}: {' '.join(formats(m)) or 'none (kasa.runs_io.load_run)'}" for m in methods))
     return 0 if ok else 1
+
+
+def _registered_methods() -> list[str]:
+    return [m for m in ALL_METHODS if m in REGISTRY] + sorted(set(REGISTRY) - set(ALL_METHODS))
+
+
+def memory_main(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``--memory``: the planner's table, ``--against-bench`` or ``--cuda-check`` (see the module docstring)."""
+    from . import memory_plan as mp
+
+    models = (args.models or []) + (args.model or []) or arch_names()
+    bad = [m for m in models if m not in mp.model_names()]
+    if bad:
+        ap.error(f"unknown model(s) {' '.join(bad)}; choose from {' '.join(mp.model_names())}")
+    methods = args.methods or _registered_methods()
+    unknown = [m for m in methods if m not in REGISTRY and m not in presets()]
+    if unknown:
+        ap.error(f"unknown method(s) {' '.join(unknown)}; registry: {' '.join(sorted(REGISTRY))}")
+    for name, value in (("--batch", args.batch), ("--seq", args.seq)):
+        if value is not None and value < 1:
+            ap.error(f"{name}={value}: must be at least 1")
+    if args.gpu is not None and not args.gpu > 0:
+        ap.error(f"--gpu={args.gpu:g}: must be a positive number of GiB")
+    if args.dtype is not None and args.dtype not in mp.DTYPES:
+        ap.error(f"--dtype={args.dtype}: choose one of {' '.join(mp.DTYPES)}")
+    quant = None if args.quantization in (None, "null", "none") else args.quantization
+    if quant is not None and quant not in mp.QUANTIZATIONS:
+        ap.error(f"--quantization={args.quantization}: choose one of null {' '.join(mp.QUANTIZATIONS)}")
+    if args.against_bench:
+        return _against_bench(ap, models, methods)
+    if args.cuda_check:
+        return _cuda_check(ap, args, models, methods)
+    md, notes = mp.plan_table(models, methods, args.batch, args.seq, args.dtype, quant,
+                              args.gradient_checkpointing, args.gpu, parse_sets(args.set))
+    print("Training memory per step, estimated on the meta device (GiB = 2^30 bytes; kasa/memory_plan.py): "
+          "frozen weights, trainable parameters + gradients + AdamW state, the method's buffers (+ one "
+          "dequantised weight on a quantised base), activations measured without and modelled with gradient "
+          "checkpointing. Not included: the CUDA context, kernel workspaces and allocator fragmentation.\n")
+    print(md)
+    for i, note in enumerate(notes, 1):
+        print(f"[{i}] {note}")
+    return 0
+
+
+def _against_bench(ap: argparse.ArgumentParser, models: list[str], methods: list[str]) -> int:
+    from . import memory_plan as mp
+
+    if any(not m.startswith(mp.PERF_PREFIX) for m in models):
+        ap.error("--against-bench compares the benchmark's Llama: give --models perf:tiny perf:quick")
+    worst = 0.0
+    print("Planner estimate / what is measured on the real model on the CPU: per component, the bytes "
+          "kasa.perf.memory.memory_row counts after one step; the totals (without, with gradient checkpointing), "
+          "the peak of live tensors during a step (torch's memory profiler)\n")
+    print("| model | method | " + " | ".join(mp.COMPONENTS) + " | frozen weights | counted total | total / CPU peak "
+          "| total (ckpt) / CPU peak (ckpt) |")
+    print("|---|---|" + "---:|" * (len(mp.COMPONENTS) + 4))
+    for mod in models:
+        profile = mod.removeprefix(mp.PERF_PREFIX)
+        p = mp._perf_profile(mod)
+        for row in mp.compare_with_bench(profile, methods):
+            if "error" in row:
+                print(f"| {mod} | {row['method']} | n/a: {row['error'][:150]} |" + " |" * (len(mp.COMPONENTS) + 3))
+                continue
+            worst = max([worst, abs(row["weights"] - 1)] + [abs(v - 1) for v in row["ratio"].values()])
+            peaks = []
+            for ckpt in (False, True):
+                try:
+                    r = mp.cpu_peak_check(mod, row["method"], p.batch, p.seq, p.dtype, checkpointing=ckpt)
+                    peaks.append(f"{r['total_ratio']:.3f}")
+                except Exception as exc:  # noqa: BLE001  (a cell, not a crash: say why)
+                    peaks.append(f"n/a: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:80]}")
+            cells = [f"{row['ratio'][c]:.4f}" for c in mp.COMPONENTS]
+            print(f"| {mod} | {row['method']} | " + " | ".join(cells)
+                  + f" | {row['weights']:.4f} | {row['counted']['total']:,} B | {peaks[0]} | {peaks[1]} |", flush=True)
+    print(f"\nlargest deviation of a counted component from 1: {worst:.4f}")
+    return 0 if worst <= 0.10 else 1
+
+
+def _cuda_check(ap: argparse.ArgumentParser, args: argparse.Namespace, models: list[str], methods: list[str]) -> int:
+    import torch
+
+    from . import memory_plan as mp
+
+    if not torch.cuda.is_available():
+        ap.error("--cuda-check needs a CUDA device")
+    modes = [True] if args.gradient_checkpointing else [False, True]
+    print(f"Planner estimate vs torch.cuda.max_memory_allocated ({torch.cuda.get_device_name()})\n")
+    print("| model | method | dtype | batch x seq | ckpt | estimate (GiB) | CUDA peak (GiB) | estimate / peak "
+          "| static estimate / allocated before the step |")
+    print("|---|---|---|---|---|---:|---:|---:|---:|")
+    for mod in models:
+        for meth in methods:
+            for ckpt in modes:
+                p = mp._perf_profile(mod) if mod.startswith(mp.PERF_PREFIX) else None
+                b, s = args.batch or (p.batch if p else 4), args.seq or (p.seq if p else 512)
+                try:
+                    r = mp.cuda_check(mod, meth, b, s, args.dtype, checkpointing=ckpt)
+                except Exception as exc:  # noqa: BLE001  (one row per failure, the others still run)
+                    print(f"| {mod} | {meth} | | {b} x {s} | {ckpt} | failed: {type(exc).__name__}: "
+                          f"{(str(exc).splitlines() or [''])[0][:150]} | | | |")
+                    torch.cuda.empty_cache()
+                    continue
+                print(f"| {mod} | {meth} | {r['dtype']} | {b} x {s} | {ckpt} | {r['estimate_total'] / mp.GIB:.3f} "
+                      f"| {r['cuda_peak'] / mp.GIB:.3f} | {r['total_ratio']:.3f} | {r['static_ratio']:.3f} |",
+                      flush=True)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,49 @@
+"""Method names as ``kasa-train method=<name>`` composes them: a registry name (its dataclass defaults) or a
+``conf/method/`` preset (a yaml extending a method with the settings of a published table row). Shared by
+``python -m kasa.params`` (counts) and :mod:`kasa.memory_plan` (memory)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+from typing import Any
+
+from .methods import REGISTRY
+
+
+def presets() -> list[str]:
+    """The presets of ``conf/method/``: yaml files that are not a registry name (each extends a method)."""
+    from .train import CONF_DIR
+
+    return sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml") if p.stem not in REGISTRY)
+
+
+@functools.cache
+def _composed(name: str) -> dict[str, Any]:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from .train import CONF_DIR  # importing kasa.train registers the methods' structured configs
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="kasa.params"):
+        return OmegaConf.to_container(compose("train", overrides=[f"method={name}"]).method, resolve=True)
+
+
+def resolve(name: str) -> tuple[str, dict[str, Any]]:
+    """``(registry name, settings)`` that ``kasa-train method=<name>`` composes: a registry name gives its
+    dataclass defaults, a ``conf/method/`` preset the method it extends with the preset's values."""
+    if name not in REGISTRY and name not in presets():
+        raise ValueError(f"unknown method or preset '{name}'; registry: {' '.join(sorted(REGISTRY))}; "
+                         f"presets: {' '.join(presets())}")
+    cfg = copy.deepcopy(_composed(name))  # cached: one composition per name
+    return cfg.pop("name"), cfg
+
+
+def method_kwargs(name: str, sets: dict[str, Any]) -> dict[str, Any]:
+    """The subset of ``sets`` that method ``name`` accepts."""
+    fields = {f.name for f in dataclasses.fields(REGISTRY[name].config_cls)}
+    return {k: v for k, v in sets.items() if k in fields}
+
+
+__all__ = ["presets", "resolve", "method_kwargs"]
