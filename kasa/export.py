@@ -68,6 +68,10 @@ def export_model(model: nn.Module, method: Any, fmt: str, out: str | Path, *, ba
     try:
         if fmt == "merged":
             method.merge_and_unload(model, safe=True, dequantize=dequantize)
+            if dequantize:  # the layers no adapter wrapped are still quantised: a plain checkpoint holds dense ones
+                from .models.quantize import dequantize_model
+
+                dequantize_model(model)
             model.save_pretrained(tmp, safe_serialization=True)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)

@@ -163,6 +163,29 @@ def quantize_model(model: nn.Module, scheme: str, backend: str = "auto", skip: l
     return names
 
 
+@torch.no_grad()
+def dequantize_model(model: nn.Module) -> list[str]:
+    """Make every quantised linear layer of ``model`` dense again (its dequantised weight, in the compute dtype), in
+    place; returns their names. For a merged model that leaves kasa as a plain checkpoint (``kasa-export --format
+    merged --dequantize``): the adapters' bases are dense after ``merge(dequantize=True)``, the others after this."""
+    names = [n for n, m in model.named_modules() if n and is_quantized(m) and hasattr(m, "weight")]
+    for n in names:
+        module = model.get_submodule(n)
+        w = dequantized_weight(module)
+        if type(module) is nn.Linear:  # torchao: the tensor subclass is the parameter
+            module.weight = nn.Parameter(w.detach().clone(), requires_grad=False)
+            continue
+        dense = nn.Linear(w.shape[1], w.shape[0], bias=getattr(module, "bias", None) is not None, device=w.device,
+                          dtype=w.dtype)
+        dense.weight.copy_(w)
+        if dense.bias is not None:
+            dense.bias.copy_(module.bias.detach().to(w.dtype))
+        dense.requires_grad_(False)
+        parent_name, _, child = n.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, dense.train(module.training))
+    return names
+
+
 def quantize_for_method(model: nn.Module, method: Any, scheme: str | None, backend: str = "auto",
                         stage: str = "after") -> list[str]:
     """Quantise ``model`` at the right moment for ``method``: call with ``stage="before"`` ahead of
@@ -182,5 +205,6 @@ def quantize_for_method(model: nn.Module, method: Any, scheme: str | None, backe
 
 
 __all__ = ["QUANTIZATIONS", "BACKENDS", "QuantizationError", "check_quantization", "resolve_backend", "is_quantized",
-           "quantized_kind", "dequantized_weight", "dequantize_bases", "quantize_model", "quantize_for_method",
+           "quantized_kind", "dequantized_weight", "dequantize_bases", "dequantize_model", "quantize_model",
+           "quantize_for_method",
            "nf4_tensor", "quantizable"]

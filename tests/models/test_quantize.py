@@ -232,6 +232,22 @@ def test_kasa_train_on_an_nf4_base_and_reload_the_run(method, tiny_causal_dir, t
     assert quantized_kind(q.base_layer) == "torchao NF4Tensor"  # rebuilt as it trained
     with pytest.raises(MethodError, match="quantised base"):
         loaded.method.merge(loaded.model)
+    if method != "lora":
+        return
+    # kasa-export: merged needs --dequantize (refused before any model loads), then loads without kasa
+    from transformers import AutoModelForCausalLM
+
+    from kasa.export import ExportError, export_run, main as export_main
+
+    with pytest.raises(ExportError, match="model.quantization=nf4 base: --format merged needs --dequantize"):
+        export_run(d, "merged", tmp_path / "merged-refused")
+    assert not (tmp_path / "merged-refused").exists()
+    assert export_main([str(d), "--format", "merged", "--out", str(tmp_path / "m"), "--checkpoint", "last",
+                        "--dequantize"]) == 0
+    x = {"input_ids": torch.tensor([[1, 5, 9, 2]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    with torch.no_grad():
+        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(tmp_path / "m")(**x).logits,
+                                   loaded.model(**x).logits, rtol=1e-4, atol=1e-4)
 
 
 def test_null_quantization_keeps_the_hash_of_runs_made_before_the_key_existed():
@@ -261,3 +277,21 @@ def test_importing_torchao_through_kasa_logs_none_of_its_cpu_noise():
     assert res.returncode == 0, res.stderr
     assert "Failed to load" not in res.stderr and "is an Enum subclass" not in res.stderr
     assert "a real torchao warning" in res.stderr  # the filter drops only those records
+
+
+@pytest.mark.parametrize("autocast,expected", [(True, torch.float32), (False, torch.bfloat16)])
+def test_adapters_on_an_nf4_bf16_base_are_float32_or_bf16_where_asked(autocast, expected):
+    torch.manual_seed(0)
+    model = tiny_llama().to(torch.bfloat16)
+    for key in ("lora", "kasa"):
+        m = copy.deepcopy(model)
+        method = _method(key, autocast_adapter_dtype=autocast)
+        _quantised(m, method)
+        assert quantized_kind(m.model.layers[0].self_attn.q_proj.base_layer) == "torchao NF4Tensor"
+        dtypes = {p.dtype for n, p in m.named_parameters() if p.requires_grad and "lm_head" not in n}
+        assert dtypes == {expected}, (key, dtypes)
+        m.train()
+        x = tiny_inputs()
+        m(**x, labels=x["input_ids"]).loss.backward()
+        assert all(p.grad is not None and p.grad.dtype == expected for n, p in m.named_parameters()
+                   if p.requires_grad and "lm_head" not in n)
