@@ -164,3 +164,12 @@ def test_figures_go_to_wandb_when_the_runs_logged_there(tmp_path, monkeypatch):
 def test_runs_without_wandb_log_no_images(runs, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # importing it would fail: it must not be needed
     assert plots.log_to_wandb([tmp_path / "x.png"], [{"logger": {"wandb": None}}], tmp_path) == ""
+
+
+def test_the_parameter_axis_is_logarithmic_only_across_a_decade():
+    from kasa.analysis.plots import log_cost_axis
+
+    assert log_cost_axis("trainable parameters", [73_824, 1_000_000])
+    assert not log_cost_axis("trainable parameters", [73_728, 73_824])  # KaSA vs LoRA on MiniLM
+    assert not log_cost_axis("wall time (s)", [10.0, 1000.0])
+    assert not log_cost_axis("trainable parameters", [0, 1000])

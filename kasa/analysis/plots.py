@@ -306,6 +306,12 @@ def render_curves(panels: list[CurvePanel], out_dir: Path) -> list[Path]:
     return paths
 
 
+def log_cost_axis(cost: str, values: list[float]) -> bool:
+    """Whether a trade-off panel's x axis is logarithmic: trainable-parameter counts spanning at least a decade.
+    Near-equal counts (KaSA vs LoRA differ by 0.1%) on a log axis get overlapping minor labels and no scale."""
+    return cost == "trainable parameters" and min(values) > 0 and max(values) / min(values) >= 10
+
+
 def render_tradeoffs(panels: list[TradeoffPanel], out_dir: Path) -> list[Path]:
     plt = _plt()
     paths: list[Path] = []
@@ -336,8 +342,11 @@ def render_tradeoffs(panels: list[TradeoffPanel], out_dir: Path) -> list[Path]:
             ax.plot([], [], "o", color="tab:red", label="on the Pareto front")
             ax.plot([], [], "o", color="tab:blue", label="dominated")
             ax.set_ylim(*y_limits([v for pt in p.points for v in (pt.mean, pt.low, pt.high)], p.percent))
-            if p.cost == "trainable parameters" and min(pt.cost for pt in p.points) > 0:
+            if log_cost_axis(p.cost, [pt.cost for pt in p.points]):
                 ax.set_xscale("log")
+            else:
+                ax.ticklabel_format(axis="x", style="plain", useOffset=False)
+                ax.tick_params(axis="x", labelrotation=30)
             ax.legend(fontsize=6, title="mean ± 95% t interval over seeds", title_fontsize=6)
         fig.suptitle(f"{table}: {task}", fontsize=9)
         paths += _save(fig, out_dir, f"{_safe(table)}_{_safe(task)}_tradeoff")
