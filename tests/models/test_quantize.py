@@ -295,3 +295,26 @@ def test_adapters_on_an_nf4_bf16_base_are_float32_or_bf16_where_asked(autocast, 
         m(**x, labels=x["input_ids"]).loss.backward()
         assert all(p.grad is not None and p.grad.dtype == expected for n, p in m.named_parameters()
                    if p.requires_grad and "lm_head" not in n)
+
+
+def test_kasa_keep_removed_and_the_truncation_cache_work_on_an_nf4_base(tmp_path):
+    """The truncation runs at full precision before quantising: its cache is written and read as without
+    quantisation, and keep_removed's factors give the exact plain-LoRA export of the trained layers."""
+    torch.manual_seed(0)
+    base = tiny_llama()
+    models = []
+    for _ in range(2):  # the second apply reads the cache the first one wrote
+        m = copy.deepcopy(base)
+        method = _method("kasa", keep_removed=True, truncation_cache=str(tmp_path / "cache"))
+        _quantised(m, method)
+        models.append((m, method))
+    assert any((tmp_path / "cache").rglob("*"))
+    (m1, k1), (m2, _) = models
+    layers = [(a, b) for (n, a), (_, b) in zip(m1.named_modules(), m2.named_modules()) if hasattr(a, "kasa_removed_us")]
+    assert layers
+    for a, b in layers:  # the same removed part (the cache keeps the factors; signs and last bits may differ)
+        torch.testing.assert_close(a.kasa_removed_us @ a.kasa_removed_vh, b.kasa_removed_us @ b.kasa_removed_vh,
+                                   rtol=1e-5, atol=1e-6)
+        assert quantized_kind(b.base_layer) == "torchao NF4Tensor"
+    lora, sd = k1.export_lora(m1)
+    assert any(k.endswith("lora_A") for k in sd) and lora.config.r == 8  # t + r = 4 + 4
