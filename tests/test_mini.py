@@ -145,3 +145,14 @@ def test_powered_driver_runs_every_arm_per_seed():
     text = (REPO / "experiments" / "mini" / "powered.sh").read_text()
     assert "method.truncation=paper,none,activation_aware" in text and "method=lora" in text
     assert "--plots" in text and "kasa-report" in text
+
+
+def test_split_per_seed_refuses_a_source_with_fixed_splits(monkeypatch):
+    from kasa.benchmarks.classification import split_args
+    from kasa.data.classification import SOURCES, DatasetError
+
+    monkeypatch.setitem(SOURCES, "fixed", lambda task, val_fraction=0.2: None)
+    cfg = _compose("experiment=mini_powered", "seed=2")
+    cfg.dataset.source = "fixed"
+    with pytest.raises(DatasetError, match="source 'fixed' has fixed splits.*split_per_seed=false"):
+        split_args(cfg)

@@ -21,8 +21,16 @@ def split_args(cfg: DictConfig) -> dict:
     seed-to-seed spread). The switch, not the resolved ``split_seed``, stays in the config, so kasa-report still
     pools the seeds of one setting.
     """
+    import inspect
+
+    from ..data.classification import SOURCES, DatasetError
+
     args = as_dict(cfg.dataset.get("source_args"))
     if cfg.dataset.get("split_per_seed", False):
+        fn = SOURCES.get(cfg.dataset.source)
+        if fn is not None and "split_seed" not in inspect.signature(fn).parameters:
+            raise DatasetError(f"dataset.split_per_seed=true: source '{cfg.dataset.source}' has fixed splits (it takes "
+                               "no split_seed); set dataset.split_per_seed=false")
         args["split_seed"] = int(cfg.seed)
     return args
 
