@@ -509,12 +509,9 @@ def _real_training(model_name: str, method_name: str, batch: int, seq: int, dtyp
         method.apply(model)
     model.train()
     if checkpointing:  # as kasa.models.loader.load_model does for model.gradient_checkpointing=true
-        enable = getattr(model, "activation_checkpointing_enable", None)
-        if enable is not None:
-            enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+        from .models.loader import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(model)
     params = [q for q in model.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
 
@@ -609,6 +606,8 @@ def plan_table(models: Sequence[str], methods: Sequence[str], batch: int | None 
     """``(markdown, notes)``: one table per model, one row per method, sizes in GiB. ``batch``/``seq``
     ``None``: 4 x 512 (a ``perf:`` model: its profile's); ``dtype`` ``None``: each model's conf/model dtype.
     ``gpu_gib``: a "fits" column (``yes``, ``ckpt`` when only the checkpointed total fits, ``no``)."""
+    from .method_presets import na_footnote
+
     notes: list[str] = []
     note_ids: dict[tuple[str, str], int] = {}
     out: list[str] = []
@@ -631,12 +630,7 @@ def plan_table(models: Sequence[str], methods: Sequence[str], batch: int | None 
             try:
                 e = estimate_named(mod, meth, b, s, dtype=dt, quantization=quantization, sets=sets)
             except Exception as exc:  # noqa: BLE001  (a table cell, not a crash: say why)
-                reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
-                key = (meth, reason)
-                if key not in note_ids:
-                    notes.append(f"{meth}: n/a ({reason})")
-                    note_ids[key] = len(notes)
-                out.append(f"| {meth} | n/a [{note_ids[key]}] |" + " |" * (len(cols) - 2))
+                out.append(f"| {meth} | n/a [{na_footnote(notes, note_ids, meth, exc)}] |" + " |" * (len(cols) - 2))
                 continue
             cells = [meth, f"{e.trainable_params:,}", _gib(e.weights), _gib(e.trainable + e.grads + e.adamw),
                      _gib(e.buffers + e.transient)]

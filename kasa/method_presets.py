@@ -12,6 +12,17 @@ from typing import Any
 from .methods import REGISTRY
 
 
+def na_footnote(notes: list[str], note_ids: dict[tuple[str, str], int], method: str, exc: Exception) -> int:
+    """The footnote number of a table cell that could not be computed: one note per (method, first line of the
+    error), appended to ``notes`` the first time (the count and memory tables both print them under the table)."""
+    reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+    key = (method, reason)
+    if key not in note_ids:
+        notes.append(f"{method}: n/a ({reason})")
+        note_ids[key] = len(notes)
+    return note_ids[key]
+
+
 def presets() -> list[str]:
     """The presets of ``conf/method/``: yaml files that are not a registry name (each extends a method)."""
     from .train import CONF_DIR

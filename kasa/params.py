@@ -40,7 +40,7 @@ import warnings
 from typing import Any, Sequence
 
 from .methods import REGISTRY, build_method
-from .method_presets import method_kwargs, presets, resolve  # noqa: F401  (kasa.params.resolve stays public)
+from .method_presets import method_kwargs, na_footnote, presets, resolve  # noqa: F401  (kasa.params.resolve stays public)
 from .methods.base import count_only
 from .models.architectures import arch_info, arch_names, backbone_parameter_count, meta_model
 
@@ -125,12 +125,7 @@ def table(methods: Sequence[str], models: Sequence[str], sets: dict[str, Any] | 
                 n = method.trainable_parameter_count(model, include_heads=include_heads)
                 final = method.final_parameter_count(model)
             except Exception as e:  # noqa: BLE001  (a table cell, not a crash: say why)
-                reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
-                key = (meth, reason)
-                if key not in note_ids:
-                    notes.append(f"{meth}: n/a ({reason})")
-                    note_ids[key] = len(notes)
-                cells.append(f"n/a [{note_ids[key]}]")
+                cells.append(f"n/a [{na_footnote(notes, note_ids, meth, e)}]")
                 continue
             cell = f"{n:,}" + (f" (final: {final:,})" if final is not None else "")
             ref = REFERENCE_COUNTS.get((meth, mod))

@@ -31,7 +31,7 @@ import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from .stats import FRACTION_METRICS, summarise
 from .stats import in_table_units as _scale
@@ -277,15 +277,23 @@ def _safe(s: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in s)
 
 
-def render_curves(panels: list[CurvePanel], out_dir: Path) -> list[Path]:
+def _task_figures(panels: list[Any], panel_width: float) -> Iterator[tuple[Any, str, str, list[tuple[Any, Any]]]]:
+    """One figure per (table, task) of ``panels``, a row of axes with one panel each: ``(fig, table, task,
+    [(ax, panel), ...])``."""
     plt = _plt()
-    paths: list[Path] = []
-    by_task: dict[tuple[str, str], list[CurvePanel]] = {}
+    by_task: dict[tuple[str, str], list[Any]] = {}
     for p in panels:
         by_task.setdefault((p.table, p.task), []).append(p)
     for (table, task), ps in by_task.items():
-        fig, axes = plt.subplots(1, len(ps), figsize=(5.2 * len(ps), 3.8), squeeze=False)
-        for ax, p in zip(axes[0], ps):
+        fig, axes = plt.subplots(1, len(ps), figsize=(panel_width * len(ps), 3.8), squeeze=False)
+        yield fig, table, task, list(zip(axes[0], ps))
+
+
+def render_curves(panels: list[CurvePanel], out_dir: Path) -> list[Path]:
+    plt = _plt()
+    paths: list[Path] = []
+    for fig, table, task, axes in _task_figures(panels, 5.2):
+        for ax, p in axes:
             ys = []
             for b in p.bands:
                 line, = ax.plot(b.x, b.mean, marker="o" if len(b.x) < 30 else None, ms=3,
@@ -315,12 +323,8 @@ def log_cost_axis(cost: str, values: list[float]) -> bool:
 def render_tradeoffs(panels: list[TradeoffPanel], out_dir: Path) -> list[Path]:
     plt = _plt()
     paths: list[Path] = []
-    by_task: dict[tuple[str, str], list[TradeoffPanel]] = {}
-    for p in panels:
-        by_task.setdefault((p.table, p.task), []).append(p)
-    for (table, task), ps in by_task.items():
-        fig, axes = plt.subplots(1, len(ps), figsize=(4.6 * len(ps), 3.8), squeeze=False)
-        for ax, p in zip(axes[0], ps):
+    for fig, table, task, axes in _task_figures(panels, 4.6):
+        for ax, p in axes:
             ax.set_xlabel(p.cost)
             ax.set_ylabel(p.y_label)
             if not p.points:

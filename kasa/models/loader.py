@@ -87,14 +87,19 @@ def load_model(name_or_path: str, task: str = "seq_cls", num_labels: int = 2, dt
     if model.config.pad_token_id is None:
         model.config.pad_token_id = model.config.eos_token_id if task == "causal_lm" else 0
     if gradient_checkpointing:
-        # transformers 5 renamed it (the old name warns that it goes in v6); older releases have only the old one
-        enable = getattr(model, "activation_checkpointing_enable", None)
-        if enable is not None:
-            enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+        enable_gradient_checkpointing(model)
     return model
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Non-reentrant activation checkpointing of a transformers model, KV cache off (``model.gradient_checkpointing``)."""
+    # transformers 5 renamed it (the old name warns that it goes in v6); older releases have only the old one
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
 
 
 def _load_hint(name: str, exc: Exception) -> str:
