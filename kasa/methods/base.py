@@ -319,23 +319,26 @@ def check_mergeable_base(layer: "AdapterLayer", name: str = "") -> None:
                           "dequantize=True) replaces each quantised base by its dequantised dense weight first")
 
 
+@torch.no_grad()
+def dense_linear(module: nn.Module) -> nn.Linear:
+    """A frozen plain ``nn.Linear`` holding a quantised layer's dequantised weight and its bias (same mode)."""
+    w = dequantized_weight(module)
+    dense = nn.Linear(w.shape[1], w.shape[0], bias=getattr(module, "bias", None) is not None, device=w.device,
+                      dtype=w.dtype)
+    dense.weight.copy_(w)
+    if dense.bias is not None:
+        dense.bias.copy_(module.bias.detach().to(w.dtype))
+    dense.requires_grad_(False)
+    return dense.train(module.training)
+
+
 def dequantize_bases(model: nn.Module) -> list[str]:
-    """Replace the quantised ``base_layer`` of every adapter by a dense ``nn.Linear`` holding its dequantised weight
-    and bias; returns the layers replaced (the merge of a QLoRA-style run into a dense model)."""
+    """Replace the quantised ``base_layer`` of every adapter by :func:`dense_linear` of it; returns the layers
+    replaced (the merge of a QLoRA-style run into a dense model)."""
     done = []
     for lname, layer in model.named_modules():
         if isinstance(layer, AdapterLayer) and is_quantized(layer.base_layer):
-            base = layer.base_layer
-            w = dequantized_weight(base)
-            dense = nn.Linear(w.shape[1], w.shape[0], bias=getattr(base, "bias", None) is not None,
-                              device=w.device, dtype=w.dtype)
-            with torch.no_grad():
-                dense.weight.copy_(w)
-                if dense.bias is not None:
-                    dense.bias.copy_(base.bias.detach().to(w.dtype))
-            for p in dense.parameters():
-                p.requires_grad_(False)
-            layer.base_layer = dense.train(base.training)
+            layer.base_layer = dense_linear(layer.base_layer)
             done.append(lname)
     return done
 

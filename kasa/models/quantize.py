@@ -29,7 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..methods.base import dequantize_bases, dequantized_weight, is_quantized, match_target, quantized_kind
+from ..methods.base import (dense_linear, dequantize_bases, dequantized_weight, is_quantized, match_target,
+                            quantized_kind)
 
 QUANTIZATIONS = ("nf4", "int8")
 BACKENDS = ("auto", "bitsandbytes", "torchao")
@@ -170,19 +171,9 @@ def dequantize_model(model: nn.Module) -> list[str]:
     merged --dequantize``): the adapters' bases are dense after ``merge(dequantize=True)``, the others after this."""
     names = [n for n, m in model.named_modules() if n and is_quantized(m) and hasattr(m, "weight")]
     for n in names:
-        module = model.get_submodule(n)
-        w = dequantized_weight(module)
-        if type(module) is nn.Linear:  # torchao: the tensor subclass is the parameter
-            module.weight = nn.Parameter(w.detach().clone(), requires_grad=False)
-            continue
-        dense = nn.Linear(w.shape[1], w.shape[0], bias=getattr(module, "bias", None) is not None, device=w.device,
-                          dtype=w.dtype)
-        dense.weight.copy_(w)
-        if dense.bias is not None:
-            dense.bias.copy_(module.bias.detach().to(w.dtype))
-        dense.requires_grad_(False)
         parent_name, _, child = n.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, dense.train(module.training))
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, dense_linear(model.get_submodule(n)))
     return names
 
 
