@@ -66,7 +66,7 @@ train() {  # train NAME KIND TIMEOUT DESCRIPTION OVERRIDES...
     local name=$1 kind=$2 limit=$3 desc=$4; shift 4
     part "$name" "$kind" "$limit" "$desc" "$py" -m kasa.train "$@" "${train_common[@]}" \
         "hydra.run.dir=$out/$name"
-    local fields=("$name" "$([ "$kind" = quant ] && echo 1 || echo 0)" "$@" "${train_common[@]}" "hydra.run.dir=$out/$name")
+    local fields=("$name" "$@" "${train_common[@]}" "hydra.run.dir=$out/$name")
     (IFS=$'\t'; echo "${fields[*]}") >> "$out/compose_checks.tsv"
 }
 : > "$out/compose_checks.tsv"

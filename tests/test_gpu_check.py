@@ -79,6 +79,6 @@ def test_compose_status():
     status, reason = compose_status(["model=minilm", "trainer.max_epochs=abc"])
     assert status == "error" and "max_epochs" in reason
     assert compose_status(["model=nope"])[0] == "error"
-    assert compose_status(["model=smollm2", "method=lora", "model.quantization=nf4"], quantised=True)[0] == "ok"
-    status, reason = compose_status(["model=smollm2", "method=fft", "model.quantization=nf4"], quantised=True)
+    assert compose_status(["model=smollm2", "method=lora", "model.quantization=nf4"])[0] == "ok"
+    status, reason = compose_status(["model=smollm2", "method=fft", "model.quantization=nf4"])
     assert status == "error" and "method=fft trains the base model's own weights" in reason

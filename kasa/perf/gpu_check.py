@@ -2,11 +2,10 @@
 
     python -m kasa.perf.gpu_check FILE
 
-``FILE``: one line per command, tab-separated: the part's name, ``1`` when it is a quantised step (else ``0``),
-then its overrides. Each is composed as ``kasa-train`` would (:func:`kasa.train.compose_error`, one line per
+``FILE``: one line per command, tab-separated: the part's name, then its overrides. Each is composed as ``kasa-train`` would (:func:`kasa.train.compose_error`, one line per
 problem) and checked by :func:`kasa.train.validate` (every check that needs neither weights nor data). Prints one
-line per part, tab-separated: name, ``ok`` | ``error``, and the reason (``quantised`` is kept in the file format
-for the summary; its steps compose like any other). Exit status 1 when any part is an ``error``.
+line per part, tab-separated: name, ``ok`` | ``error``, and the reason. Exit status 1 when any part is an
+``error``.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from typing import Sequence
 STATUSES = ("ok", "error")
 
 
-def compose_status(overrides: Sequence[str], quantised: bool = False) -> tuple[str, str]:
+def compose_status(overrides: Sequence[str]) -> tuple[str, str]:
     """``(status, reason)`` of ``kasa-train <overrides>`` (see the module docstring)."""
     from hydra import compose, initialize_config_dir
 
@@ -41,14 +40,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1 or not Path(args[0]).is_file():
         print("python -m kasa.perf.gpu_check: error: give one file of tab-separated commands "
-              "(name, quantised 0/1, overrides...)", file=sys.stderr)
+              "(name, overrides...)", file=sys.stderr)
         return 2
     bad = False
     for line in Path(args[0]).read_text().splitlines():
         if not line.strip():
             continue
-        name, quantised, *overrides = line.split("\t")
-        status, reason = compose_status(overrides, quantised == "1")
+        name, *overrides = line.split("\t")
+        status, reason = compose_status(overrides)
         bad |= status == "error"
         print(f"{name}\t{status}\t{reason}", flush=True)
     return 1 if bad else 0
