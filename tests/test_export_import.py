@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from conftest import TINY_MODELS, model_output, tiny_inputs
+from conftest import TINY_MODELS, model_output, tiny_inputs, tiny_cls
 
 from kasa.methods import MethodError, build_method
 from kasa.methods.export import load_peft_adapter
@@ -173,7 +173,7 @@ def test_init_from_in_a_training_run(tiny_bert_dir, tmp_path):
             if p.requires_grad:
                 p.add_(0.3 * torch.randn_like(p))
     pm.save_pretrained(tmp_path / "adapter")
-    overrides = [f"model.name_or_path={tiny_bert_dir}", "method=lora", "method.r=4", "trainer.max_epochs=1",
+    overrides = [*tiny_cls(tiny_bert_dir), "method=lora", "method.r=4", "trainer.max_epochs=1",
                  "trainer.limit_train_batches=1", "trainer.enable_progress_bar=false", "benchmark.batch_size=8",
                  "benchmark.optim.lr=1e-9", "benchmark.optim.head_lr=1e-9"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

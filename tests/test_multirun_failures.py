@@ -10,12 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import tiny_cls
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _multirun(tiny_bert_dir: Path, tmp_path: Path, sweep: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "kasa.train", "-m", "method.r=0,4", f"model.name_or_path={tiny_bert_dir}",
+    cmd = [sys.executable, "-m", "kasa.train", "-m", "method.r=0,4", *tiny_cls(tiny_bert_dir),
            "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2",
            "trainer.enable_progress_bar=false", f"sweep_dir={tmp_path / 'points'}",
            f"hydra.sweep.dir={tmp_path / sweep}"]
@@ -54,7 +56,7 @@ def test_a_failing_point_does_not_end_the_sweep_and_is_retried(tiny_bert_dir, tm
 
 def test_single_run_keeps_exit_2_and_one_line(tiny_bert_dir, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "kasa.train", "method.r=0", f"model.name_or_path={tiny_bert_dir}",
+    proc = subprocess.run([sys.executable, "-m", "kasa.train", "method.r=0", *tiny_cls(tiny_bert_dir),
                            f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     err = [ln for ln in proc.stderr.splitlines() if ln.strip()]

@@ -16,7 +16,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import Crash, crash_at_epoch
+from conftest import Crash, crash_at_epoch, tiny_cls
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -31,7 +31,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
 
 
 def _cfg(tiny_bert_dir: Path | None, *overrides: str, tiny: bool = True):
-    model = [f"model.name_or_path={tiny_bert_dir}"] if tiny_bert_dir else []
+    model = tiny_cls(tiny_bert_dir) if tiny_bert_dir else []
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=[*model, *(TINY if tiny else ()), *overrides])
 
@@ -143,7 +143,7 @@ def test_default_run_folders_carry_the_config_hash(tiny_bert_dir):
     folders = set()
     for r in (4, 16):
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose("train", overrides=[f"model.name_or_path={tiny_bert_dir}", f"method.r={r}"],
+            cfg = compose("train", overrides=[*tiny_cls(tiny_bert_dir), f"method.r={r}"],
                           return_hydra_config=True)
         run_dir = cfg.hydra.run.dir  # resolved as Hydra resolves it: two runs of one second differ by the hash
         key = config_hash(cfg)
@@ -209,7 +209,7 @@ def test_a_live_lock_makes_a_second_process_skip_the_point(tiny_bert_dir, tmp_pa
     try:
         time.sleep(0.5)
         _lock(point, holder.pid)
-        proc = subprocess.run([sys.executable, "-m", "kasa.train", f"model.name_or_path={tiny_bert_dir}", *TINY,
+        proc = subprocess.run([sys.executable, "-m", "kasa.train", *tiny_cls(tiny_bert_dir), *TINY,
                                f"sweep_dir={sweep}", f"hydra.run.dir={tmp_path / 'hydra'}"],
                               cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     finally:

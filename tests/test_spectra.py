@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_bert
+from conftest import tiny_bert, tiny_cls
 from hydra import compose, initialize_config_dir
 
 from kasa.analysis.spectra import (SpectraCallback, dsigma_change, heatmap_matrix, learned_singular_values,
@@ -77,7 +77,7 @@ def test_callback_in_a_run_and_reload(tiny_bert_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[
-            f"model.name_or_path={tiny_bert_dir}", "trainer.max_epochs=2", "trainer.limit_train_batches=3",
+            *tiny_cls(tiny_bert_dir), "trainer.max_epochs=2", "trainer.limit_train_batches=3",
             "trainer.enable_progress_bar=false", "benchmark.batch_size=8", "method.r=4", "analysis.spectra=true",
             "logger=wandb"])
     run(cfg, run_dir=tmp_path / "run")

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import Crash, crash_at_epoch
+from conftest import Crash, crash_at_epoch, tiny_cls
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -21,12 +21,12 @@ TINY = ("trainer.max_epochs=2", "trainer.limit_train_batches=2", "trainer.enable
 
 def _cfg(tiny_bert_dir: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=[f"model.name_or_path={tiny_bert_dir}", *TINY, *overrides])
+        return compose("train", overrides=[*tiny_cls(tiny_bert_dir), *TINY, *overrides])
 
 
 def test_multirun_twice_trains_once(tiny_bert_dir, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    cmd = [sys.executable, "-m", "kasa.train", "-m", "seed=0,1", f"model.name_or_path={tiny_bert_dir}", *TINY,
+    cmd = [sys.executable, "-m", "kasa.train", "-m", "seed=0,1", *tiny_cls(tiny_bert_dir), *TINY,
            f"sweep_dir={tmp_path / 'sw'}", f"hydra.sweep.dir={tmp_path / 'hydra'}"]
     first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import Crash, crash_at_epoch
+from conftest import Crash, crash_at_epoch, tiny_cls
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _cfg(tiny_bert_dir: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=[
-            f"model.name_or_path={tiny_bert_dir}", "trainer.max_epochs=2", "trainer.limit_train_batches=4",
+            *tiny_cls(tiny_bert_dir), "trainer.max_epochs=2", "trainer.limit_train_batches=4",
             "trainer.enable_progress_bar=false", "benchmark.batch_size=8", "method.r=4", *overrides])
 
 
@@ -93,7 +93,7 @@ def test_bad_input_fails_before_training_with_a_named_error(tiny_bert_dir, tmp_p
 
 def test_cli_multirun_and_clean_error(tiny_bert_dir, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    cmd = [sys.executable, "-m", "kasa.train", "-m", "method=kasa,lora,fft", f"model.name_or_path={tiny_bert_dir}",
+    cmd = [sys.executable, "-m", "kasa.train", "-m", "method=kasa,lora,fft", *tiny_cls(tiny_bert_dir),
            "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.enable_progress_bar=false",
            "method.r=4", f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.sweep.subdir=${method.name}",
            "method.r=4"]
@@ -104,7 +104,7 @@ def test_cli_multirun_and_clean_error(tiny_bert_dir, tmp_path):
     for name in ("kasa", "lora", "fft"):
         res = json.loads((tmp_path / "sweep" / name / "results.json").read_text())
         assert res["method"] == name
-    bad = subprocess.run([sys.executable, "-m", "kasa.train", f"model.name_or_path={tiny_bert_dir}",
+    bad = subprocess.run([sys.executable, "-m", "kasa.train", *tiny_cls(tiny_bert_dir),
                           "method.r=40", f"hydra.run.dir={tmp_path / 'bad'}"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2

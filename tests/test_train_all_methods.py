@@ -17,6 +17,8 @@ from pathlib import Path
 
 from kasa.methods import REGISTRY
 
+from conftest import tiny_cls
+
 REPO = Path(__file__).resolve().parents[1]
 METHODS = sorted(REGISTRY)
 # Overrides a method needs on the tiny model (never a change of its defaults).
@@ -36,7 +38,7 @@ def _groups(methods: list[str]) -> dict[tuple[str, ...], list[str]]:
 def _sweep(tiny_bert_dir: Path, sweep_dir: Path, methods: list[str], overrides: tuple[str, ...]) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     cmd = [sys.executable, "-m", "kasa.train", "-m", f"method={','.join(methods)}",
-           f"model.name_or_path={tiny_bert_dir}", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+           *tiny_cls(tiny_bert_dir), "trainer.max_epochs=1", "trainer.limit_train_batches=2",
            "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false", "benchmark.batch_size=8",
            "benchmark.eval_batch_size=16", f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${method.name}",
            *overrides]
