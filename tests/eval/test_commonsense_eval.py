@@ -1,4 +1,5 @@
-"""LLM-Adapters commonsense protocol: formatters on hub-format rows, prompts, extraction, accuracy, BIG-bench."""
+"""LLM-Adapters commonsense protocol: formatters on hub-format rows, prompts, extraction, accuracy, BIG-bench rows
+(no BIG-bench data: the rows are written here)."""
 
 from __future__ import annotations
 
@@ -182,29 +183,57 @@ def test_accuracy_and_average():
         cs.extract_answer("mmlu", "answer1")
 
 
-def test_bigbench_siqa_and_strategyqa():
-    siqa = cs.bigbench_siqa()
-    assert len(siqa) == 1954
-    assert all(ex["answer"] in ("answer1", "answer2", "answer3") for ex in siqa)
-    assert siqa[0]["instruction"].startswith("Please choose the correct answer to the question: Tracy didn't go home")
-    assert siqa[0]["instruction"].endswith("Answer1: Make a new plan Answer2: Go home and see Riley Answer3: Find "
-                                           "somewhere to go\n\nAnswer format: answer1/answer2/answer3")
-    assert siqa[0]["answer"] == "answer3"
-    two = [ex for ex in siqa if ex["instruction"].endswith("Answer format: answer1/answer2")]
-    assert len(two) == 4
-    sqa = cs.bigbench_strategyqa()
-    assert len(sqa) == 2290
+def _bigbench_rows():
+    siqa = [{"input": "Tracy resisted Riley's attacks. What does Tracy need to do before this?",
+             "target_scores": {"Make a new plan": 0, "Go home and see Riley": 0, "Find somewhere to go": 1}},
+            {"input": "Kai sat down. Why did Kai do this?", "target_scores": {"rest": 1, "run": 0}}]
+    sqa = [{"input": "Is it common to see frost during some college commencements?",
+            "target_scores": {"Yes": 1, "No": 0}},
+           {"input": "Could a llama birth twice during War in Vietnam (1945-46)?", "target_scores": {"Yes.": 0, "No.": 1}}]
+    return siqa, sqa
+
+
+def test_bigbench_siqa_and_strategyqa_rows():
+    """BIG-bench's task.json rows (input, target_scores) in LLM-Adapters' SIQA / BoolQ formats."""
+    siqa_rows, sqa_rows = _bigbench_rows()
+    siqa = cs.bigbench_siqa(siqa_rows)
+    assert siqa[0]["instruction"] == (
+        "Please choose the correct answer to the question: Tracy resisted Riley's attacks. What does Tracy need to do "
+        "before this?\n\nAnswer1: Make a new plan Answer2: Go home and see Riley Answer3: Find somewhere to go\n\n"
+        "Answer format: answer1/answer2/answer3")
+    assert [ex["answer"] for ex in siqa] == ["answer3", "answer1"]
+    assert siqa[1]["instruction"].endswith("Answer format: answer1/answer2")  # BIG-bench's 2-choice items
+    sqa = cs.bigbench_strategyqa(sqa_rows)
     assert sqa[0]["instruction"] == ("Please answer the following question with true or false, question: Is it "
                                      "common to see frost during some college commencements?\n\nAnswer format: "
                                      "true/false")
-    assert sqa[0]["answer"] == "true" and sqa[1]["answer"] == "false"
-    shares = sum(ex["answer"] == "true" for ex in sqa) / len(sqa)
-    assert 0.3 < shares < 0.7
-    splits = cs.split_examples(sqa)
-    assert sum(len(v) for v in splits.values()) == 2290
-    assert splits == cs.split_examples(sqa)
+    assert [ex["answer"] for ex in sqa] == ["true", "false"]
+    splits = cs.split_examples(sqa * 10 + siqa)
+    assert splits == cs.split_examples(sqa * 10 + siqa)
     seen = [{ex["instruction"] for ex in v} for v in splits.values()]
     assert not (seen[0] & seen[1]) and not (seen[0] & seen[2]) and not (seen[1] & seen[2])
+
+
+def test_bigbench_source_reads_the_users_copy(tmp_path, monkeypatch):
+    """source=bigbench reads dataset.source_args.path (a benchmark_tasks folder of the user's); without one it
+    says in one line what to set. Project-made task files in BIG-bench's layout, no BIG-bench data."""
+    import json
+
+    from kasa.assets import MissingAssetError
+    from kasa.benchmarks.commonsense import commonsense_splits
+
+    siqa_rows, sqa_rows = _bigbench_rows()
+    for task, rows in (("social_iqa", siqa_rows), ("strategyqa", sqa_rows)):
+        rows = [{**r, "input": f"{r['input']} ({i})"} for i in range(20) for r in rows]  # 40 distinct items
+        (tmp_path / task).mkdir()
+        (tmp_path / task / "task.json").write_text(json.dumps({"name": task, "examples": rows}))
+    train, evals = commonsense_splits("bigbench", path=str(tmp_path))
+    assert set(evals) == {"social_iqa", "strategyqa"} and {r["task"] for r in train} == set(evals)
+    assert len(train) + sum(map(len, evals.values())) < 80 and all(len(v) >= 1 for v in evals.values())
+    assert {r["answer"] for r in evals["strategyqa"]} <= {"true", "false"}
+    monkeypatch.delenv("KASA_BIGBENCH", raising=False)
+    with pytest.raises(MissingAssetError, match="source_args.path"):
+        commonsense_splits("bigbench", tasks=["strategyqa"])
 
 
 def test_bigbench_conversion_rejects_malformed_rows():
