@@ -117,8 +117,8 @@ def test_powered_arms_compose_and_pool_across_seeds(method, truncation):
         cfg = _compose("experiment=mini_powered", f"method={method}", f"seed={seed}", *extra)
         c = OmegaConf.to_container(cfg, resolve=True)
         method_from_config(cfg.method)
-        assert c["trainer"]["max_epochs"] == 10 and c["benchmark"]["selection"] == "last"
-        assert c["dataset"]["name"] == "intent_recognition" and c["dataset"]["split_per_seed"] is True
+        assert c["trainer"]["max_epochs"] == 3 and c["benchmark"]["selection"] == "last"
+        assert c["dataset"]["name"] == "vader_movie5" and c["dataset"]["split_per_seed"] is True
         assert len(c["study"]["seeds"]) >= 15
         groups.add(pooling_hash(c))
     assert len(groups) == 1  # the seeds of one arm pool into one cell although their splits differ

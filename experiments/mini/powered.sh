@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Powered mini reproduction (conf/experiment/mini_powered.yaml): 15 paired seeds x {KaSA, LoRA, KaSA
-# truncation=none, KaSA truncation=activation_aware} on intent_recognition, 10 epochs, then kasa-report
+# truncation=none, KaSA truncation=activation_aware} on vader_movie5, 3 epochs, then kasa-report
 # (paired differences against KaSA and LoRA, --plots) into SWEEP/report.
 #   experiments/mini/powered.sh [SWEEP_DIR]    (default outputs/mini_powered; `make mini-powered` runs it)
 # Two single-thread workers (even and odd seeds) on 2 cores; rerunning skips finished runs and resumes an

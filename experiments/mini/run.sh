@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Mini reproduction: MiniLM on intent_recognition + implicatures, KaSA vs LoRA/PiSSA/MiLoRA/DoRA/FFT
+# Mini reproduction: MiniLM on vader_movie5 + vader_tweets3, KaSA vs LoRA/PiSSA/MiLoRA/DoRA/FFT
 # (seeds 0-2) and the KaSA component ablation, then the tables and figures (docs/mini_six_methods.md, docs/figures/).
 #   experiments/mini/run.sh [SWEEP_DIR]        (default outputs/mini; `make mini` runs it)
 # Every point goes through sweep_dir: rerunning skips finished runs, an interrupted run resumes from its
 # last.ckpt. One worker per task, one thread each (MINI_THREADS): on 2 cores two single-thread MiniLM runs
 # side by side beat one two-thread run (tiny matmuls). Seeds are the outer loop of each worker, so a run cut
-# short still leaves whole seeds behind. SEEDS="0" or TASKS="intent_recognition" narrow the grid.
+# short still leaves whole seeds behind. SEEDS="0" or TASKS="vader_movie5" narrow the grid.
 set -u
 cd "$(dirname "$0")/../.."
 SWEEP=${1:-outputs/mini}
@@ -28,7 +28,7 @@ worker() {  # all points of one task, seed by seed
 }
 
 start=$(date +%s)
-for task in ${TASKS:-intent_recognition implicatures}; do
+for task in ${TASKS:-vader_movie5 vader_tweets3}; do
   worker "$task" > "$SWEEP/worker-$task.log" 2>&1 &
 done
 wait
