@@ -1,9 +1,14 @@
 """LM loss of SmolLM2-135M before any training: as loaded, after KaSA's paper truncation, after the activation-aware one.
 
-    python experiments/truncation/smollm2_lm_loss.py [--r 8] [--n-eval 20] [--n-calib 64] [--template arrow]
+    python experiments/truncation/smollm2_lm_loss.py --e2e PATH [--r 8] [--n-eval 20] [--n-calib 64]
+        [--template arrow]
 
-Evaluated on the first ``--n-eval`` validation MRs of BIG-bench ``gem/e2e_nlg`` (kasa's MR-grouped split, seed 0)
-with their first reference, written with ``--template``: ``describe`` (default, the sentence of docs/findings.md's
+Evaluated on the first ``--n-eval`` validation MRs of the E2E text that ``--e2e`` names (:func:`e2e_split`) with
+their first reference. docs/findings.md's numbers came from BIG-bench's ``gem/e2e_nlg`` (kasa's MR-grouped split,
+seed 0): ``--e2e`` pointing at a BIG-bench checkout's ``bigbench/benchmark_tasks`` or ``bigbench-1.0.0.tar.gz``
+reproduces them; no package on the index ships BIG-bench's task data or E2E any more, so other E2E text (the
+original release's folder, or the hub's ``tuetschek/e2e_nlg``) gives other sentences and other numbers. Sentences
+are written with ``--template``: ``describe`` (default, the sentence of docs/findings.md's
 first measurement: "There is a restaurant with the following attributes: <MR>. Describe the restaurant: <ref>")
 or ``arrow`` (the e2e benchmark's "<MR> -> <ref>"); the loss is each sentence's mean token NLL, averaged over the
 sentences. ``truncation=activation_aware`` is calibrated on OTHER
@@ -16,7 +21,9 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -25,6 +32,29 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 TEMPLATES = {"describe": "There is a restaurant with the following attributes: {mr}. Describe the restaurant: {ref}",
              "arrow": "{mr} -> {ref}"}
+
+
+E2E_HELP = ("E2E text: a BIG-bench checkout's bigbench/benchmark_tasks folder or bigbench-1.0.0.tar.gz (the "
+            "gem/e2e_nlg task docs/findings.md measured, split by MR with seed 0), or a folder of the E2E release's trainset.csv "
+            "and devset.csv (github.com/tuetschek/e2e-dataset); default: $KASA_BIGBENCH, else the hub's "
+            "tuetschek/e2e_nlg")
+
+
+def e2e_split(path: str | None) -> dict:
+    """``{"train": {mr: refs}, "validation": {mr: refs}}`` from ``path`` (see :data:`E2E_HELP`); when none can be
+    read, the program stops with one line naming ``--e2e``."""
+    from kasa.assets import MissingAssetError
+    from kasa.data.classification import DatasetError
+    from kasa.eval.e2e import load_e2e_bigbench, load_e2e_nlg
+
+    where = path or os.environ.get("KASA_BIGBENCH")
+    try:
+        if where and (Path(where).is_file() or (Path(where) / "gem" / "e2e_nlg" / "task.json").is_file()):
+            return load_e2e_bigbench(path=where)
+        return load_e2e_nlg(path or "tuetschek/e2e_nlg", splits=["train", "validation"])
+    except (DatasetError, MissingAssetError, OSError) as exc:
+        sys.exit(f"{Path(sys.argv[0]).name}: no E2E text ({' '.join(str(exc).split())[:300]}); pass --e2e PATH: "
+                 + E2E_HELP)
 
 
 def sentences(split: dict, n: int, template: str, per_mr: int = 1) -> list[tuple[str, str]]:
@@ -48,11 +78,11 @@ def batches(tok, texts: list[str], size: int = 8):
 
 
 def main() -> None:
-    from kasa.eval.e2e import load_e2e_bigbench
     from kasa.methods import build_method
     from kasa.models import load_model, load_tokenizer
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--e2e", metavar="PATH", help=E2E_HELP)
     ap.add_argument("--r", type=int, default=8)
     ap.add_argument("--n-eval", type=int, default=20)
     ap.add_argument("--n-calib", type=int, default=64)
@@ -60,7 +90,7 @@ def main() -> None:
     ap.add_argument("--truncations", nargs="+", default=["paper", "activation_aware"])
     args = ap.parse_args()
     torch.set_grad_enabled(False)
-    split = load_e2e_bigbench()
+    split = e2e_split(args.e2e)
     ev, cal = sentences(split["validation"], args.n_eval, args.template), sentences(split["train"], args.n_calib,
                                                                                    args.template, 10)
     assert not {mr for mr, _ in ev} & {mr for mr, _ in cal}  # calibrated on other sentences than the evaluated

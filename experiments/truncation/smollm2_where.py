@@ -1,10 +1,12 @@
 """Where KaSA's paper truncation costs LM loss on SmolLM2-135M: per module type, per layer, per token, with controls.
 
-    OMP_NUM_THREADS=1 python experiments/truncation/smollm2_where.py [--r 8] [--template describe] [--peft]
-        [--out outputs/truncation_where]
+    OMP_NUM_THREADS=1 python experiments/truncation/smollm2_where.py --e2e PATH [--r 8] [--template describe]
+        [--peft] [--out outputs/truncation_where]
 
 Same sentences and loss as ``smollm2_lm_loss.py`` (imported from it): the mean over the first ``--n-eval``
-validation sentences of BIG-bench ``gem/e2e_nlg`` of each sentence's mean token NLL, before any training. Every
+validation sentences of the E2E text ``--e2e`` names of each sentence's mean token NLL, before any training.
+docs/findings.md's numbers came from BIG-bench's ``gem/e2e_nlg`` (``--e2e`` at a BIG-bench checkout or its archive
+reproduces them; no package ships it any more; other E2E text gives other sentences and numbers). Every
 weight of the Llama preset targets (q, k, v, up, down projections of each layer) is decomposed once in float64;
 a configuration then subtracts its removed parts from the model's weights in place, is evaluated, and the
 original weights are copied back (exactly). Configurations:
@@ -41,7 +43,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from smollm2_lm_loss import TEMPLATES, batches, mean_loss, sentences  # noqa: E402
+from smollm2_lm_loss import E2E_HELP, TEMPLATES, batches, e2e_split, mean_loss, sentences  # noqa: E402
 
 MODULES = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
 POSITION_BUCKETS = ((0, 1), (1, 4), (4, 16), (16, None))  # [lo, hi) of predicted positions; None: to the end
@@ -284,11 +286,11 @@ def peft_check(model: nn.Module, tok, texts: list[str], names: list[str], refere
 
 
 def main() -> None:
-    from kasa.eval.e2e import load_e2e_bigbench
     from kasa.methods.kasa import input_rms
     from kasa.models import load_model, load_tokenizer
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--e2e", metavar="PATH", help=E2E_HELP)
     ap.add_argument("--r", type=int, default=8, help="t = r triplets removed per weight (KaSA's default)")
     ap.add_argument("--n-eval", type=int, default=20)
     ap.add_argument("--n-calib", type=int, default=64)
@@ -303,7 +305,7 @@ def main() -> None:
         ap.error(f"--random-seeds must be at least 1, got {args.random_seeds}")
     t_start = time.time()
     torch.set_grad_enabled(False)
-    split = load_e2e_bigbench()
+    split = e2e_split(args.e2e)
     ev, cal = (sentences(split["validation"], args.n_eval, args.template),
                sentences(split["train"], args.n_calib, args.template, 10))
     assert not {mr for mr, _ in ev} & {mr for mr, _ in cal}  # calibrated on other sentences than the evaluated

@@ -1,8 +1,9 @@
 """E2E NLG (the paper's GPT-2 table): ``MR -> reference`` pairs, beam search, the five official E2E metrics.
 
-Splits: BIG-bench ``gem/e2e_nlg`` offline or ``tuetschek/e2e_nlg`` (hub or local); training uses every (MR,
-reference) pair, validation one beam-search output per unique MR scored against all its references by
-:func:`kasa.eval.e2e.e2e_metrics` (the ``tuetschek/e2e-metrics`` definitions).
+Splits: ``tuetschek/e2e_nlg`` (``hub``: the hub, or a local folder of the original release's CSV files; no package
+on the index ships E2E), or BIG-bench ``gem/e2e_nlg`` for users who have BIG-bench (``bigbench``, a user path);
+training uses every (MR, reference) pair, validation one beam-search output per unique MR scored against all its
+references by :func:`kasa.eval.e2e.e2e_metrics` (the ``tuetschek/e2e-metrics`` definitions).
 """
 
 from __future__ import annotations
@@ -19,18 +20,24 @@ from .base import TaskBundle, as_dict, cap, causal_lm_bundle
 
 
 def e2e_splits(source: str, split_seed: int = 0, fractions: Sequence[float] = (0.8, 0.1, 0.1),
-               path: str = "tuetschek/e2e_nlg", eval_split: str = "validation",
+               path: str | None = None, eval_split: str = "validation",
                **load_kwargs: Any) -> dict[str, Mapping[str, list[str]]]:
-    """``{"train": {mr: refs}, "eval": {mr: refs}}`` from BIG-bench ``gem/e2e_nlg`` or the hub/local E2E set."""
+    """``{"train": {mr: refs}, "eval": {mr: refs}}``.
+
+    ``hub``: :func:`kasa.eval.e2e.load_e2e_nlg` on ``path`` (default ``tuetschek/e2e_nlg``; a local folder of
+    ``trainset.csv``/``devset.csv``/``testset_w_refs.csv``; or ``csv``/``json`` with ``data_files``).
+    ``bigbench``: BIG-bench ``gem/e2e_nlg`` split by MR (``fractions``, ``split_seed``) from ``path`` or
+    ``$KASA_BIGBENCH`` (BIG-bench's task folder or archive).
+    """
     from ..eval.e2e import load_e2e_bigbench, load_e2e_nlg
 
     if source == "bigbench":
-        s = load_e2e_bigbench(fractions=tuple(fractions), seed=split_seed)
+        s = load_e2e_bigbench(fractions=tuple(fractions), seed=split_seed, path=path)
         return {"train": s["train"], "eval": s[eval_split]}
     if source == "hub":
-        s = load_e2e_nlg(path, splits=["train", eval_split], **load_kwargs)
+        s = load_e2e_nlg(path or "tuetschek/e2e_nlg", splits=["train", eval_split], **load_kwargs)
         return {"train": s["train"], "eval": s[eval_split]}
-    raise DatasetError(f"unknown E2E source '{source}'; use bigbench or hub")
+    raise DatasetError(f"unknown E2E source '{source}'; use hub or bigbench")
 
 
 class E2EEvaluator:

@@ -297,20 +297,78 @@ def test_official_backend_matches_pycocoevalcap_pipeline(fixture):
 # ------------------------------------------------------------------ data
 
 
-def test_load_e2e_bigbench_splits_by_mr_deterministically():
-    splits = e2e.load_e2e_bigbench()
-    again = e2e.load_e2e_bigbench()
+def _bigbench_e2e(root: Path, n_mrs: int = 30, refs: int = 3) -> Path:
+    """A BIG-bench checkout's ``gem/e2e_nlg/task.json`` in miniature (one example per MR/reference pair)."""
+    examples = [{"input": f"name[Place {i}], food[Thai], area[riverside]", "target": f"Place {i} serves Thai, ref {j}."}
+                for i in range(n_mrs) for j in range(refs)]
+    task = root / "gem" / "e2e_nlg" / "task.json"
+    task.parent.mkdir(parents=True)
+    task.write_text(json.dumps({"name": "e2e_nlg", "examples": examples}))
+    return root
+
+
+def test_load_e2e_bigbench_splits_by_mr_deterministically(tmp_path, monkeypatch):
+    root = _bigbench_e2e(tmp_path / "benchmark_tasks")
+    splits = e2e.load_e2e_bigbench(path=root)
+    again = e2e.load_e2e_bigbench(path=str(root))
     assert splits == again
     assert list(splits) == ["train", "validation", "test"]
     mr_sets = [set(s) for s in splits.values()]
     assert not (mr_sets[0] & mr_sets[1]) and not (mr_sets[0] & mr_sets[2]) and not (mr_sets[1] & mr_sets[2])
-    assert sum(len(s) for s in mr_sets) == 213
-    assert sum(len(refs) for s in splits.values() for refs in s.values()) == 1000
-    assert [len(s) for s in mr_sets] == [170, 22, 21]
-    other = e2e.load_e2e_bigbench(seed=1)
+    assert sum(len(s) for s in mr_sets) == 30
+    assert sum(len(refs) for s in splits.values() for refs in s.values()) == 90
+    assert [len(s) for s in mr_sets] == [24, 3, 3]
+    assert all(len(refs) == 3 for s in splits.values() for refs in s.values())  # an MR keeps all its references
+    other = e2e.load_e2e_bigbench(seed=1, path=root)
     assert set(other["test"]) != set(splits["test"])
     rows = e2e.flatten_grouped(splits["validation"])
     assert {"meaning_representation", "human_reference"} == set(rows[0])
+    monkeypatch.setenv("KASA_BIGBENCH", str(root))  # the user's BIG-bench from the environment
+    assert e2e.load_e2e_bigbench() == splits
+    monkeypatch.delenv("KASA_BIGBENCH")
+    from kasa.assets import MissingAssetError
+
+    with pytest.raises(MissingAssetError, match="not packaged any more"):
+        e2e.load_e2e_bigbench()
+
+
+def test_load_e2e_nlg_from_the_original_release_folder(tmp_path):
+    """tuetschek/e2e-dataset's own files: trainset.csv, devset.csv, testset_w_refs.csv, columns mr,ref (quoted
+    MRs hold commas); the references of an MR sit on consecutive lines."""
+    import csv
+
+    from kasa.data.classification import DatasetError
+
+    rows = {"trainset.csv": [("name[Aromi], eatType[coffee shop]", "Aromi is a coffee shop."),
+                             ("name[Aromi], eatType[coffee shop]", "There is a coffee shop, Aromi."),
+                             ("name[Cotto], food[Italian]", 'Cotto serves "Italian" food.')],
+            "devset.csv": [("name[Zizzi], area[riverside]", "Zizzi is by the river.")],
+            "testset_w_refs.csv": [("name[The Eagle], priceRange[cheap]", "The Eagle is cheap."),
+                                   ("name[The Eagle], priceRange[cheap]", "A cheap place: The Eagle.")]}
+    for name, items in rows.items():
+        with (tmp_path / name).open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["mr", "ref"])
+            w.writerows(items)
+    out = e2e.load_e2e_nlg(str(tmp_path))
+    assert list(out) == ["train", "validation", "test"]
+    assert out["train"] == {"name[Aromi], eatType[coffee shop]": ["Aromi is a coffee shop.",
+                                                                  "There is a coffee shop, Aromi."],
+                            "name[Cotto], food[Italian]": ['Cotto serves "Italian" food.']}
+    assert out["test"] == {"name[The Eagle], priceRange[cheap]": ["The Eagle is cheap.", "A cheap place: The Eagle."]}
+    assert list(e2e.load_e2e_nlg(str(tmp_path), splits=["validation"])) == ["validation"]
+    # the hub's columns in <split>.jsonl are read too
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (hub / "train.jsonl").write_text(json.dumps({"meaning_representation": "name[A]", "human_reference": "A."}) + "\n")
+    assert e2e.load_e2e_nlg(str(hub), splits=["train"]) == {"train": {"name[A]": ["A."]}}
+    with pytest.raises(DatasetError, match="has no 'test' split: expected testset_w_refs.csv"):
+        e2e.load_e2e_nlg(str(hub), splits=["test"])
+    (hub / "validation.csv").write_text("input,target\nname[A],A.\n")
+    with pytest.raises(DatasetError, match="lacks fields"):
+        e2e.load_e2e_nlg(str(hub), splits=["validation"])
+    with pytest.raises(DatasetError, match="does not exist"):
+        e2e.load_e2e_nlg(str(tmp_path / "missing"))
 
 
 def test_load_e2e_nlg_hub_format_from_local_files(tmp_path):
@@ -333,7 +391,9 @@ def test_load_e2e_nlg_hub_format_from_local_files(tmp_path):
     assert out["train"] == {"name[A], food[Thai]": ["A serves Thai food.", "Thai food at A."],
                             "name[B], area[riverside]": ["B is by the river."]}
     assert out["test"] == {"name[C], eatType[pub]": ["C is a pub.", "The pub C."]}
-    with pytest.raises(KeyError, match="lacks fields"):
+    from kasa.data.classification import DatasetError
+
+    with pytest.raises(DatasetError, match="lacks fields"):
         e2e.load_e2e_nlg("csv", data_files=files, cache_dir=str(tmp_path / "cache"), ref_field="target")
 
 
