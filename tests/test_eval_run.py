@@ -162,7 +162,7 @@ def test_lm_eval_results_go_to_the_wandb_summary(monkeypatch):
 def test_benchmark_override_brings_its_dataset_unless_one_is_named(bert_run):
     cfg, _ = run_config(bert_run)
     new = apply_overrides(cfg, ["benchmark=e2e"])
-    assert new.benchmark.family == "e2e" and new.dataset.name == "e2e_bigbench"  # as kasa-train benchmark=e2e
+    assert new.benchmark.family == "e2e" and new.dataset.name == "e2e_nlg"  # as kasa-train benchmark=e2e
     kept = apply_overrides(cfg, ["benchmark=e2e", "dataset=epistemic_reasoning"])
     assert kept.benchmark.family == "e2e" and kept.dataset.name == "epistemic_reasoning"
     assert kept.model == cfg.model  # a benchmark's model default never replaces the checkpoint's model

