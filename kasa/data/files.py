@@ -24,7 +24,8 @@ def load_rows(path: str, split: str = "train", name: str | None = None, **kwargs
         try:
             ds = datasets.load_dataset(path, name, split=split, **kwargs)
         except Exception as exc:  # offline / unknown id: name the dataset and the way out
-            raise DatasetError(f"could not load dataset '{path}' (split {split}): {exc}. Offline, use the "
-                               f"BIG-bench dataset configs or point dataset.source_args at a local copy (a data "
-                               f"file, or a folder in the hub's layout).") from exc
+            raise DatasetError(f"could not load dataset '{path}' (split {split}): {exc}. Offline, use a "
+                               f"packaged dataset config (e.g. dataset=instruction_seed) or point "
+                               f"dataset.source_args at a local copy (a data file, or a folder in the hub's "
+                               f"layout).") from exc
     return [dict(r) for r in ds]
