@@ -39,7 +39,7 @@ What the adapter learned and what the truncation cut, per layer and module:
 - the drift of dU and dV from orthonormality (what L3 penalises);
 - the tail of each weight's spectrum, W against W_world = W - U_t S_t V_t^T (log scale, removed triplets marked).
 
-`make notebooks` trains the run it reads (KaSA on the offline all-MiniLM-L6-v2, BIG-bench intent_recognition,
+`make notebooks` trains the run it reads (KaSA on the offline all-MiniLM-L6-v2, the default vader_movie5,
 3 epochs, seed 0, `analysis.spectra=true`) and executes this notebook in place. Set `KASA_RUN_DIR` to another run
 trained with `analysis.spectra=true` (it needs `results.json`, `spectra/` and `checkpoints/last.ckpt`); without it
 the notebook trains a tiny offline run. Figures go to `KASA_FIGURES_DIR` (default `figures/`).""", [
@@ -122,10 +122,10 @@ module (top) and the change of dsigma from its initialisation (bottom), at the e
 dsigma itself; dsigma starts at N(0, 1) and moves little, so a plot of |dsigma| mostly shows the initial draw
 (see spectra_of_a_trained_run.ipynb).
 
-`make notebooks` runs it on three offline MiniLM runs of intent_recognition (3 epochs, seed 0; truncation=paper,
+`make notebooks` runs it on three offline MiniLM runs of vader_movie5 (3 epochs, seed 0; truncation=paper,
 activation_aware, none). For the paper's figure train `kasa-train experiment=sv_heatmap dataset=glue_mnli` and
 `dataset=glue_qqp` and set `KASA_HEATMAP_RUNS=<mnli run dir>,<qqp run dir>`. Without it, two tiny offline runs
-stand in (BIG-bench presuppositions_as_nli, an NLI task, and intent_recognition).""", [
+stand in (the project-made ratings of `kasa.analysis.tiny` in 5 classes and in 2).""", [
 SETUP,
 '''import json
 from kasa.analysis.spectra import dsigma_change, load_spectra, plot_heatmap
@@ -137,15 +137,17 @@ else:
     from kasa.analysis.tiny import tiny_run
     base = Path(tempfile.mkdtemp(prefix="kasa-heatmap-"))
     run_dirs = []
-    for ds in ("presuppositions_as_nli", "intent_recognition"):
-        tiny_run(base / ds, f"dataset={ds}", "method.r=4", "analysis.spectra=true", "trainer.max_epochs=2",
-                 "trainer.limit_train_batches=2")
-        run_dirs.append(base / ds)
+    for classes in (5, 2):
+        tiny_run(base / f"classes{classes}", f"dataset.source_args.classes={classes}", "method.r=4",
+                 "analysis.spectra=true", "trainer.max_epochs=2", "trainer.limit_train_batches=2")
+        run_dirs.append(base / f"classes{classes}")
 labels = []
 for d in run_dirs:
     res = json.loads((d / "results.json").read_text())
     m = res["metrics"]
-    labels.append(f"{res['dataset']}, truncation={res['config']['method']['truncation']}")
+    classes = (res["config"]["dataset"].get("source_args") or {}).get("classes")
+    labels.append(f"{res['dataset']}{f' ({classes} classes)' if classes else ''}, "
+                  f"truncation={res['config']['method']['truncation']}")
     print(f"{labels[-1]}: {m['monitor']} final {m['final'][m['monitor']]:.4f}, best {m['best'][m['monitor']]:.4f} "
           f"(epoch {m['best_epoch']})")''',
 '''fig, axes = plt.subplots(2, len(run_dirs), figsize=(4.8 * len(run_dirs), 8), squeeze=False)

@@ -73,7 +73,7 @@ train() {  # train NAME KIND TIMEOUT DESCRIPTION OVERRIDES...
 
 part perf_steps perf 210 "kasa.perf --full --skip-methods: bf16 steps, memory + CUDA peak, truncation of a 7B-shaped model" \
     "$py" -m kasa.perf --full --skip-methods --out "$out/perf_steps.md"
-train train_classification train 75 "classification, model=minilm (intent_recognition), 2 batches" \
+train train_classification train 75 "classification, model=minilm (vader_movie5), 2 batches" \
     model=minilm benchmark=classification trainer.limit_val_batches=2
 gen_eval=(dataset.max_eval=3 benchmark.generation.max_new_tokens=32)
 train train_e2e train 75 "e2e, model=smollm2 (BIG-bench E2E), 2 batches, 3 MRs decoded" \

@@ -63,38 +63,12 @@ def model_output(model, inputs) -> torch.Tensor:
     return model(**inputs).logits
 
 
-# Project-made sentiment snippets in VADER's ratings format (``id<TAB>mean of -4..4<TAB>text``), one adjective band
-# per SST-5 class: the default dataset (vader_movie5) pointed at them trains the machinery tests on real-format data
-# without the packaged download.
-_BANDS = [(-3.2, ["dreadful", "unwatchable", "awful", "painful"]), (-1.6, ["dull", "clumsy", "tedious", "flat"]),
-          (0.0, ["ordinary", "uneven", "familiar", "modest"]), (1.6, ["charming", "engaging", "solid", "likeable"]),
-          (3.2, ["brilliant", "masterful", "stunning", "superb"])]
-_NOUNS = ["film", "script", "cast", "ending", "story", "score", "direction", "pacing", "dialogue", "premise"]
-_TAILS = ["from start to finish", "for most of its length", "in almost every scene", "despite the budget",
-          "and the audience knows it", ""]
-
-
-def write_tiny_ratings(path: Path, n: int = 250, seed: int = 0) -> Path:
-    """``n`` distinct snippets in VADER's ``*_GroundTruth.txt`` format, classes balanced, ratings inside each band."""
-    import random
-
-    rng = random.Random(seed)
-    rows, seen = [], set()
-    while len(rows) < n:
-        centre, adjectives = _BANDS[len(rows) % len(_BANDS)]
-        text = f"the {rng.choice(_NOUNS)} is {rng.choice(adjectives)} {rng.choice(_TAILS)}".strip()
-        if text in seen:
-            text = f"{text} ({len(rows)})"
-        seen.add(text)
-        rows.append(f"{len(rows) + 1}\t{centre + rng.uniform(-0.7, 0.7):.4f}\t{text}")
-    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return path
-
-
 def tiny_cls(model_dir: Path) -> list[str]:
-    """Overrides that train the default classification run on a tiny local checkpoint (:func:`tiny_bert_dir`) and
-    the project-made ratings written beside it."""
-    return [f"model.name_or_path={model_dir}", f"dataset.source_args.path={model_dir / 'ratings_GroundTruth.txt'}"]
+    """Overrides that train the default classification run on :func:`tiny_bert_dir` and the project-made ratings
+    written beside it (:func:`kasa.analysis.tiny.write_tiny_ratings`)."""
+    from kasa.analysis.tiny import tiny_overrides
+
+    return tiny_overrides(model_dir)
 
 
 @pytest.fixture(scope="session")
@@ -112,7 +86,9 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
                      intermediate_size=48, max_position_embeddings=128, num_labels=5)
     BertForSequenceClassification(cfg).save_pretrained(out)
     tok.save_pretrained(out)
-    write_tiny_ratings(out / "ratings_GroundTruth.txt")
+    from kasa.analysis.tiny import RATINGS_FILE, write_tiny_ratings
+
+    write_tiny_ratings(out / RATINGS_FILE)
     return out
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import tiny_cls
 from hydra import compose, initialize_config_dir
 
 from kasa.evaluate import EvalError, apply_overrides, evaluate_run, main
@@ -23,8 +24,8 @@ def _cfg(model_dir: Path, *overrides: str):
 @pytest.fixture(scope="module")
 def bert_run(tiny_bert_dir, tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("bert-run")
-    run(_cfg(tiny_bert_dir, "trainer.max_epochs=3", "trainer.limit_train_batches=4", "benchmark.batch_size=8",
-             "method.dropout=0.1"), run_dir=d)
+    run(_cfg(tiny_bert_dir, *tiny_cls(tiny_bert_dir), "trainer.max_epochs=3", "trainer.limit_train_batches=4",
+             "benchmark.batch_size=8", "method.dropout=0.1"), run_dir=d)
     return d
 
 
@@ -35,9 +36,9 @@ def test_best_and_last_reproduce_results_json_exactly(bert_run):
     assert best["checkpoint"] == "best" and best["epoch"] == res["metrics"]["best_epoch"]
     assert best["metrics"] == res["metrics"]["best"]  # same weights, batches and kernels: the same counts
     assert last["metrics"] == res["metrics"]["final"]
-    on_disk = json.loads((bert_run / "eval-intent_recognition-best.json").read_text())
+    on_disk = json.loads((bert_run / "eval-vader_movie5-best.json").read_text())
     assert on_disk["metrics"] == best["metrics"] and on_disk["config"]["method"]["name"] == "kasa"
-    assert (bert_run / "eval-intent_recognition-last.json").exists()
+    assert (bert_run / "eval-vader_movie5-last.json").exists()
 
 
 def test_overrides_score_elsewhere(bert_run):

@@ -1,4 +1,5 @@
-"""Tiny offline runs for notebooks and examples: a 2-layer BERT with MiniLM's real tokenizer, seconds per run.
+"""Tiny offline runs for notebooks, examples and tests: a 2-layer BERT with MiniLM's real tokenizer, trained on
+project-made sentiment snippets in VADER's ratings format (the default dataset's format), seconds per run.
 
     from kasa.analysis.tiny import tiny_run
     res = tiny_run("runs/a", "method=lora", "method.r=2")
@@ -14,12 +15,49 @@ TINY_OVERRIDES = ("trainer.max_epochs=2", "trainer.limit_train_batches=4", "trai
                   "benchmark.batch_size=8", "logger=csv")
 
 
+# One adjective band per SST-5 class (the default dataset's bins), at the band's centre rating.
+_BANDS = [(-3.2, ["dreadful", "unwatchable", "awful", "painful"]), (-1.6, ["dull", "clumsy", "tedious", "flat"]),
+          (0.0, ["ordinary", "uneven", "familiar", "modest"]), (1.6, ["charming", "engaging", "solid", "likeable"]),
+          (3.2, ["brilliant", "masterful", "stunning", "superb"])]
+_NOUNS = ["film", "script", "cast", "ending", "story", "score", "direction", "pacing", "dialogue", "premise"]
+_TAILS = ["from start to finish", "for most of its length", "in almost every scene", "despite the budget",
+          "and the audience knows it", ""]
+RATINGS_FILE = "ratings_GroundTruth.txt"
+
+
+def write_tiny_ratings(path: str | Path, n: int = 250, seed: int = 0) -> Path:
+    """``n`` distinct project-made snippets in VADER's ``*_GroundTruth.txt`` format (``id<TAB>mean rating on
+    -4..4<TAB>text``), the five classes balanced, each rating inside its class's band."""
+    import random
+
+    rng = random.Random(seed)
+    rows, seen = [], set()
+    while len(rows) < n:
+        centre, adjectives = _BANDS[len(rows) % len(_BANDS)]
+        text = f"the {rng.choice(_NOUNS)} is {rng.choice(adjectives)} {rng.choice(_TAILS)}".strip()
+        if text in seen:
+            text = f"{text} ({len(rows)})"
+        seen.add(text)
+        rows.append(f"{len(rows) + 1}\t{centre + rng.uniform(-0.7, 0.7):.4f}\t{text}")
+    path = Path(path)
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def tiny_overrides(model_dir: str | Path) -> list[str]:
+    """Overrides that train the default classification run on a tiny checkpoint (:func:`tiny_model_dir`) and the
+    project-made ratings saved beside it."""
+    model_dir = Path(model_dir)
+    return [f"model.name_or_path={model_dir}", f"dataset.source_args.path={model_dir / RATINGS_FILE}"]
+
+
 def tiny_model_dir(path: str | Path | None = None) -> Path:
-    """A tiny BERT (hidden 32, 2 layers, 7 labels) saved once under the kasa cache (or ``path``)."""
+    """A tiny BERT (hidden 32, 2 layers, 5 labels) and :func:`write_tiny_ratings`'s snippets, saved once under the
+    kasa cache (or ``path``)."""
     from ..assets import cache_dir, minilm_path
 
     out = Path(path) if path else Path(cache_dir()) / "tiny-bert"
-    if (out / "config.json").exists():
+    if (out / "config.json").exists() and (out / RATINGS_FILE).exists():
         return out
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
@@ -27,10 +65,15 @@ def tiny_model_dir(path: str | Path | None = None) -> Path:
     tok = AutoTokenizer.from_pretrained(minilm_path())
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=48, max_position_embeddings=128, num_labels=7)
+                     intermediate_size=48, max_position_embeddings=128, num_labels=5)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     BertForSequenceClassification(cfg).save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    write_tiny_ratings(tmp / RATINGS_FILE)
+    if out.exists() and not (out / RATINGS_FILE).exists():  # a cache from before the ratings were saved with it
+        import shutil
+
+        shutil.rmtree(out)
     tmp.replace(out) if not out.exists() else None
     return out
 
@@ -42,7 +85,7 @@ def tiny_config(*overrides: str, model_dir: str | Path | None = None):
     from ..train import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=[f"model.name_or_path={tiny_model_dir(model_dir)}", *TINY_OVERRIDES,
+        return compose("train", overrides=[*tiny_overrides(tiny_model_dir(model_dir)), *TINY_OVERRIDES,
                                            *overrides])
 
 
