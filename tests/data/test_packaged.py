@@ -9,7 +9,8 @@ import pytest
 
 from kasa import assets
 from kasa.data import DatasetError, load_splits
-from kasa.data.packaged import VADER_SETS, normalise, read_vader, sst2_dev, vader_label
+from kasa.data.glue import packaged_dev
+from kasa.data.packaged import VADER_SETS, normalise, read_vader, vader_label
 
 
 def test_packaged_vader_sets_have_their_published_sizes():
@@ -28,7 +29,7 @@ def test_vader_movie5_is_sst5_like_and_split_fixed():
 
 
 def test_sst2_style_training_leaves_out_the_sst2_dev_sentences():
-    dev = sst2_dev()
+    dev = packaged_dev("sst2")
     assert len(dev) == 872 and Counter(e.label for e in dev) == {1: 444, 0: 428}
     movie = {normalise(t) for t, _ in read_vader(assets.vader_dir() / "movieReviewSnippets_GroundTruth.txt")}
     assert len({normalise(e.text) for e in dev} & movie) == 732
