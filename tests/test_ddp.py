@@ -114,13 +114,13 @@ def test_ddp_two_processes_equal_one_process_same_global_batch(tiny_bert_dir, tm
     assert diff < 1e-5, diff
 
 
-def test_ddp_generation_validation_scores_every_prompt_once(tiny_causal_dir, tmp_path):
+def test_ddp_generation_validation_scores_every_prompt_once(tiny_causal_dir, tmp_path, e2e_data):
     """Two ranks generate for their own shares of the E2E prompts; the scores cover all of them, once."""
     from kasa.benchmarks.e2e import E2EEvaluator
 
     run_dir = tmp_path / "ddp"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    cmd = [sys.executable, "-m", "kasa.train", "benchmark=e2e", f"model.name_or_path={tiny_causal_dir}",
+    cmd = [sys.executable, "-m", "kasa.train", "benchmark=e2e", e2e_data, f"model.name_or_path={tiny_causal_dir}",
            "method=lora", "method.r=4", "trainer=ddp", "trainer.accelerator=cpu", f"trainer.devices={WORLD}",
            "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.enable_progress_bar=false",
            "dataset.max_train=16", "dataset.max_eval=5", "benchmark.batch_size=4", "benchmark.eval_batch_size=2",

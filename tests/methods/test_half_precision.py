@@ -204,7 +204,7 @@ def test_base_parameter_methods_warn_on_a_half_base(name):
     assert any(p.requires_grad and p.dtype == torch.bfloat16 for p in model.parameters())
 
 
-def test_lightning_fit_on_a_bf16_llama_trains_float32_adapters(tiny_causal_dir, tmp_path):
+def test_lightning_fit_on_a_bf16_llama_trains_float32_adapters(tiny_causal_dir, tmp_path, commonsense_data):
     """The real loop (kasa.train.run: AdamW param groups, 32-true precision) on a model loaded in bfloat16."""
     import lightning as L
     from hydra import compose, initialize_config_dir
@@ -221,11 +221,11 @@ def test_lightning_fit_on_a_bf16_llama_trains_float32_adapters(tiny_causal_dir, 
             "benchmark=commonsense", f"model.name_or_path={tiny_causal_dir}", "model.dtype=bfloat16", "method=kasa",
             "method.r=4", "trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.enable_progress_bar=false",
             "dataset.max_eval=2", "benchmark.batch_size=4", "benchmark.eval_batch_size=4",
-            "benchmark.generation.max_new_tokens=4"])
+            "benchmark.generation.max_new_tokens=4", *commonsense_data])
     watch = Watch()
-    res = run(cfg, run_dir=tmp_path, callbacks=[watch])
+    res = run(cfg, run_dir=tmp_path / "run", callbacks=[watch])
     assert watch.opt_dtypes == {torch.float32}
-    sd = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    sd = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     diag = torch.cat([v for k, v in sorted(sd.items()) if k.endswith("lora_diag")])
     assert diag.dtype == torch.float32 and diag.numel() == watch.before.numel()
     assert (diag != watch.before).all()  # every singular value moved in 4 steps

@@ -217,14 +217,14 @@ def test_auto_backend_is_torchao_without_cuda():
 
 
 @pytest.mark.parametrize("method", ["kasa", "lora"])
-def test_kasa_train_on_an_nf4_base_and_reload_the_run(method, tiny_causal_dir, tmp_path):
+def test_kasa_train_on_an_nf4_base_and_reload_the_run(method, tiny_causal_dir, tmp_path, commonsense_data):
     from kasa.runs_io import load_run
 
     d = tmp_path / method
     res = run(_cfg(f"model.name_or_path={tiny_causal_dir}", "benchmark=commonsense", f"method={method}", "method.r=4",
                    "model.quantization=nf4", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
                    "dataset.max_eval=2", "benchmark.generation.max_new_tokens=4", "benchmark.batch_size=4",
-                   "benchmark.eval_batch_size=4", "trainer.enable_progress_bar=false"), run_dir=d)
+                   "benchmark.eval_batch_size=4", "trainer.enable_progress_bar=false", *commonsense_data), run_dir=d)
     assert json.loads((d / "results.json").read_text())["config"]["model"]["quantization"] == "nf4"
     assert res["params"]["trainable"] > 0
     loaded = load_run(d, "last")
