@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import tiny_cls
 import torch
 from hydra import compose, initialize_config_dir
 
@@ -26,8 +27,9 @@ PER_RANK_BATCH, WORLD = 4, 2
 COMMON = [
     "method=kasa", "method.r=4", "method.dropout=0", "trainer.accelerator=cpu", "trainer.max_epochs=2",
     "trainer.limit_train_batches=4", "trainer.enable_progress_bar=false", "benchmark.optim.lr=5e-3",
-    # 400 examples: 321 train, 79 dev (odd: ranks score 40 and 39, with partial last batches)
-    "+dataset.source_args.max_examples=400", "benchmark.eval_batch_size=16",
+    # the tiny ratings' 200 train / 50 dev, the dev set cut to 49 (odd: ranks score 25 and 24, with partial last
+    # batches)
+    "dataset.source_args.max_validation=49", "benchmark.eval_batch_size=16",
 ]
 
 
@@ -85,18 +87,18 @@ def test_ddp_two_processes_equal_one_process_same_global_batch(tiny_bert_dir, tm
     ddp_dir, one_dir = tmp_path / "ddp", tmp_path / "one"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     # Through the CLI: Lightning's DDP launcher re-runs this command line for rank 1 (hydra.run.dir shared).
-    cmd = [sys.executable, "-m", "kasa.train", *COMMON, f"model.name_or_path={model}", "trainer=ddp",
+    cmd = [sys.executable, "-m", "kasa.train", *COMMON, *tiny_cls(model), "trainer=ddp",
            f"trainer.devices={WORLD}", f"benchmark.batch_size={PER_RANK_BATCH}", f"hydra.run.dir={ddp_dir}"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[*COMMON, f"model.name_or_path={model}",
+        cfg = compose("train", overrides=[*COMMON, *tiny_cls(model),
                                           f"benchmark.batch_size={WORLD * PER_RANK_BATCH}"])
     one = run(cfg, run_dir=one_dir)
 
     ddp = json.loads((ddp_dir / "results.json").read_text())
     assert ddp["config"]["trainer"]["strategy"] == "ddp" and ddp["config"]["trainer"]["devices"] == WORLD
-    assert ddp["split_sizes"]["validation"] == 79
+    assert ddp["split_sizes"]["validation"] == 49
     # same optimiser steps, same dev-set metrics (each example scored once across the two ranks)
     assert [(h["epoch"], h["step"]) for h in ddp["history"]] == [(h["epoch"], h["step"]) for h in one["history"]]
     assert [h["step"] for h in one["history"]] == [4, 8]

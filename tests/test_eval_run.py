@@ -70,7 +70,7 @@ def test_group_override_takes_the_groups_file(bert_run):
 
 def test_a_dataset_with_another_label_count_is_refused_in_one_line(bert_run):
     with pytest.raises(RunError) as err:
-        evaluate_run(bert_run, ["dataset=epistemic_reasoning"])  # 2 labels; the run's head has 7
+        evaluate_run(bert_run, ["dataset.source_args.classes=3"])  # 3 labels; the run's head has 5
     assert "does not fit the model" in str(err.value) and "\n" not in str(err.value)
 
 

@@ -165,7 +165,7 @@ def test_init_from_in_a_training_run(tiny_bert_dir, tmp_path):
     from kasa.train import CONF_DIR, run
 
     torch.manual_seed(0)
-    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=7)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=5)
     pm = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules=["query", "value"],
                                          modules_to_save=["classifier"]))
     with torch.no_grad():

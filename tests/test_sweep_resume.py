@@ -31,8 +31,8 @@ def test_multirun_twice_trains_once(tiny_bert_dir, tmp_path):
     first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     dirs = sorted((tmp_path / "sw").iterdir())
-    assert [d.name.rsplit("-", 1)[0] for d in dirs] == ["kasa-minilm-intent_recognition-s0",
-                                                        "kasa-minilm-intent_recognition-s1"]
+    assert [d.name.rsplit("-", 1)[0] for d in dirs] == ["kasa-minilm-vader_movie5-s0",
+                                                        "kasa-minilm-vader_movie5-s1"]
     stamps = {d: (d / "results.json").stat().st_mtime_ns for d in dirs}
     assert "skipped" not in first.stdout
     second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

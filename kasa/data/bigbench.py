@@ -42,11 +42,15 @@ def bigbench_task(task: str, path: str | os.PathLike | None = None) -> dict:
     cached = cache_dir() / "bigbench-1.0.0" / task / "task.json"
     if not cached.exists():
         wanted = ARCHIVE_PREFIX + task + "/task.json"
-        with tarfile.open(where, "r:*") as tar:
-            member = next((m for m in tar if m.name == wanted), None)
-            if member is None:
-                raise MissingAssetError(f"BIG-bench task '{task}' is not in {where}")
-            data = tar.extractfile(member).read()
+        try:
+            with tarfile.open(where, "r:*") as tar:
+                member = next((m for m in tar if m.name == wanted), None)
+                if member is None:
+                    raise MissingAssetError(f"BIG-bench task '{task}' is not in {where}")
+                data = tar.extractfile(member).read()
+        except tarfile.ReadError:
+            raise MissingAssetError(f"BIG-bench path {where} is neither a folder of tasks nor a readable archive "
+                                    "(bigbench-1.0.0.tar.gz)") from None
         json.loads(data)  # refuse to cache a corrupt file
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(".tmp")
