@@ -142,8 +142,11 @@ def test_split_per_seed_draws_the_split_from_the_run_seed():
 
 
 def test_powered_driver_runs_every_arm_per_seed():
+    import re
+
     text = (REPO / "experiments" / "mini" / "powered.sh").read_text()
-    assert "method.truncation=paper,none,activation_aware" in text and "method=lora" in text
+    truncations = {t for group in re.findall(r"method=kasa method\.truncation=([\w,]+)", text) for t in group.split(",")}
+    assert truncations == {t for m, t in POWERED_ARMS if m == "kasa"} and "method=lora" in text
     assert "--plots" in text and "kasa-report" in text
 
 

@@ -14,15 +14,21 @@ export OMP_NUM_THREADS=${MINI_THREADS:-1} MKL_NUM_THREADS=${MINI_THREADS:-1}
 SEEDS=${SEEDS:-$(seq 0 14)}
 mkdir -p "$SWEEP"
 
-worker() {  # the four arms of each of its seeds, seed by seed (a cut-short run leaves whole pairs)
+worker() {  # KaSA (paper) and LoRA for each of its seeds first, then the two truncation arms: a cut-short sweep
+  # leaves whole KaSA-LoRA pairs
   local seed
   for seed in "$@"; do
-    "$KT" -m experiment=mini_powered method=kasa method.truncation=paper,none,activation_aware seed=$seed \
+    "$KT" -m experiment=mini_powered method=kasa method.truncation=paper seed=$seed \
         logger=csv sweep_dir="$SWEEP" hydra.sweep.dir="$SWEEP/_hydra/kasa-s$seed" \
         || echo "[powered] kasa seed=$seed exited with $?"
     "$KT" -m experiment=mini_powered method=lora seed=$seed \
         logger=csv sweep_dir="$SWEEP" hydra.sweep.dir="$SWEEP/_hydra/lora-s$seed" \
         || echo "[powered] lora seed=$seed exited with $?"
+  done
+  for seed in "$@"; do
+    "$KT" -m experiment=mini_powered method=kasa method.truncation=none,activation_aware seed=$seed \
+        logger=csv sweep_dir="$SWEEP" hydra.sweep.dir="$SWEEP/_hydra/kasa-trunc-s$seed" \
+        || echo "[powered] kasa truncation arms seed=$seed exited with $?"
   done
 }
 
