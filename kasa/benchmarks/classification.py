@@ -1,6 +1,7 @@
-"""Sequence classification and regression: GLUE (``dataset=glue_*``) and the BIG-bench classification tasks.
+"""Sequence classification and regression: the packaged sentiment and sarcasm sets (``dataset=vader_*``,
+``sarcasm``), GLUE (``dataset=glue_*``) and BIG-bench classification tasks from the user's copy.
 
-Data come from :mod:`kasa.data.classification` (its sources: ``bigbench``, ``glue``, local files); the model is
+Data come from :mod:`kasa.data.classification`'s sources (``vader``, ``sarcasm``, ``glue``, ``bigbench``); the model is
 the encoder with a sequence-classification (or one-output regression) head; the dev sets are scored by
 :mod:`kasa.eval.glue`'s metrics inside :class:`kasa.training.classification.ClassificationModule`.
 """

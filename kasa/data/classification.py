@@ -1,4 +1,5 @@
-"""Sequence classification / regression data: BIG-bench tasks offline, GLUE-style sources by name.
+"""Sequence classification / regression data: sources by name (packaged ones in :mod:`kasa.data.packaged`, GLUE in
+:mod:`kasa.data.glue`, BIG-bench from the user's copy below).
 
 A source turns a dataset config into :class:`Splits` (train and validation examples, label names);
 :class:`ClassificationDataModule` tokenises them once and serves seeded, resumable batches.
@@ -16,7 +17,6 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .. import assets
 
 
 class DatasetError(ValueError):
