@@ -1,5 +1,5 @@
 """End to end on the real MiniLM (the `make train` setting, one short epoch): train, export in every format, load each
-in a fresh process that cannot import kasa, compare logits on real utterances; kasa-eval reproduces the run."""
+in a fresh process that cannot import kasa, compare logits on real-style snippets; kasa-eval reproduces the run."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from kasa.runs_io import load_run
 from kasa.train import CONF_DIR, run
 
 pytest.importorskip("peft")
-TEXTS = ["wake me up at seven tomorrow", "what is the weather like in paris", "play some jazz please"]
+TEXTS = ["a gorgeous, witty, seductive movie", "the plot is nothing but boilerplate clichés", "it is what it is"]
 
 LOADER = textwrap.dedent('''
     import importlib.abc, json, sys
@@ -42,7 +42,7 @@ LOADER = textwrap.dedent('''
         if fmt == "merged":
             model = AutoModelForSequenceClassification.from_pretrained(root + "/merged")
         else:
-            model = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base, num_labels=7),
+            model = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base, num_labels=5),
                                               root + "/" + fmt)
         with torch.no_grad():
             out[fmt] = model.eval()(**x).logits.tolist()

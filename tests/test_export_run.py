@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Crash, crash_at_epoch
+from conftest import Crash, crash_at_epoch, tiny_cls
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -31,7 +31,7 @@ def _cfg(model_dir: Path, *overrides: str, benchmark: str | None = None):
         base += [f"benchmark={benchmark}", "trainer.limit_train_batches=2", "dataset.max_eval=2",
                  "benchmark.generation.max_new_tokens=4", "benchmark.batch_size=4", "benchmark.eval_batch_size=4"]
     else:
-        base += ["trainer.limit_train_batches=4", "benchmark.batch_size=8"]
+        base += [*tiny_cls(model_dir), "trainer.limit_train_batches=4", "benchmark.batch_size=8"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=[*base, *overrides])
 
@@ -72,7 +72,7 @@ def test_run_exports_in_every_format_and_loads_with_peft_or_transformers(kasa_ru
             model = AutoModelForSequenceClassification.from_pretrained(out)
             assert AutoTokenizer.from_pretrained(out).vocab_size == model.config.vocab_size
         else:
-            base = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=7)
+            base = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=5)
             model = PeftModel.from_pretrained(base, out)
         assert (_logits(model, x) - want).abs().max().item() <= TOL, fmt
     cfg = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
