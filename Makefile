@@ -33,17 +33,19 @@ test: assets
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-# Mini reproduction on CPU (~1 h on 2 free cores): docs/mini_six_methods.md + docs/figures/mini_*.png; reruns skip finished runs.
+# Mini reproduction on CPU (vader_movie5 + vader_tweets3, 54 runs of 300 steps; not yet timed on these tasks, the
+# BIG-bench grid took 34 min): docs/mini_six_methods.md + docs/figures/mini_*.png; reruns skip finished runs.
 mini: assets
 	experiments/mini/run.sh $(or $(SWEEP),outputs/mini)
 
-# Powered mini reproduction (~50 min on 2 free cores): 15 paired seeds x 4 arms, then kasa-report --plots into
+# Powered mini reproduction (~3.5 min a run alone, two at a time: ~1 h 45 min on 2 free cores): 15 paired seeds x
+# 4 arms on vader_movie5, KaSA and LoRA first, then kasa-report --plots into
 # SWEEP/report (docs/mini.md quotes it); reruns skip finished runs.
 mini-powered: assets
 	experiments/mini/powered.sh $(or $(SWEEP),outputs/mini_powered)
 
-# The notebooks with outputs from real offline runs: the `make train` default (KaSA on MiniLM, intent_recognition)
-# for 3 epochs with the spectra callback, plus truncation=activation_aware and none for the heatmap notebook. Runs
+# The notebooks with outputs from real offline runs: the `make train` default (KaSA on MiniLM, vader_movie5, 3
+# epochs) with the spectra callback, plus truncation=activation_aware and none for the heatmap notebook. Runs
 # already finished are kept (delete outputs/notebooks to retrain them; ~2-3 min each on 2 cores); RUNS=<sweep dir>
 # (e.g. outputs/mini after `make mini`) feeds the ablation notebook, which otherwise runs its tiny stand-in.
 NB_DIR   := outputs/notebooks
