@@ -16,7 +16,7 @@ and one training forward runs on meta tensors. The components, in bytes:
   ``nn.Linear`` weights (wrapped ones included) except ``lm_head`` and the task heads; embeddings, norms, biases
   and GPT-2's ``Conv1D`` stay in the model dtype. The few hundred bytes of lookup tables per layer are left out.
 - ``trainable``, ``grads``: the method's trainable parameters in their own dtype (float32 adapters on a
-  half-precision base, :func:`kasa.methods.base.adapter_dtype`) and one gradient each.
+  half-precision base, :func:`kasa.methods.adapter_dtype`) and one gradient each.
 - ``adamw``: two state tensors per trainable parameter in its dtype, plus AdamW's float32 step counter per tensor.
 - ``buffers``: what the method adds to the model (KaSA's ``keep_removed`` factors, VeRA's shared matrices, ...).
 - ``activations``: MEASURED, not a formula: the tensors autograd saves for backward in one training forward
@@ -262,12 +262,10 @@ def _buffer_bytes(model: nn.Module) -> int:
 
 def estimate(model: nn.Module, method: Any, batch: int, seq: int, quantization: str | None = None,
              name: str = "", task: str | None = None) -> MemoryEstimate:
-    """Estimate one training step of ``method`` (a built :class:`~kasa.methods.base.PeftMethod`, not yet applied)
+    """Estimate one training step of ``method`` (a built :class:`~kasa.methods.PeftMethod`, not yet applied)
     on the meta-device ``model`` (changed in place: the method is applied to it) for ``batch`` x ``seq`` tokens;
     ``task``: ``causal_lm`` (labels = inputs) or ``seq_cls`` (one label per sequence), ``None``: ``causal_lm``
     for a model with output embeddings."""
-    from .methods.base import count_only
-
     first = next(model.parameters(), None)
     if first is None or first.device.type != "meta":
         raise MemoryPlanError("estimate() needs a model on the meta device (build it under torch.device('meta'))")
@@ -282,7 +280,7 @@ def estimate(model: nn.Module, method: Any, batch: int, seq: int, quantization: 
         raise MemoryPlanError("fft trains every base weight; a quantised base needs a method that freezes them")
     dtype = first.dtype
     base_buffers = _buffer_bytes(model)
-    with warnings.catch_warnings(), count_only():
+    with warnings.catch_warnings(), method.counting_only():
         warnings.simplefilter("ignore")
         method.apply(model)
     model.train()

@@ -16,7 +16,7 @@ published table row, e.g. ``vera_roberta_large``); their published counts are ch
 
 SVD-based methods run their decomposition on meta tensors (``torch.linalg.svd`` has a meta kernel: the
 result has the right shapes and no values), so their counts need no real SVD. Methods are applied inside
-:func:`kasa.methods.base.count_only`, so one whose initialisation needs values (calibration data) may
+:meth:`kasa.methods.PeftMethod.counting_only`, so one whose initialisation needs values (calibration data) may
 skip it. A method that still cannot be applied on the meta device (e.g. a rank that depends on the
 pretrained spectrum) gets ``n/a`` and a footnote saying why.
 
@@ -39,14 +39,12 @@ import sys
 import warnings
 from typing import Any, Sequence
 
-from .methods import REGISTRY, build_method
+from .methods import REGISTRY, build_method, methods_in_paper_order
 from .method_presets import method_kwargs, na_footnote, presets, resolve  # noqa: F401  (kasa.params.resolve stays public)
-from .methods.base import count_only
 from .models.architectures import arch_info, arch_names, backbone_parameter_count, meta_model
 
 # Every method DESIGN.md promises, in the paper's order; the table lists the registered ones.
-ALL_METHODS = ["fft", "bitfit", "adapter_h", "adapter_p", "adapter_l", "adapter_d", "lora", "adalora", "dylora",
-               "vera", "sara", "pissa", "milora", "dora", "corda", "kasa"]
+ALL_METHODS = methods_in_paper_order()
 # (method or preset, model) -> trainable count (head excluded) known from the paper / reference logs (KASA.md)
 # or from the tables a preset reproduces (their published figure, rounded, in the comment).
 REFERENCE_COUNTS: dict[tuple[str, str], int] = {
@@ -90,7 +88,7 @@ def applied(method_name: str, model_name: str, sets: dict[str, Any] | None = Non
     model = meta_model(model_name)
     registered, settings = resolve(method_name)
     method = build_method(registered, **{**settings, **method_kwargs(registered, sets or {})})
-    with warnings.catch_warnings(), count_only():
+    with warnings.catch_warnings(), method.counting_only():
         warnings.simplefilter("ignore")
         method.apply(model)
     return method, model
@@ -104,7 +102,7 @@ def count(method_name: str, model_name: str, sets: dict[str, Any] | None = None,
 
 
 def final_count(method_name: str, model_name: str, sets: dict[str, Any] | None = None) -> int | None:
-    """:meth:`~kasa.methods.base.PeftMethod.final_parameter_count` (AdaLoRA's final budget; None for others)."""
+    """:meth:`~kasa.methods.PeftMethod.final_parameter_count` (AdaLoRA's final budget; None for others)."""
     method, model = applied(method_name, model_name, sets)
     return method.final_parameter_count(model)
 

@@ -105,7 +105,7 @@ def _method_cfg(cfg: DictConfig, keep_removed: bool) -> dict[str, Any]:
 
 def _num_labels(state: dict[str, torch.Tensor], heads: list[str]) -> int:
     """The classifier's output size, read off the saved head (its last projection has the fewest rows)."""
-    from .methods.base import match_target
+    from .methods import match_target
 
     def under_head(key: str) -> bool:
         parts = key.split(".")[:-1]
@@ -119,7 +119,7 @@ def _num_labels(state: dict[str, torch.Tensor], heads: list[str]) -> int:
 
 def build_model(cfg: DictConfig, method: Any, state: dict[str, torch.Tensor]) -> tuple[nn.Module, Any]:
     """The backbone with the head the run trained, without its data: ``(model, tokenizer)``."""
-    from .methods.base import HEAD_PRESETS
+    from .methods import HEAD_PRESETS
     from .models import load_model, load_tokenizer
 
     m = cfg.model

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from kasa.methods import build_method
-from kasa.methods.base import gathered
+from kasa.methods import gathered
 from kasa.train import CONF_DIR, ConfigError, block_classes, build_strategy, run
 
 from conftest import tiny_bert, tiny_llama, tiny_cls

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from kasa.methods import REGISTRY
-from kasa.methods.base import count_only, is_count_only
 from kasa.params import REFERENCE_COUNTS, count, main, resolve
 
 
@@ -28,10 +27,13 @@ def test_set_overrides_and_heads():
 
 
 def test_count_only_flag():
-    assert not is_count_only()
-    with count_only():
-        assert is_count_only()
-    assert not is_count_only()
+    from kasa.methods import build_method
+
+    method = build_method("lora")
+    assert not method.count_only
+    with method.counting_only():
+        assert method.count_only
+    assert not method.count_only and not build_method("lora").count_only
 
 
 def test_command_prints_every_registered_method(capsys):

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from kasa.methods import build_method
 from kasa.methods import kasa as kasa_mod
 from kasa.methods import svd as svd_mod
-from kasa.methods.base import MethodError, get_weight
+from kasa.methods import MethodError, get_weight
 from kasa.methods.kasa import KasaConfig, KasaLayer
 from kasa.methods.svd import batched_smallest_triplets, gram_smallest_triplets, smallest_triplets
 

@@ -59,7 +59,7 @@ class Removal(NamedTuple):
 
 def target_names(model: nn.Module) -> list[str]:
     """The Linear modules KaSA's architecture preset targets (q, k, v, up, down projections for Llama)."""
-    from kasa.methods.base import match_target, preset_targets
+    from kasa.methods import match_target, preset_targets
 
     targets = preset_targets(model)
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and match_target(n, targets)]

@@ -104,7 +104,7 @@ def orthonormality_drift(model: nn.Module) -> dict[str, dict[str, float]]:
 
 def _base_weight(m: nn.Module) -> torch.Tensor:
     """The base layer's weight as (out x in) float64 (GPT-2's Conv1D stores in x out)."""
-    from ..methods.base import get_weight
+    from ..methods import get_weight
 
     return get_weight(m.base_layer).detach().double()
 

@@ -11,7 +11,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from ..methods.base import PeftMethod
+from ..methods import PeftMethod
 from ..training.causal_lm import CausalLMModule, CompletionDataModule, CompletionExample, EvalItem, Evaluator, \
     GenerationSettings
 from ..training.optim import OptimConfig

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from ..methods.base import PeftMethod
+from ..methods import PeftMethod
 from .base import TaskBundle, as_dict
 
 

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from ..data.classification import DatasetError
 from ..data.files import load_rows
 from ..eval import commonsense as cs
-from ..methods.base import PeftMethod
+from ..methods import PeftMethod
 from ..training.causal_lm import CompletionExample, EvalItem
 from .base import TaskBundle, as_dict, cap, causal_lm_bundle
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 from omegaconf import DictConfig
 
 from ..data.classification import DatasetError
-from ..methods.base import PeftMethod
+from ..methods import PeftMethod
 from ..training.causal_lm import CompletionExample, EvalItem
 from .base import TaskBundle, as_dict, cap, causal_lm_bundle
 

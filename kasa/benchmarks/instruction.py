@@ -21,7 +21,7 @@ from ..data.classification import DatasetError
 from ..data.files import load_rows
 from ..eval import commonsense as cs
 from ..eval.utils import split_by_key
-from ..methods.base import PeftMethod
+from ..methods import PeftMethod
 from ..training.causal_lm import CausalLMModule, CompletionExample, EvalItem
 from .base import TaskBundle, as_dict, cap, causal_lm_bundle
 

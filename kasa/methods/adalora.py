@@ -35,14 +35,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import AdapterLayer, MethodConfig, MethodError, PeftMethod, check_rank, register
+from .config import MethodConfig
+from .errors import MethodError
+from .layer import AdapterLayer
+from .method import PeftMethod, check_rank
+from .registry import register
 
 
 class AdaLoraLayer(AdapterLayer):
     """``lora_A`` (r, in), ``lora_E`` (r, 1), ``lora_B`` (out, r): HF PEFT's names and shapes."""
 
-    def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float = 0.0, name: str = ""):
-        super().__init__(base_layer)
+    def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float = 0.0, name: str = "", *,
+                 autocast_adapter_dtype: bool = True):
+        super().__init__(base_layer, autocast_adapter_dtype=autocast_adapter_dtype)
         check_rank(name or type(base_layer).__name__, r, self.out_features, self.in_features, what="init_r")
         self.r = r
         # Reference/HF PEFT: scaling is alpha (r when alpha <= 0), divided by the initial rank.
@@ -108,6 +113,9 @@ class AdaLoraConfig(MethodConfig):
 @register("adalora")
 class AdaLora(PeftMethod):
     config_cls = AdaLoraConfig
+    paper_order = 8
+    export_formats = ("peft", "lora", "merged")
+    peft_type = "ADALORA"
 
     def __init__(self, config: AdaLoraConfig):
         super().__init__(config)
@@ -137,7 +145,8 @@ class AdaLora(PeftMethod):
 
     def wrap(self, name: str, module: nn.Module) -> AdaLoraLayer:
         c = self.config
-        return AdaLoraLayer(module, c.init_r, c.alpha, c.dropout, name=name)
+        return AdaLoraLayer(module, c.init_r, c.alpha, c.dropout, name=name,
+                            autocast_adapter_dtype=c.autocast_adapter_dtype)
 
     def layers(self, model: nn.Module) -> dict[str, AdaLoraLayer]:
         return {n: m for n, m in model.named_modules() if isinstance(m, AdaLoraLayer)}

@@ -58,8 +58,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import (AdapterLayer, MethodConfig, MethodError, PeftMethod, add_cast, is_linear_like, layer_shape,
-                   match_target, model_type, register, step_randint)
+from .config import MethodConfig
+from .errors import MethodError
+from .layer import AdapterLayer, add_cast
+from .method import PeftMethod, step_randint
+from .registry import register
+from .targets import match_target, model_type
+from .weights import is_linear_like, layer_shape
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "swish": F.silu, "silu": F.silu, "tanh": torch.tanh}
 
@@ -143,8 +148,9 @@ class BottleneckAdapterLayer(AdapterLayer):
 
     def __init__(self, base_layer: nn.Module, bottleneck: int, activation: str = "relu",
                  layer_norm: bool = False, name: str = "", init_scale: float | None = None,
-                 block_dropout: nn.Module | None = None, shape: tuple[int, int] | None = None):
-        super().__init__(base_layer, shape)
+                 block_dropout: nn.Module | None = None, shape: tuple[int, int] | None = None, *,
+                 autocast_adapter_dtype: bool = True):
+        super().__init__(base_layer, shape, autocast_adapter_dtype=autocast_adapter_dtype)
         self.block_dropout = block_dropout
         if bottleneck < 1:
             raise MethodError(f"adapter bottleneck={bottleneck} must be at least 1 (layer '{name}')")
@@ -206,9 +212,9 @@ class OutputBlockAdapterLayer(BottleneckAdapterLayer):
     """
 
     def __init__(self, block: nn.Module, bottleneck: int, activation: str = "relu", name: str = "",
-                 init_scale: float | None = None):
+                 init_scale: float | None = None, *, autocast_adapter_dtype: bool = True):
         super().__init__(block, bottleneck, activation, layer_norm=False, name=name, init_scale=init_scale,
-                         shape=layer_shape(block.dense))
+                         shape=layer_shape(block.dense), autocast_adapter_dtype=autocast_adapter_dtype)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -236,9 +242,10 @@ class BlockAdapterLayer(BottleneckAdapterLayer):
     Attributes the model reads from its blocks (``attention_type`` and the like) are forwarded to the block."""
 
     def __init__(self, block: nn.Module, hidden: int, bottleneck: int, activation: str = "relu",
-                 layer_norm: bool = True, name: str = "", init_scale: float | None = None):
+                 layer_norm: bool = True, name: str = "", init_scale: float | None = None, *,
+                 autocast_adapter_dtype: bool = True):
         super().__init__(block, bottleneck, activation, layer_norm=layer_norm, name=name, init_scale=init_scale,
-                         shape=(hidden, hidden))
+                         shape=(hidden, hidden), autocast_adapter_dtype=autocast_adapter_dtype)
 
     def _like(self) -> torch.Tensor:
         return next(self.base_layer.parameters())
@@ -421,10 +428,12 @@ class BottleneckAdapters(PeftMethod):
     def wrap(self, name: str, module: nn.Module) -> BottleneckAdapterLayer:
         if name in self._block_names:
             return BlockAdapterLayer(module, self._hidden, self.bottleneck_for(self._hidden), self.config.activation,
-                                     layer_norm=self.own_norm, name=name, init_scale=self.config.init_scale)
+                                     layer_norm=self.own_norm, name=name, init_scale=self.config.init_scale,
+                                     autocast_adapter_dtype=self.config.autocast_adapter_dtype)
         if is_output_block(module):
             return OutputBlockAdapterLayer(module, self.bottleneck_for(module.dense.out_features),
-                                           self.config.activation, name=name, init_scale=self.config.init_scale)
+                                           self.config.activation, name=name, init_scale=self.config.init_scale,
+                                           autocast_adapter_dtype=self.config.autocast_adapter_dtype)
         out_features, _ = layer_shape(module)
         drop = None
         if name in getattr(self, "_dropouts", {}):
@@ -433,7 +442,7 @@ class BottleneckAdapters(PeftMethod):
             setattr(parent, attr, nn.Identity().train(drop.training))  # the adapter layer applies it now
         return BottleneckAdapterLayer(module, self.bottleneck_for(out_features), self.config.activation,
                                       layer_norm=self.own_norm, name=name, init_scale=self.config.init_scale,
-                                      block_dropout=drop)
+                                      block_dropout=drop, autocast_adapter_dtype=self.config.autocast_adapter_dtype)
 
     def mark_trainable(self, model: nn.Module) -> None:
         self._dropouts = {}  # the end of apply: keep no references to the model's modules
@@ -469,6 +478,9 @@ class AdapterHoulsby(BottleneckAdapters):
     """Houlsby et al. 2019: two adapters per block (attention output and FFN output)."""
 
     config_cls = HoulsbyConfig
+    paper_order = 3
+    export_formats = ()
+    peft_type = None
     where = ("attn", "ffn")
 
 
@@ -477,6 +489,9 @@ class AdapterPfeiffer(BottleneckAdapters):
     """Pfeiffer et al. 2021: one adapter per block, after the FFN output."""
 
     config_cls = PfeifferConfig
+    paper_order = 4
+    export_formats = ()
+    peft_type = None
     where = ("ffn",)
 
 
@@ -485,6 +500,9 @@ class AdapterLin(BottleneckAdapters):
     """Lin et al. 2020: one adapter per block after the FFN, with its own LayerNorm on the adapter input."""
 
     config_cls = LinConfig
+    paper_order = 5
+    export_formats = ()
+    peft_type = None
     where = ("ffn",)
     own_norm = True
 
@@ -494,6 +512,9 @@ class AdapterDrop(BottleneckAdapters):
     """Rücklé et al. 2021: Pfeiffer/Houlsby adapters dropped from the lowest blocks (static or random per step)."""
 
     config_cls = AdapterDropConfig
+    paper_order = 6
+    export_formats = ()
+    peft_type = None
     STYLES: ClassVar[dict[str, tuple[str, ...]]] = {"pfeiffer": ("ffn",), "houlsby": ("attn", "ffn")}
     DROP_MODES: ClassVar[tuple[str, ...]] = ("static", "random")
 

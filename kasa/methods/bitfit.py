@@ -7,7 +7,7 @@ them to the biases of matching modules (the paper's sub-variant that trains only
 second-MLP biases is ``target_modules=["query", "intermediate.dense"]``-style). Nothing is wrapped.
 
 On a float16/bfloat16 base the biases train in that dtype (they are the base's own parameters, so
-``autocast_adapter_dtype`` does not apply) and a warning says so; see :func:`~kasa.methods.base.warn_half_base_parameters`.
+``autocast_adapter_dtype`` does not apply) and a warning says so; see :func:`~kasa.methods.layer.warn_half_base_parameters`.
 
 Merge is a no-op by design: the trained biases ARE the model's parameters, so there is nothing to fold
 and a BitFit model needs no merge for latency-free inference (like FFT).
@@ -19,7 +19,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .base import MethodConfig, MethodError, PeftMethod, match_target, register, warn_half_base_parameters
+from .config import MethodConfig
+from .errors import MethodError
+from .layer import warn_half_base_parameters
+from .method import PeftMethod
+from .registry import register
+from .targets import match_target
 
 
 @dataclass
@@ -30,6 +35,9 @@ class BitFitConfig(MethodConfig):
 @register("bitfit")
 class BitFit(PeftMethod):
     config_cls = BitFitConfig
+    paper_order = 2
+    export_formats = ("merged",)
+    peft_type = None
     wraps_targets = False
 
     def bias_names(self, model: nn.Module) -> list[str]:

@@ -36,7 +36,11 @@ from typing import Any, ClassVar, Iterable
 import torch
 from torch import nn
 
-from .base import MethodError, check_rank, feed_calibration, get_weight, is_linear_like, match_target, register
+from .errors import MethodError
+from .method import check_rank, feed_calibration
+from .registry import register
+from .targets import match_target
+from .weights import get_weight, is_linear_like
 from .pissa import ResidualLoraLayer, ResidualLoraMethod, SvdInitConfig
 
 MODES = {"kpa": "kpa", "ipa": "ipa", "kpm": "kpa", "ipm": "ipa"}  # PEFT's names as aliases
@@ -47,13 +51,6 @@ class CordaConfig(SvdInitConfig):
     alpha: float = 8.0  # CorDA sets lora_alpha = r (scaling 1), as PiSSA
     mode: str = "ipa"  # ipa (instruction-previewed, largest r) | kpa (knowledge-preserved, smallest r)
     calibration_samples: int = 256  # sequences of calibration data the paper collects (training loops read it)
-
-
-def _count_only() -> bool:
-    """Whether methods are applied only to count parameters (a flag that ``base`` may provide)."""
-    from . import base
-
-    return bool(getattr(base, "is_count_only", lambda: False)())
 
 
 @torch.no_grad()
@@ -93,6 +90,9 @@ class Corda(ResidualLoraMethod):
     """CorDA: adapter from the context-oriented SVD of ``W C``, residual base; needs :meth:`calibrate` first."""
 
     config_cls = CordaConfig
+    paper_order = 15
+    export_formats = ("peft", "lora", "merged")
+    peft_type = None  # its peft export is PEFT's converted plain LoRA; PEFT's CorDA init is not imported
     needs_calibration: ClassVar[bool] = True
 
     def __init__(self, config: CordaConfig):
@@ -182,7 +182,7 @@ class Corda(ResidualLoraMethod):
             return self.load_adapter_state_dict(model, adapter_state_dict)
         if calibration is not None:
             self.calibrate(model, calibration, max_samples=self.config.calibration_samples)
-        if self.covariances is None and _count_only():
+        if self.covariances is None and self.count_only:
             return self._apply_shapes_only(model)
         if self.covariances is None:
             raise MethodError(
@@ -195,7 +195,7 @@ class Corda(ResidualLoraMethod):
             self.covariances = None  # in x in per layer: too large to keep around
 
     def _apply_shapes_only(self, model: nn.Module) -> nn.Module:
-        """Parameter counting (``base.count_only``): zero initial factors of the right shapes, no calibration."""
+        """Parameter counting (:meth:`counting_only`): zero initial factors of the right shapes, no calibration."""
         c = self.config
         self._init_factors = {}
         for n, m in model.named_modules():
@@ -228,4 +228,5 @@ class Corda(ResidualLoraMethod):
         out_f, in_f = get_weight(module).shape
         check_rank(name, c.r, out_f, in_f)
         A, B = self._init_factors[name]
-        return ResidualLoraLayer(module, c.r, self.alpha, c.dropout, c.use_rslora, A, B, name=name)
+        return ResidualLoraLayer(module, c.r, self.alpha, c.dropout, c.use_rslora, A, B, name=name,
+                                 autocast_adapter_dtype=c.autocast_adapter_dtype)

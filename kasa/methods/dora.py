@@ -21,7 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LoraConfigBase, MethodError, PeftMethod, add_cast, get_weight, register, set_weight
+from .config import LoraConfigBase
+from .errors import MethodError
+from .layer import add_cast
+from .method import PeftMethod
+from .registry import register
+from .weights import get_weight, set_weight
 from .lora import LoraLayer
 
 
@@ -29,8 +34,9 @@ class DoraLayer(LoraLayer):
     """A LoRA layer with a trainable magnitude vector ``lora_magnitude`` (out_features)."""
 
     def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float = 0.0,
-                 use_rslora: bool = False, name: str = ""):
-        super().__init__(base_layer, r, alpha, dropout, use_rslora, name=name)
+                 use_rslora: bool = False, name: str = "", *, autocast_adapter_dtype: bool = True):
+        super().__init__(base_layer, r, alpha, dropout, use_rslora, name=name,
+                         autocast_adapter_dtype=autocast_adapter_dtype)
         with torch.no_grad():  # in float32 whatever the base dtype, stored in the adapter dtype
             norm = self.weight_norm(get_weight(base_layer).float(), self.lora_weight().float())
         self.lora_magnitude = nn.Parameter(norm.to(self.adapter_dtype))
@@ -117,6 +123,9 @@ class Dora(PeftMethod):
     """DoRA: LoRA direction update plus a trainable per-output magnitude."""
 
     config_cls = DoraConfig
+    paper_order = 14
+    export_formats = ("peft", "merged")
+    peft_type = "LORA"
 
     def validate(self) -> None:
         if self.config.r < 1:
@@ -124,4 +133,5 @@ class Dora(PeftMethod):
 
     def wrap(self, name: str, module: nn.Module) -> DoraLayer:
         c = self.config
-        return DoraLayer(module, c.r, c.alpha, c.dropout, c.use_rslora, name=name)
+        return DoraLayer(module, c.r, c.alpha, c.dropout, c.use_rslora, name=name,
+                         autocast_adapter_dtype=c.autocast_adapter_dtype)

@@ -24,15 +24,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LoraConfigBase, MethodError, PeftMethod, register, step_randint
+from .config import LoraConfigBase
+from .errors import MethodError
+from .method import PeftMethod, step_randint
+from .registry import register
 from .lora import LoraLayer
 
 
 class DyLoraLayer(LoraLayer):
     def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float = 0.0,
                  use_rslora: bool = False, eval_rank: int | None = None, frozen_lower: bool = True,
-                 name: str = ""):
-        super().__init__(base_layer, r, alpha, dropout, use_rslora, name=name)
+                 name: str = "", *, autocast_adapter_dtype: bool = True):
+        super().__init__(base_layer, r, alpha, dropout, use_rslora, name=name,
+                         autocast_adapter_dtype=autocast_adapter_dtype)
         self.alpha = alpha
         self.use_rslora = use_rslora
         self.eval_rank = eval_rank if eval_rank is not None else r
@@ -77,6 +81,9 @@ class DyLoraConfig(LoraConfigBase):
 @register("dylora")
 class Dylora(PeftMethod):
     config_cls = DyLoraConfig
+    paper_order = 9
+    export_formats = ("lora", "merged")
+    peft_type = None
 
     def validate(self) -> None:
         c = self.config
@@ -87,7 +94,8 @@ class Dylora(PeftMethod):
 
     def wrap(self, name: str, module: nn.Module) -> DyLoraLayer:
         c = self.config
-        return DyLoraLayer(module, c.r, c.alpha, c.dropout, c.use_rslora, c.eval_rank, c.frozen_lower, name=name)
+        return DyLoraLayer(module, c.r, c.alpha, c.dropout, c.use_rslora, c.eval_rank, c.frozen_lower, name=name,
+                           autocast_adapter_dtype=c.autocast_adapter_dtype)
 
     def sample_rank(self, step: int) -> int:
         """The rank ``b`` of training step ``step`` (a pure function of ``(seed, step)``)."""

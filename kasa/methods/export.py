@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import PEFT_IMPORTABLE, AdapterLayer, MethodError, PeftMethod, match_target
+from .errors import MethodError
+from .layer import AdapterLayer
+from .method import PeftMethod
+from .registry import REGISTRY
+from .targets import match_target
 
 try:
     from transformers.pytorch_utils import Conv1D
@@ -76,15 +81,33 @@ PEFT_NAMES: dict[str, dict[str, str]] = {
 PEFT_SHARED: dict[str, dict[str, str]] = {"vera": {"vera_A": "base_model.vera_A", "vera_B": "base_model.vera_B"}}
 
 FORMAT_NAMES = ("peft", "lora", "merged")
-_ALL = FORMAT_NAMES
-_NOT_PEFT = ("lora", "merged")
-FORMATS: dict[str, tuple[str, ...]] = {
-    "lora": _ALL, "kasa": _ALL, "pissa": _ALL, "corda": _ALL, "adalora": _ALL, "vera": _ALL,
-    "dora": ("peft", "merged"),
-    "milora": _NOT_PEFT, "dylora": _NOT_PEFT, "sara": _NOT_PEFT,
-    "bitfit": ("merged",), "fft": ("merged",),
-    "adapter_h": (), "adapter_p": (), "adapter_l": (), "adapter_d": (),
-}
+
+
+class _RegistryView(Mapping[str, Any]):
+    """A read-only ``{method name: class attribute}`` view of the registry, read when looked at (a method
+    registered later is in it; nothing here has to be kept in step with the method classes)."""
+
+    def __init__(self, attr: str, keep: Any = lambda value: True):
+        self._attr, self._keep = attr, keep
+
+    def _items(self) -> dict[str, Any]:
+        return {n: getattr(cls, self._attr) for n, cls in REGISTRY.items() if self._keep(getattr(cls, self._attr))}
+
+    def __getitem__(self, name: str) -> Any:
+        return self._items()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items())
+
+    def __len__(self) -> int:
+        return len(self._items())
+
+    def __repr__(self) -> str:
+        return repr(self._items())
+
+
+# Method name -> the formats its class declares (``PeftMethod.export_formats``).
+FORMATS: Mapping[str, tuple[str, ...]] = _RegistryView("export_formats")
 # Why a (method, format) pair has no export; "*" is the fallback for a format.
 _WHY_NOT: dict[tuple[str, str], str] = {
     ("dora", "lora"): "DoRA's magnitude rescales every output row of W + dW, which no low-rank B A on W expresses",
@@ -97,13 +120,17 @@ _WHY_NOT: dict[tuple[str, str], str] = {
 }
 _ADAPTERS_WHY = ("bottleneck adapters are serial and nonlinear: HF PEFT has none, they have no low-rank form and "
                  "cannot be merged into the weights; load the run in Python with kasa.runs_io.load_run")
-# Methods PEFT shares with kasa: ``method.init_from=<PEFT folder>`` starts from such an adapter.
-IMPORTABLE = PEFT_IMPORTABLE
+# Why a method has no export format at all (its class declares ``export_formats = ()``).
+_NO_FORMAT_WHY: dict[str, str] = {n: _ADAPTERS_WHY for n in ("adapter_h", "adapter_p", "adapter_l", "adapter_d")}
+# Method name -> HF PEFT type, for the methods PEFT shares with kasa (``PeftMethod.peft_type``):
+# ``method.init_from=<PEFT folder>`` starts from such an adapter.
+IMPORTABLE: Mapping[str, str] = _RegistryView("peft_type", keep=lambda t: t is not None)
 
 
 def formats(method_name: str) -> tuple[str, ...]:
-    """The export formats of a registered method (:data:`FORMATS`)."""
-    return FORMATS.get(method_name, ())
+    """The export formats of a registered method (its class's ``export_formats``; () for an unknown name)."""
+    cls = REGISTRY.get(method_name)
+    return tuple(cls.export_formats) if cls is not None else ()
 
 
 def check_format(method_name: str, fmt: str, config: Any = None) -> None:
@@ -113,9 +140,13 @@ def check_format(method_name: str, fmt: str, config: Any = None) -> None:
     """
     if fmt not in FORMAT_NAMES:
         raise MethodError(f"export format '{fmt}' is unknown; choose one of {list(FORMAT_NAMES)}")
+    if method_name not in REGISTRY:
+        raise MethodError(f"unknown method '{method_name}'; known methods: {' '.join(sorted(REGISTRY))}")
     have = formats(method_name)
     if not have:
-        raise MethodError(f"{method_name} has no export format: {_ADAPTERS_WHY}")
+        why = _NO_FORMAT_WHY.get(method_name, f"its class {REGISTRY[method_name].__name__} declares none "
+                                 "(PeftMethod.export_formats)")
+        raise MethodError(f"{method_name} has no export format: {why}")
     if fmt not in have:
         why = _WHY_NOT.get((method_name, fmt)) or _WHY_NOT.get(("*", fmt), "not supported")
         raise MethodError(f"--format {fmt} is not available for {method_name}: {why.format(method=method_name)}; "
@@ -322,7 +353,7 @@ def _expect(cfg: dict[str, Any], key: str, want: Any, have_default: Any, where: 
 
 def _check_peft_config(method: PeftMethod, cfg: dict[str, Any], where: str) -> None:
     name, c = method.name, method.config
-    peft_type = {"adalora": "ADALORA", "vera": "VERA"}.get(name, "LORA")
+    peft_type = method.peft_type
     _expect(cfg, "peft_type", peft_type, None, where)
     if peft_type == "LORA":
         _expect(cfg, "r", c.r, None, where)

@@ -7,12 +7,18 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import MethodConfig, PeftMethod, register, warn_half_base_parameters
+from .config import MethodConfig
+from .layer import warn_half_base_parameters
+from .method import PeftMethod
+from .registry import register
 
 
 @register("fft")
 class FullFineTuning(PeftMethod):
     config_cls = MethodConfig
+    paper_order = 1
+    export_formats = ("merged",)
+    peft_type = None
     wraps_targets = False
     trains_base_weights = True
 

@@ -51,8 +51,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import (LoraConfigBase, MethodError, PeftMethod, check_rank, feed_calibration, get_weight, is_count_only,
-                   match_target, register, set_weight)
+from .config import LoraConfigBase
+from .errors import MethodError
+from .method import PeftMethod, check_rank, feed_calibration
+from .registry import register
+from .targets import match_target
+from .weights import get_weight, set_weight
 from .lora import LoraLayer
 from .svd import batched_smallest_triplets, check_svd_method, smallest_triplets, svd_dtype
 from .truncation_cache import TruncationCache, cache_key, model_identity, resolve_cache_dir, weight_fingerprint
@@ -222,8 +226,10 @@ class KasaLayer(LoraLayer):
     def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float, use_rslora: bool,
                  truncation: str, truncation_rank: int, singular_values: str, svd_dtype_name: str,
                  name: str = "", removed: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 svd_method: str = "auto", keep_removed: bool = False, input_scale: torch.Tensor | None = None):
-        super().__init__(base_layer, r, alpha, dropout, use_rslora, name=name)
+                 svd_method: str = "auto", keep_removed: bool = False, input_scale: torch.Tensor | None = None, *,
+                 autocast_adapter_dtype: bool = True):
+        super().__init__(base_layer, r, alpha, dropout, use_rslora, name=name,
+                         autocast_adapter_dtype=autocast_adapter_dtype)
         w = base_layer.weight
         self.truncation = truncation
         if truncation == "activation_aware":
@@ -378,6 +384,9 @@ class KasaConfig(LoraConfigBase):
 @register("kasa")
 class Kasa(PeftMethod):
     config_cls = KasaConfig
+    paper_order = 16
+    export_formats = ("peft", "lora", "merged")
+    peft_type = "LORA"
 
     @property
     def decomposes_weights(self) -> bool:  # type: ignore[override]
@@ -440,7 +449,7 @@ class Kasa(PeftMethod):
                 self.input_scales = {k[: -len(suffix)]: v for k, v in adapter_state_dict.items() if k.endswith(suffix)}
             elif calibration is not None:
                 self.calibrate(model, calibration)
-            elif self.input_scales is None and is_count_only():  # parameter counting: shapes only
+            elif self.input_scales is None and self.count_only:  # parameter counting: shapes only
                 self.input_scales = {n: torch.ones(get_weight(m).shape[1], device=get_weight(m).device)
                                      for n, m in model.named_modules() if n and match_target(n, self.targets(model))}
             elif self.input_scales is None:
@@ -470,7 +479,8 @@ class Kasa(PeftMethod):
         scale = (self.input_scales or {}).get(name) if self.needs_calibration else None
         return KasaLayer(module, c.r, c.alpha, c.dropout, c.use_rslora, c.truncation, self.truncation_rank,
                          c.singular_values, c.svd_dtype, name=name, removed=removed, svd_method=c.svd_method,
-                         keep_removed=c.keep_removed, input_scale=scale)
+                         keep_removed=c.keep_removed, input_scale=scale,
+                         autocast_adapter_dtype=c.autocast_adapter_dtype)
 
     def regularization_loss(self, model: nn.Module) -> torch.Tensor:
         c = self.config

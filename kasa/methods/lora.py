@@ -13,15 +13,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import AdapterLayer, LoraConfigBase, PeftMethod, check_rank, lora_scaling, register
+from .config import LoraConfigBase
+from .layer import AdapterLayer
+from .method import PeftMethod, check_rank, lora_scaling
+from .registry import register
 
 
 class LoraLayer(AdapterLayer):
     """``lora_A``: (r, in), ``lora_B``: (out, r) as in HF PEFT, so weights copy across one to one."""
 
     def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float = 0.0,
-                 use_rslora: bool = False, name: str = ""):
-        super().__init__(base_layer)
+                 use_rslora: bool = False, name: str = "", *, autocast_adapter_dtype: bool = True):
+        super().__init__(base_layer, autocast_adapter_dtype=autocast_adapter_dtype)
         check_rank(name or type(base_layer).__name__, r, self.out_features, self.in_features)
         self.r = r
         self.scaling = lora_scaling(alpha, r, use_rslora)
@@ -52,7 +55,11 @@ class LoraConfig(LoraConfigBase):
 @register("lora")
 class Lora(PeftMethod):
     config_cls = LoraConfig
+    paper_order = 7
+    export_formats = ("peft", "lora", "merged")
+    peft_type = "LORA"
 
     def wrap(self, name: str, module: nn.Module) -> LoraLayer:
         c = self.config
-        return LoraLayer(module, c.r, c.alpha, c.dropout, c.use_rslora, name=name)
+        return LoraLayer(module, c.r, c.alpha, c.dropout, c.use_rslora, name=name,
+                         autocast_adapter_dtype=c.autocast_adapter_dtype)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import register
+from .registry import register
 from .pissa import SvdInitConfig, SvdInitMethod
 
 
@@ -28,4 +28,7 @@ class Milora(SvdInitMethod):
     """MiLoRA: minor singular components init, residual base."""
 
     config_cls = MiloraConfig
+    paper_order = 13
+    export_formats = ("lora", "merged")
+    peft_type = None
     components = "minor"

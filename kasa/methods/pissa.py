@@ -21,8 +21,11 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .base import (LoraConfigBase, MethodError, PeftMethod, check_rank, get_weight, lora_scaling,
-                   register, set_weight)
+from .config import LoraConfigBase
+from .errors import MethodError
+from .method import PeftMethod, check_rank, lora_scaling
+from .registry import register
+from .weights import get_weight, set_weight
 from .lora import LoraLayer
 from .svd import principal_triplets, smallest_triplets, svd_dtype
 
@@ -45,8 +48,9 @@ class ResidualLoraLayer(LoraLayer):
     """
 
     def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float, use_rslora: bool,
-                 init_A: torch.Tensor, init_B: torch.Tensor, name: str = ""):
-        super().__init__(base_layer, r, alpha, dropout, use_rslora, name=name)
+                 init_A: torch.Tensor, init_B: torch.Tensor, name: str = "", *, autocast_adapter_dtype: bool = True):
+        super().__init__(base_layer, r, alpha, dropout, use_rslora, name=name,
+                         autocast_adapter_dtype=autocast_adapter_dtype)
         if init_A.shape != (r, self.in_features) or init_B.shape != (self.out_features, r):
             raise MethodError(
                 f"initial factors of '{name}' have shapes {tuple(init_A.shape)} / {tuple(init_B.shape)}; "
@@ -127,7 +131,8 @@ class ResidualLoraMethod(PeftMethod):
         check_rank(name, c.r, out_f, in_f)  # before the SVD: a clear error, not a shape mismatch later
         U, S, Vh = self.initial_triplets(name, module)
         A, B = factors_from_triplets(U, S, Vh, self.scaling)
-        return ResidualLoraLayer(module, c.r, self.alpha, c.dropout, c.use_rslora, A, B, name=name)
+        return ResidualLoraLayer(module, c.r, self.alpha, c.dropout, c.use_rslora, A, B, name=name,
+                                 autocast_adapter_dtype=c.autocast_adapter_dtype)
 
     def before_load(self, model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
         for lname, layer in model.named_modules():
@@ -217,4 +222,7 @@ class Pissa(SvdInitMethod):
     """PiSSA: principal singular components init, residual base."""
 
     config_cls = PissaConfig
+    paper_order = 12
+    export_formats = ("peft", "lora", "merged")
+    peft_type = "LORA"
     components = "principal"

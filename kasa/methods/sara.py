@@ -29,7 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import AdapterLayer, MethodConfig, MethodError, PeftMethod, get_weight, register
+from .config import MethodConfig
+from .errors import MethodError
+from .layer import AdapterLayer
+from .method import PeftMethod
+from .registry import register
+from .weights import get_weight
 from .svd import svd_dtype
 
 ENERGIES = ("sum", "squared")
@@ -51,8 +56,9 @@ def sara_rank(s: torch.Tensor, threshold: float, energy: str = "sum", min_rank: 
 
 class SaraLayer(AdapterLayer):
     def __init__(self, base_layer: nn.Module, threshold: float, energy: str, min_rank: int,
-                 max_rank: int | None, train_vectors: bool, dropout: float = 0.0, svd_dtype_name: str = "float32"):
-        super().__init__(base_layer)
+                 max_rank: int | None, train_vectors: bool, dropout: float = 0.0, svd_dtype_name: str = "float32",
+                 *, autocast_adapter_dtype: bool = True):
+        super().__init__(base_layer, autocast_adapter_dtype=autocast_adapter_dtype)
         w = base_layer.weight
         if w.is_meta:
             raise MethodError("SARA's per-layer rank depends on the pretrained spectrum: it cannot be chosen on "
@@ -94,6 +100,9 @@ class SaraConfig(MethodConfig):
 class Sara(PeftMethod):
     decomposes_weights = True
     config_cls = SaraConfig
+    paper_order = 11
+    export_formats = ("lora", "merged")
+    peft_type = None
 
     def validate(self) -> None:
         c = self.config
@@ -108,7 +117,7 @@ class Sara(PeftMethod):
     def wrap(self, name: str, module: nn.Module) -> SaraLayer:
         c = self.config
         return SaraLayer(module, c.threshold, c.energy, c.min_rank, c.max_rank, c.train_vectors, c.dropout,
-                         c.svd_dtype)
+                         c.svd_dtype, autocast_adapter_dtype=c.autocast_adapter_dtype)
 
     def ranks(self, model: nn.Module) -> dict[str, int]:
         """The rank chosen for every adapted layer."""

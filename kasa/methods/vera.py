@@ -21,7 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import AdapterLayer, MethodConfig, MethodError, PeftMethod, layer_shape, register
+from .config import MethodConfig
+from .errors import MethodError
+from .layer import AdapterLayer
+from .method import PeftMethod
+from .registry import register
+from .weights import layer_shape
 
 PROJ_KEYS = ("vera_A", "vera_B")
 KEY_KEY = "vera_prng_key"
@@ -52,8 +57,8 @@ class VeraProjections(nn.Module):
 
 class VeraLayer(AdapterLayer):
     def __init__(self, base_layer: nn.Module, projections: VeraProjections, r: int, d_initial: float,
-                 dropout: float = 0.0):
-        super().__init__(base_layer)
+                 dropout: float = 0.0, *, autocast_adapter_dtype: bool = True):
+        super().__init__(base_layer, autocast_adapter_dtype=autocast_adapter_dtype)
         if projections.A.shape[1] < self.in_features or projections.B.shape[0] < self.out_features:
             raise MethodError(f"VeRA projections {tuple(projections.A.shape)}/{tuple(projections.B.shape)} are too "
                               f"small for a {self.out_features}x{self.in_features} layer")
@@ -91,6 +96,9 @@ class VeraConfig(MethodConfig):
 @register("vera")
 class Vera(PeftMethod):
     config_cls = VeraConfig
+    paper_order = 10
+    export_formats = ("peft", "lora", "merged")
+    peft_type = "VERA"
 
     def validate(self) -> None:
         if self.config.r < 1:
@@ -107,7 +115,8 @@ class Vera(PeftMethod):
 
     def wrap(self, name: str, module: nn.Module) -> VeraLayer:
         c = self.config
-        return VeraLayer(module, self._projections, c.r, c.d_initial, c.dropout)
+        return VeraLayer(module, self._projections, c.r, c.d_initial, c.dropout,
+                         autocast_adapter_dtype=c.autocast_adapter_dtype)
 
     def projections(self, model: nn.Module) -> VeraProjections:
         for m in self.adapter_layers(model):

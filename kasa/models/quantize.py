@@ -14,12 +14,12 @@ base dtype with ``method.autocast_adapter_dtype=false``) on top of the quantised
 ``backend=auto``: bitsandbytes where CUDA and the package are present, else torchao.
 
 Order (:func:`quantize_for_method`): methods that decompose the weight (KaSA's truncation, PiSSA, MiLoRA, CorDA,
-SARA: :attr:`kasa.methods.base.PeftMethod.decomposes_weights`) are applied to the FULL-PRECISION model first and
+SARA: :attr:`kasa.methods.PeftMethod.decomposes_weights`) are applied to the FULL-PRECISION model first and
 the residual they write (KaSA's ``W_world``, PiSSA's ``W - B0 A0``) is then quantised, so the SVD never reads
 packed values and the truncation cache and ``keep_removed`` work as without quantisation. Every other method is
 applied on top of the already quantised base, as QLoRA and HF PEFT do (DoRA's magnitude is then the norm of the
 weight it actually multiplies). A decomposing method given an already quantised layer refuses with one line
-(:meth:`kasa.methods.base.PeftMethod.apply`).
+(:meth:`kasa.methods.PeftMethod.apply`).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..methods.base import (dense_linear, dequantize_bases, dequantized_weight, is_quantized, match_target,
-                            quantized_kind)
+from ..methods import (dense_linear, dequantize_bases, dequantized_weight, is_quantized, match_target,
+                       quantized_kind)
 
 QUANTIZATIONS = ("nf4", "int8")
 BACKENDS = ("auto", "bitsandbytes", "torchao")

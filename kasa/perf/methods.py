@@ -11,15 +11,14 @@ import statistics
 import torch
 from torch import nn
 
-from ..methods import REGISTRY, build_method
+from ..methods import REGISTRY, build_method, methods_in_paper_order
 from .core import (ALL_METHODS_TOTAL_STEPS, Profile, Runner, TARGETS, _fmt_bytes, build_llama, interleaved_raw,
     paired_ratio)
 from .memory import _buffer_bytes, memory_row
 
 
 # Every registry method, in the order, then HF PEFT's implementations of those peft has.
-ALL_METHODS = ["fft", "bitfit", "adapter_h", "adapter_p", "adapter_l", "adapter_d", "lora", "adalora", "dylora",
-               "vera", "sara", "pissa", "milora", "dora", "corda", "kasa"]
+ALL_METHODS = methods_in_paper_order()
 
 
 PEFT_PEERS = ["peft_dora", "peft_pissa", "peft_adalora", "peft_vera"]

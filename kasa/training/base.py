@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from ..methods.base import PeftMethod
+from ..methods import PeftMethod
 from .optim import OptimConfig, build_optimizer
 
 

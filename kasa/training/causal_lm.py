@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.classification import EpochSampler, ShardSampler
-from ..methods.base import PeftMethod
+from ..methods import PeftMethod
 from .base import PeftModule
 from .optim import OptimConfig
 

@@ -10,7 +10,7 @@ import torchmetrics
 from torch import nn
 
 from ..eval import glue
-from ..methods.base import PeftMethod
+from ..methods import PeftMethod
 from .base import PeftModule
 from .optim import OptimConfig
 

@@ -153,34 +153,6 @@ def test_bottleneck_and_reduction_factor():
     assert method.trainable_parameter_count(h) == 4 * (2 * 32 * 5 + 5 + 32)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_save_load_round_trip_and_merge_raises(variant):
-    torch.manual_seed(0)
-    base = TINY_MODELS["gpt2"]()
-    model = copy.deepcopy(base)
-    fresh = copy.deepcopy(base)
-    method = build_method(variant, **KW.get(variant, {}))
-    method.apply(model)
-    with torch.no_grad():  # make the adapters non-trivial
-        for n, p in model.named_parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn_like(p))
-    sd = method.adapter_state_dict(model)
-    assert sd and all("base_layer" not in k for k in sd)
-    torch.manual_seed(123)
-    method2 = build_method(variant, **KW.get(variant, {}))
-    method2.apply(fresh)
-    method2.load_adapter_state_dict(fresh, sd)
-    x = tiny_inputs()
-    with torch.no_grad():
-        torch.testing.assert_close(model_output(fresh, x), model_output(model, x))
-        assert not torch.allclose(model_output(model, x), model_output(base, x))
-    with pytest.raises(MethodError, match="not mergeable"):
-        method.merge(model)
-    with pytest.raises(MethodError, match="not mergeable"):
-        method.merge(model, safe=True)
-
-
 def test_explicit_target_modules_override_the_preset():
     _, model, _ = _adapted("bert", "adapter_p", target_modules=["query"])
     assert _adapter_names(model) == [f"bert.encoder.layer.{i}.attention.self.query" for i in range(2)]

@@ -11,7 +11,7 @@ from svd_family_helpers import (ALPHA, check_merge_unmerge, fresh_pair, max_diff
                                 peft_layers, peft_trainable, perturb_adapters, R, same_adapters, TARGETS)
 
 from kasa.methods import MethodError, build_method
-from kasa.methods.base import get_weight
+from kasa.methods import get_weight
 
 TOL = 1e-5
 MODELS = ["bert", "gpt2", "llama"]

@@ -11,7 +11,7 @@ from svd_family_helpers import (ALPHA, fresh_pair, max_diff, outputs, peft_base_
                                 peft_trainable, perturb_adapters, R, same_adapters, TARGETS)
 
 from kasa.methods import build_method
-from kasa.methods.base import get_weight
+from kasa.methods import get_weight
 
 TOL = 1e-5
 MODELS = ["bert", "gpt2", "llama"]

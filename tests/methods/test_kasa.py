@@ -9,7 +9,7 @@ import torch
 
 from conftest import TINY_MODELS, model_output, tiny_bert, tiny_inputs
 from kasa.methods import MethodError, build_method
-from kasa.methods.base import get_weight
+from kasa.methods import get_weight
 from kasa.methods.kasa import KasaLayer
 
 

@@ -2,11 +2,13 @@
 
 Each case: apply; forward finite; three AdamW steps on ``(logits**2).mean() + regularization_loss`` with the
 loop hooks called where the Lightning loop calls them; frozen parameters bit-identical, adapter parameters
-moved; merge == unmerged output (or a clear :class:`MethodError` for the non-mergeable adapters); adapter
-state dict through ``torch.save``/``torch.load`` into a fresh model reproduces the outputs.
+moved; merge == unmerged output (or a clear :class:`MethodError`, safe or not, for the non-mergeable adapters);
+adapter state dict (no base weight in it) through ``torch.save``/``torch.load`` into a fresh model reproduces
+the outputs. The per-method test files keep only what is specific to a method (HF PEFT parity, schedules, ...).
 
 The method list is read from the registry, so a newly registered method joins the matrix automatically;
-it then needs an entry in :data:`KWARGS` only when its defaults do not fit the tiny models.
+it then needs an entry in :data:`KWARGS` only when its defaults do not fit the tiny models. The facts a method
+declares on its class (``paper_order``, ``export_formats``, ``peft_type``) are checked here too.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from conftest import TINY_MODELS, model_output, tiny_inputs
 from torch import nn
 
 import kasa.methods
-from kasa.methods import AdapterLayer, MethodError, build_method
-from kasa.methods.base import match_target
+from kasa.methods import REGISTRY, AdapterLayer, MethodError, PeftMethod, build_method, match_target
+from kasa.methods import export as methods_export
+from kasa.methods.registry import discover, methods_in_paper_order
 
 MODELS = ("bert", "gpt2", "llama")
 METHODS = sorted(kasa.methods.REGISTRY)
@@ -69,7 +72,7 @@ def fresh(model_name: str) -> nn.Module:
 def apply(method_name: str, model: nn.Module):
     """Build the method and apply it; CorDA calibrates on a tiny batch first."""
     method = build_method(method_name, **KWARGS.get(method_name, {}))
-    if getattr(method, "needs_calibration", False):
+    if method.needs_calibration:
         method.apply(model, calibration=[tiny_inputs(seed=7)])
     else:
         method.apply(model)
@@ -138,6 +141,8 @@ def test_method_matrix(method_name: str, model_name: str, tmp_path) -> None:
     if method_name in NOT_MERGEABLE:
         with pytest.raises(MethodError, match=NOT_MERGEABLE[method_name]):
             method.merge(model)
+        with pytest.raises(MethodError, match=NOT_MERGEABLE[method_name]):
+            method.merge(model, safe=True)
         torch.testing.assert_close(outputs(model, x), out, rtol=0, atol=0)
     else:
         method.merge(model)
@@ -147,7 +152,9 @@ def test_method_matrix(method_name: str, model_name: str, tmp_path) -> None:
 
     # -- adapter save / load round trip ------------------------------------------------------------
     path = tmp_path / "adapter.pt"
-    torch.save(method.adapter_state_dict(model), path)
+    sd = method.adapter_state_dict(model)
+    assert sd and not [k for k in sd if ".base_layer." in k], "the adapter state dict holds frozen base weights"
+    torch.save(sd, path)
     sd = torch.load(path, weights_only=True)  # plain tensors only: loadable without trusting pickles
     other = fresh(model_name)
     method2 = apply(method_name, other)
@@ -201,3 +208,73 @@ def test_apply_keeps_the_models_train_or_eval_mode(name):
     else:
         method.apply(model)
     assert not any(m.training for m in model.modules())
+
+
+# -- facts declared on the method classes -------------------------------------------------------------
+PAPER_ORDER = "fft bitfit adapter_h adapter_p adapter_l adapter_d lora adalora dylora vera sara pissa milora dora corda kasa"
+
+
+def test_discovery_finds_every_method() -> None:
+    assert set(REGISTRY) == set(PAPER_ORDER.split())
+    discover()  # idempotent: modules already imported register nothing twice
+    assert len(REGISTRY) == 16
+
+
+def test_paper_order_is_declared_and_unique() -> None:
+    orders = {name: cls.paper_order for name, cls in REGISTRY.items()}
+    assert all(isinstance(o, int) for o in orders.values()), orders
+    assert len(set(orders.values())) == len(orders), orders
+    assert methods_in_paper_order() == PAPER_ORDER.split()
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_export_facts_agree_with_methods_export(name: str) -> None:
+    cls = REGISTRY[name]
+    assert isinstance(cls.export_formats, tuple) and set(cls.export_formats) <= set(methods_export.FORMAT_NAMES)
+    assert methods_export.FORMATS[name] == methods_export.formats(name) == cls.export_formats
+    # peft_type: PEFT has the same adapter, so its folder exports (format peft) and imports (init_from)
+    assert (cls.peft_type is not None) == (name in methods_export.PEFT_NAMES)
+    if cls.peft_type is not None:
+        assert "peft" in cls.export_formats and methods_export.IMPORTABLE[name] == cls.peft_type
+    for fmt in methods_export.FORMAT_NAMES:
+        if fmt in cls.export_formats and not (name == "kasa" and fmt == "peft"):
+            methods_export.check_format(name, fmt)
+        elif fmt not in cls.export_formats:
+            with pytest.raises(MethodError, match=f"{name}"):
+                methods_export.check_format(name, fmt)
+
+
+def test_a_method_without_declarations_gets_the_defaults(monkeypatch) -> None:
+    class Undeclared(PeftMethod):
+        name = "undeclared"
+
+    monkeypatch.setitem(REGISTRY, "undeclared", Undeclared)
+    assert Undeclared.export_formats == () and Undeclared.peft_type is None and not Undeclared.needs_calibration
+    assert "undeclared" not in methods_export.IMPORTABLE and methods_export.FORMATS["undeclared"] == ()
+    with pytest.raises(MethodError, match="undeclared has no export format: its class Undeclared declares none"):
+        methods_export.check_format("undeclared", "merged")
+    assert methods_in_paper_order()[-1] == "undeclared"  # undeclared order sorts last
+    with pytest.raises(MethodError, match="only the methods PEFT shares"):
+        Undeclared(kasa.methods.MethodConfig(init_from="/nowhere"))
+
+
+def test_count_only_is_state_of_the_method() -> None:
+    a, b = build_method("corda", r=4), build_method("corda", r=4)
+    with a.counting_only():
+        assert a.count_only and not b.count_only
+        with pytest.raises(MethodError, match="calibration"):  # b is applied for real: it needs its data
+            b.apply(fresh("bert"))
+        a.apply(fresh("bert"))  # counting: zero factors of the right shapes, no calibration
+    assert not a.count_only
+
+
+@pytest.mark.parametrize("autocast, dtype", [(True, torch.float32), (False, torch.bfloat16)])
+def test_adapter_dtype_follows_the_method_config(autocast: bool, dtype: torch.dtype) -> None:
+    model = fresh("llama").to(torch.bfloat16)
+    build_method("lora", r=4, autocast_adapter_dtype=autocast).apply(model)
+    layers = [m for m in model.modules() if isinstance(m, AdapterLayer)]
+    assert layers and {m.lora_A.dtype for m in layers} == {dtype}
+    # another method built at the same time keeps its own policy: nothing global
+    other = fresh("llama").to(torch.bfloat16)
+    build_method("lora", r=4, autocast_adapter_dtype=not autocast).apply(other)
+    assert {m.lora_A.dtype for m in other.modules() if isinstance(m, AdapterLayer)} != {dtype}

@@ -11,7 +11,7 @@ from svd_family_helpers import (ALPHA, check_merge_unmerge, fresh_pair, max_diff
                                 R, TARGETS)
 
 from kasa.methods import MethodError, build_method
-from kasa.methods.base import get_weight
+from kasa.methods import get_weight
 from kasa.methods.pissa import ResidualLoraLayer
 
 TOL = 1e-5
@@ -87,7 +87,7 @@ def test_errors():  # the yaml == dataclass check for every method: tests/test_c
 
 
 def test_alpha_follows_r_by_default_as_the_authors_code():
-    from kasa.methods.base import AdapterLayer
+    from kasa.methods import AdapterLayer
 
     for r in (4, 8):
         method = build_method("milora", r=r, target_modules=TARGETS["bert"])

@@ -11,7 +11,7 @@ from svd_family_helpers import (align_rows, ALPHA, check_merge_unmerge, fresh_pa
                                 R, same_adapters, TARGETS)
 
 from kasa.methods import MethodError, build_method
-from kasa.methods.base import get_weight
+from kasa.methods import get_weight
 
 TOL = 1e-5
 MODELS = ["bert", "gpt2", "llama"]

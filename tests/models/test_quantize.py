@@ -15,7 +15,7 @@ pytest.importorskip("torchao")
 from conftest import tiny_inputs, tiny_llama  # noqa: E402
 from kasa.checks import ConfigError, check_config  # noqa: E402
 from kasa.methods import MethodError, build_method  # noqa: E402
-from kasa.methods.base import get_weight, is_quantized, quantized_kind  # noqa: E402
+from kasa.methods import get_weight, is_quantized, quantized_kind  # noqa: E402
 from kasa.models.quantize import (NF4_BLOCK_SIZE, QuantizationError, nf4_tensor, quantize_for_method,  # noqa: E402
                                   quantize_model, resolve_backend)
 from kasa.train import CONF_DIR, run  # noqa: E402
@@ -159,7 +159,7 @@ def test_get_weight_dequantises_and_set_weight_refuses():
     layer = model.model.layers[0].mlp.up_proj
     w = get_weight(layer)
     assert w.shape == (layer.out_features, layer.in_features) and w.dtype == torch.float32
-    from kasa.methods.base import set_weight
+    from kasa.methods import set_weight
 
     with pytest.raises(MethodError, match="cannot write into a quantised weight"):
         set_weight(layer, w)
