@@ -11,6 +11,8 @@ each pinned file can still be had. A missing asset is one line naming the packag
 
 from __future__ import annotations
 
+from kasa.errors import MissingAssetError  # noqa: F401  (re-exported)
+
 import fnmatch
 import hashlib
 import io
@@ -25,9 +27,6 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-
-class MissingAssetError(FileNotFoundError):
-    """An offline asset cannot be found or fetched; the message names the package, the version and the fix."""
 
 
 @dataclass(frozen=True)

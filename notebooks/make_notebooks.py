@@ -45,7 +45,8 @@ trained with `analysis.spectra=true` (it needs `results.json`, `spectra/` and `c
 the notebook trains a tiny offline run. Figures go to `KASA_FIGURES_DIR` (default `figures/`).""", [
 SETUP,
 '''import json
-from kasa.analysis.spectra import (dsigma_change, load_run_model, load_spectra, plot_heatmap, plot_spectrum_tails,
+from kasa.runs.load import load_run
+from kasa.analysis.spectra import (dsigma_change, load_spectra, plot_heatmap, plot_spectrum_tails,
                                    removed_ranks, short_name, weight_spectra)
 
 RUN = os.environ.get("KASA_RUN_DIR")
@@ -104,7 +105,8 @@ for name, sv in records[-1]["update"].items():
     print(f"{short_name(name):10s} s(dW) = {np.array2string(sv, precision=3, max_line_width=200)}  "
           f"s2/s1 = {sv[1] / sv[0]:.2f}")''',
 '''# The tail of the spectrum: W against W_world, the t removed triplets marked (what KaSA cuts)
-model, method = load_run_model(run_dir)
+run = load_run(run_dir, "last", keep_removed=True)  # KaSA: W's spectrum exactly, removed factors re-derived
+model, method = run.model, run.method
 spec, removed = weight_spectra(model), removed_ranks(model)
 fig = plot_spectrum_tails(spec, removed)
 fig.savefig(FIG / "spectra_tail.png", dpi=120)

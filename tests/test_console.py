@@ -32,7 +32,7 @@ def test_lightning_lines_once_and_no_advertisement(hydra_like_root):
     import lightning  # noqa: F401
     from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-    from kasa.console import quiet_console
+    from kasa.cli.console import quiet_console
 
     quiet_console()
     light = logging.getLogger("lightning")
@@ -47,7 +47,7 @@ def test_lightning_lines_once_and_no_advertisement(hydra_like_root):
 def test_transformers_load_report_has_no_colour_codes():
     from transformers.utils import logging as hf_logging
 
-    from kasa.console import quiet_console
+    from kasa.cli.console import quiet_console
 
     quiet_console()
     handlers = hf_logging.get_logger().handlers  # what transformers prints through (its own stderr handler)
@@ -70,7 +70,8 @@ def test_activation_checkpointing_without_deprecation_warning(tiny_bert_dir):
 
 
 def test_missing_local_model_path_is_named(tmp_path):
-    from kasa.models import ModelLoadError, load_model
+    from kasa.errors import ModelLoadError
+    from kasa.models import load_model
 
     with pytest.raises(ModelLoadError, match="does not exist") as info:
         load_model(str(tmp_path / "no-such-model"))
@@ -84,7 +85,7 @@ def test_wandb_with_a_key_and_no_network_logs_offline_within_seconds(tmp_path, m
 
     from omegaconf import OmegaConf
 
-    from kasa.train import build_loggers
+    from kasa.training.loggers import build_loggers
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused

@@ -19,8 +19,9 @@ from conftest import tiny_cls
 import torch
 from hydra import compose, initialize_config_dir
 
-from kasa.data.classification import EpochSampler, ShardSampler
-from kasa.train import CONF_DIR, run
+from kasa.tasks.classification.data import EpochSampler, ShardSampler
+from kasa.config import CONF_DIR
+from kasa.recipe import run
 
 REPO = Path(__file__).resolve().parents[1]
 PER_RANK_BATCH, WORLD = 4, 2
@@ -118,7 +119,7 @@ def test_ddp_two_processes_equal_one_process_same_global_batch(tiny_bert_dir, tm
 
 def test_ddp_generation_validation_scores_every_prompt_once(tiny_causal_dir, tmp_path, e2e_data):
     """Two ranks generate for their own shares of the E2E prompts; the scores cover all of them, once."""
-    from kasa.benchmarks.e2e import E2EEvaluator
+    from kasa.tasks.e2e.task import E2EEvaluator
 
     run_dir = tmp_path / "ddp"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}

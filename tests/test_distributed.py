@@ -17,7 +17,10 @@ from omegaconf import OmegaConf
 
 from kasa.methods import build_method
 from kasa.methods import gathered
-from kasa.train import CONF_DIR, ConfigError, block_classes, build_strategy, run
+from kasa.config import CONF_DIR
+from kasa.errors import ConfigError
+from kasa.training.strategy import block_classes, build_strategy
+from kasa.recipe import run
 
 from conftest import tiny_bert, tiny_llama, tiny_cls
 

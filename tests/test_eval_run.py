@@ -10,9 +10,14 @@ import pytest
 from conftest import commonsense_overrides, tiny_cls, write_olmo_commonsense
 from hydra import compose, initialize_config_dir
 
-from kasa.evaluate import EvalError, apply_overrides, evaluate_run, main
-from kasa.runs_io import RunError, run_config
-from kasa.train import CONF_DIR, ConfigError, run
+from kasa.errors import EvalError
+from kasa.cli.eval import main
+from kasa.runs.evaluate import apply_overrides, evaluate_run
+from kasa.errors import RunError
+from kasa.runs.load import run_config
+from kasa.config import CONF_DIR
+from kasa.errors import ConfigError
+from kasa.recipe import run
 
 
 def _cfg(model_dir: Path, *overrides: str):
@@ -129,11 +134,11 @@ def test_lm_eval_after_training_and_again_from_the_run(tiny_causal_dir, tmp_path
 
 def test_lm_eval_on_a_classifier_or_without_the_extra_fails_before_loading(tiny_bert_dir, tiny_causal_dir, tmp_path,
                                                                           monkeypatch):
-    import kasa.harness
+    import kasa.tasks.lm_eval
 
     with pytest.raises(ConfigError, match="trains a classifier"):
         run(_cfg(tiny_bert_dir, "+benchmark.lm_eval.tasks=[x]"), run_dir=tmp_path / "a")
-    monkeypatch.setattr(kasa.harness, "lm_eval_available", lambda: False)
+    monkeypatch.setattr(kasa.tasks.lm_eval, "lm_eval_available", lambda: False)
     with pytest.raises(ConfigError, match=r"pip install 'kasa\[lm_eval\]'"):
         run(_cfg(tiny_causal_dir, "benchmark=commonsense", *_commonsense(tmp_path), "benchmark.lm_eval.tasks=[x]"),
             run_dir=tmp_path / "b")
@@ -143,7 +148,7 @@ def test_lm_eval_results_go_to_the_wandb_summary(monkeypatch):
     """The callback's W&B plumbing, with lm_eval itself stubbed (the real run is the test above)."""
     import types
 
-    import kasa.harness as h
+    import kasa.tasks.lm_eval as h
 
     fake = {"results": {"kasa_tiny": {"alias": "kasa_tiny", "acc,none": 0.5, "acc_stderr,none": 0.2}}}
     monkeypatch.setattr(h, "run_lm_eval", lambda *a, **k: dict(fake))
@@ -151,7 +156,8 @@ def test_lm_eval_results_go_to_the_wandb_summary(monkeypatch):
     class WandbLogger:  # matched by name, as the callback does (no wandb import needed)
         experiment = types.SimpleNamespace(summary={})
 
-    module = types.SimpleNamespace(model=None, method=None, tokenizer=None, history=[{"epoch": 1}])
+    module = types.SimpleNamespace(model=None, method=None, tokenizer=None, history=[{"epoch": 1}],
+                                   results_extra={})
     trainer = types.SimpleNamespace(is_global_zero=True, checkpoint_callbacks=[], loggers=[WandbLogger()])
     h.LmEvalCallback({"tasks": ["kasa_tiny"]}, selection="last").on_fit_end(trainer, module)
     assert WandbLogger.experiment.summary == {"lm_eval/kasa_tiny/acc": 0.5}

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from kasa.analysis.sweeps import first_point, grid, load_sweep, multirun_command
 from kasa.methods import method_from_config
-from kasa.train import CONF_DIR
+from kasa.config import CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))

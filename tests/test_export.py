@@ -17,7 +17,7 @@ import torch
 from conftest import TINY_MODELS, model_output, tiny_inputs
 
 import kasa.methods
-from kasa.export import export_model
+from kasa.runs.export import export_model
 from kasa.methods import MethodError, build_method
 from kasa.methods.export import FORMAT_NAMES, FORMATS, check_format, formats
 
@@ -243,7 +243,7 @@ def test_plain_lora_export_has_only_lora_keys_for_a_causal_lm(tmp_path):
 
 
 def test_export_refuses_a_non_empty_folder(tmp_path):
-    from kasa.export import ExportError
+    from kasa.errors import ExportError
 
     model = TINY_MODELS["bert"]()
     method = build_method("lora", r=2)
@@ -256,7 +256,7 @@ def test_export_refuses_a_non_empty_folder(tmp_path):
 
 
 def test_params_command_states_every_methods_export_formats(capsys):
-    from kasa.params import main
+    from kasa.cli.params import main
 
     main(["--models", "roberta-base"])
     out = capsys.readouterr().out

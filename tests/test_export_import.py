@@ -92,7 +92,7 @@ def test_pruned_peft_adalora_comes_back_at_its_places(tmp_path):
 
 
 def test_kasa_export_comes_back_through_init_from(tmp_path):
-    from kasa.export import export_model
+    from kasa.runs.export import export_model
 
     torch.manual_seed(0)
     base = TINY_MODELS["bert"]()
@@ -162,7 +162,8 @@ def test_init_from_in_a_training_run(tiny_bert_dir, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification
 
-    from kasa.train import CONF_DIR, run
+    from kasa.config import CONF_DIR
+    from kasa.recipe import run
 
     torch.manual_seed(0)
     base = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=5)

@@ -14,11 +14,14 @@ from conftest import Crash, crash_at_epoch, tiny_cls
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from kasa.export import export_run, main, verify_export
+from kasa.cli.export import main
+from kasa.runs.export import export_run, verify_export
 from kasa.methods import MethodError
-from kasa.runs_io import RunError, load_run
-from kasa.safe_io import UnreadableFileError
-from kasa.train import CONF_DIR, run
+from kasa.errors import RunError
+from kasa.runs.load import load_run
+from kasa.errors import UnreadableFileError
+from kasa.config import CONF_DIR
+from kasa.recipe import run
 
 TOL = 1e-5
 peft = pytest.importorskip("peft")
@@ -166,7 +169,7 @@ def test_a_changed_or_truncated_export_is_named(kasa_run, tmp_path):
     with pytest.raises(UnreadableFileError) as err:
         verify_export(out)
     assert "kasa_export.json: no such file" in str(err.value)
-    from kasa.safe_io import read_safetensors
+    from kasa.runs.files import read_safetensors
 
     with pytest.raises(UnreadableFileError) as err:
         read_safetensors(weights)

@@ -15,7 +15,8 @@ import torch
 from conftest import write_e2e_dataset
 from hydra import compose, initialize_config_dir
 
-from kasa.train import CONF_DIR, run
+from kasa.config import CONF_DIR
+from kasa.recipe import run
 
 COMMON = ("trainer.enable_progress_bar=false", "method.r=4", "trainer.limit_train_batches=2", "dataset.max_eval=3",
           "benchmark.generation.max_new_tokens=6", "benchmark.batch_size=4", "benchmark.eval_batch_size=4")
@@ -158,7 +159,7 @@ def test_instruction_judged_with_local_judge_and_mtbench(tiny_causal_dir, tmp_pa
     assert ev["mtbench"]["n_questions"] == 2 and "single-v1-multi-turn" in ev["prompts"]
     lines = (tmp_path / "a" / "judgements" / "epoch0.jsonl").read_text().splitlines()
     assert len(lines) == 3 + 2 * 2  # held-out answers + 2 questions x 2 turns
-    from kasa.eval.judge import JudgementCache
+    from kasa.tasks.instruction.judge import JudgementCache
 
     assert len(JudgementCache(cache)) == 7
 
@@ -180,7 +181,7 @@ def test_judge_failing_mid_run_costs_only_the_judging(tiny_causal_dir, tmp_path,
     """The endpoint fails at epoch 0's MT-Bench judging: training goes on to the end, the last checkpoint and
     every generation (held-out and MT-Bench answers) are kept, the judge is not asked again, and the run ends
     with one named error pointing at kasa-eval (no results.json claiming scores)."""
-    from kasa.eval.judge import JudgeAPIError, JudgingFailed
+    from kasa.errors import JudgeAPIError, JudgingFailed
 
     backend = fixed_judge
     heldout_calls = 3  # dataset.max_eval=3 held-out answers are judged first, then MT-Bench fails
@@ -245,9 +246,9 @@ def test_big_run_switches_bf16_accumulation_checkpointing(tiny_causal_dir, tmp_p
 
 
 def test_hub_format_loaders_on_local_files(tmp_path):
-    from kasa.benchmarks.commonsense import commonsense_splits
-    from kasa.benchmarks.e2e import e2e_splits
-    from kasa.benchmarks.instruction import instruction_splits
+    from kasa.tasks.commonsense.task import commonsense_splits
+    from kasa.tasks.e2e.data import e2e_splits
+    from kasa.tasks.instruction.task import instruction_splits
 
     alpaca = [{"instruction": f"Say {i}.", "input": "" if i % 2 else "loudly", "output": f"{i}!"} for i in range(50)]
     (tmp_path / "alpaca.json").write_text(json.dumps(alpaca))
@@ -303,7 +304,7 @@ def test_judge_evaluator_judges_on_rank_zero_only_but_generates_on_every_rank():
     """Data parallel: every rank answers MT-Bench (FSDP forwards need all ranks), only rank 0 pays the judge."""
     from types import SimpleNamespace
 
-    from kasa.benchmarks.instruction import JudgeEvaluator
+    from kasa.tasks.instruction.task import JudgeEvaluator
     from kasa.training.causal_lm import EvalItem
 
     class Module:
@@ -336,7 +337,7 @@ LLAMADUO_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['
 def test_chat_prompt_format_uses_the_chat_template_and_supervises_the_answer(tiny_causal_dir):
     from transformers import AutoTokenizer
 
-    from kasa.benchmarks.instruction import PromptFormat
+    from kasa.tasks.instruction.task import PromptFormat
     from kasa.training.causal_lm import IGNORE_INDEX, encode_pair
 
     tok = AutoTokenizer.from_pretrained(tiny_causal_dir)
@@ -357,7 +358,7 @@ def test_chat_prompt_format_uses_the_chat_template_and_supervises_the_answer(tin
     ex = duo.example("Say hi.", None, "Hi!")
     assert ex.prompt == "<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n" and ex.completion == "Hi!"
     # alpaca is the LLM-Adapters template, unchanged
-    from kasa.eval import commonsense as cs
+    from kasa.tasks.commonsense import prompts as cs
 
     assert PromptFormat().example("Say hi.", None, "Hi!").prompt == cs.build_prompt("Say hi.")
     tok.chat_template = None

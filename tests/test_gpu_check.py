@@ -75,7 +75,7 @@ def test_real_mode_refuses_without_cuda(tmp_path):
 
 
 def test_compose_status():
-    assert compose_status(["model=minilm", "trainer.max_epochs=1"]) == ("ok", "composes and passes kasa.train.validate")
+    assert compose_status(["model=minilm", "trainer.max_epochs=1"]) == ("ok", "composes and passes kasa.recipe.validate")
     status, reason = compose_status(["model=minilm", "trainer.max_epochs=abc"])
     assert status == "error" and "max_epochs" in reason
     assert compose_status(["model=nope"])[0] == "error"

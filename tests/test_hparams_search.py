@@ -58,8 +58,8 @@ def test_three_trials_on_the_tiny_bert_and_a_rerun_stays_at_three(tiny_bert_dir,
 
 @pytest.fixture
 def fake_runs(monkeypatch):
-    """kasa.train.run replaced by an instant one: every second run's metric is NaN."""
-    import kasa.train as kt
+    """kasa.recipe.run replaced by an instant one: every second run's metric is NaN."""
+    import kasa.recipe as kt
 
     calls = []
 
@@ -73,7 +73,7 @@ def fake_runs(monkeypatch):
 
 
 def _search_in_process(monkeypatch, sweep: Path, n_trials: int) -> None:
-    import kasa.train as kt
+    import kasa.cli.train as kt
     from hydra.core.global_hydra import GlobalHydra
 
     monkeypatch.setattr(sys, "argv", ["kasa-train", "-m", "hparams_search=kasa_beta_gamma",

@@ -1,4 +1,4 @@
-"""The memory planner (kasa.memory_plan, `python -m kasa.params --memory`): its meta-device estimates against the bytes
+"""The memory planner (kasa.perf.memory_plan, `python -m kasa.params --memory`): its meta-device estimates against the bytes
 the CPU benchmark counts on real tensors, its quantised-weight bytes against torchao's NF4 tensors, and its CLI."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kasa import memory_plan as mp
-from kasa.params import main as params_main
+from kasa.perf import memory_plan as mp
+from kasa.cli.params import main as params_main
 from kasa.perf.core import PROFILES
 from kasa.perf.methods import ALL_METHODS
 

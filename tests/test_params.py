@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kasa.methods import REGISTRY
-from kasa.params import REFERENCE_COUNTS, count, main, resolve
+from kasa.cli.params import REFERENCE_COUNTS, count, main, resolve
 
 
 @pytest.mark.parametrize("model,expected", [("roberta-base", 295_104), ("roberta-large", 786_816),
@@ -50,7 +50,7 @@ PRESET_COUNTS = {k: v for k, v in REFERENCE_COUNTS.items() if k[0] not in REGIST
 
 def test_every_preset_extends_a_method_and_builds():
     from kasa.methods import build_method
-    from kasa.params import presets, resolve
+    from kasa.cli.params import presets, resolve
 
     names = presets()
     assert {p for p, _ in PRESET_COUNTS} <= set(names) and names, names
@@ -81,7 +81,7 @@ def test_adalora_cell_shows_the_final_budget(capsys):
 def _experiment(name: str):
     from hydra import compose, initialize_config_dir
 
-    from kasa.train import CONF_DIR
+    from kasa.config import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=[f"experiment={name}"])

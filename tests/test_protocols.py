@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from transformers import get_linear_schedule_with_warmup
 
 from kasa.methods import method_from_config
-from kasa.train import CONF_DIR
+from kasa.config import CONF_DIR
 from kasa.training import OptimConfig, build_optimizer
 
 REPO = Path(__file__).resolve().parents[1]

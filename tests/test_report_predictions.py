@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from kasa.data.classification import ShardSampler
+from kasa.tasks.classification.data import ShardSampler
 from kasa.methods import build_method
-from kasa.training.classification import ClassificationModule
+from kasa.tasks.classification.module import ClassificationModule
 
 N_DEV = 9
 LABELS = [i % 3 for i in range(N_DEV)]

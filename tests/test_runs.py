@@ -20,8 +20,11 @@ from conftest import Crash, crash_at_epoch, tiny_cls
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from kasa.train import CONF_DIR, ConfigError, config_hash, run
-from kasa.training import runs
+from kasa.config import CONF_DIR
+from kasa.errors import ConfigError
+from kasa.runs.hashing import config_hash
+from kasa.recipe import run
+from kasa.runs import checkpoints as runs
 
 REPO = Path(__file__).resolve().parents[1]
 # 4 batches an epoch, a metrics row every step, dropout on (resume must restore the random streams too)

@@ -11,11 +11,13 @@ import torch
 from conftest import tiny_bert, tiny_cls
 from hydra import compose, initialize_config_dir
 
+from kasa.runs.load import load_run
 from kasa.analysis.spectra import (SpectraCallback, dsigma_change, heatmap_matrix, learned_singular_values,
-                                   load_run_model, load_spectra, orthonormality_drift, removed_ranks,
+                                   load_spectra, orthonormality_drift, removed_ranks,
                                    spectrum_tails, update_spectra, weight_spectra)
 from kasa.methods import build_method
-from kasa.train import CONF_DIR, run
+from kasa.config import CONF_DIR
+from kasa.recipe import run
 
 
 def tiny_bert_seeded():
@@ -95,7 +97,7 @@ def test_callback_in_a_run_and_reload(tiny_bert_dir, tmp_path, monkeypatch):
     npz = np.load(sdir / "epoch_001.npz")
     assert len(npz.files) == 4 and recs[-1]["dsigma"][npz.files[0]] == pytest.approx(npz[npz.files[0]].tolist())
     assert recs[0]["dsigma"] != recs[-1]["dsigma"]  # dsigma trained
-    model, _ = load_run_model(tmp_path / "run")  # the trained adapter comes back exactly
+    model = load_run(tmp_path / "run", "last", keep_removed=True).model  # the trained adapter comes back exactly
     for n, v in learned_singular_values(model).items():
         np.testing.assert_allclose(v, recs[-1]["dsigma"][n], rtol=1e-6)
     for n, v in update_spectra(model).items():

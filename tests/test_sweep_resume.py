@@ -12,7 +12,9 @@ from conftest import Crash, crash_at_epoch, tiny_cls
 import pytest
 from hydra import compose, initialize_config_dir
 
-from kasa.train import CONF_DIR, config_hash, run
+from kasa.config import CONF_DIR
+from kasa.runs.hashing import config_hash
+from kasa.recipe import run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ("trainer.max_epochs=2", "trainer.limit_train_batches=2", "trainer.enable_progress_bar=false",

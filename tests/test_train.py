@@ -13,7 +13,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from kasa.train import CONF_DIR, ConfigError, run
+from kasa.config import CONF_DIR
+from kasa.errors import ConfigError
+from kasa.recipe import run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,7 +115,7 @@ def test_cli_multirun_and_clean_error(tiny_bert_dir, tmp_path):
 
 
 def test_unknown_method_name_is_named():
-    from kasa.train import validate
+    from kasa.config.validate import validate
     from omegaconf import OmegaConf
 
     with pytest.raises(ConfigError, match="unknown method 'nope'"):

@@ -44,8 +44,8 @@ def e2e_split(path: str | None) -> dict:
     """``{"train": {mr: refs}, "validation": {mr: refs}}`` from ``path`` (see :data:`E2E_HELP`); when none can be
     read, the program stops with one line naming ``--e2e``."""
     from kasa.assets import MissingAssetError
-    from kasa.data.classification import DatasetError
-    from kasa.eval.e2e import load_e2e_bigbench, load_e2e_nlg
+    from kasa.tasks.classification.data import DatasetError
+    from kasa.tasks.e2e.metrics import load_e2e_bigbench, load_e2e_nlg
 
     where = path or os.environ.get("KASA_BIGBENCH")
     try:

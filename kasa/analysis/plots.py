@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .stats import FRACTION_METRICS, summarise
-from .stats import in_table_units as _scale
+from kasa.analysis.stats import FRACTION_METRICS, summarise
+from kasa.analysis.stats import in_table_units as _scale
 
 # Inputs are kasa.analysis.report's Record (one per run and seed) and Table objects; not imported here, as
 # report imports this module for --plots.
@@ -403,8 +403,8 @@ def log_to_wandb(files: list[Path], cfgs: list[dict[str, Any]], out_dir: Path) -
     try:
         import wandb
 
-        from ..checks import probe_url
-        from ..train import WANDB_PROBE_TIMEOUT_S, _wandb_mode
+        from kasa.config.checks import probe_url
+        from kasa.training.loggers import WANDB_PROBE_TIMEOUT_S, _wandb_mode
     except ImportError as exc:
         return f"W&B images skipped ({exc})"
     done = []

@@ -22,7 +22,7 @@ quantity only this analysis reads, and a resumed run keeps the first run's init 
 
 The base layer holds W_world after ``method.apply`` (KaSA truncates in place); W is rebuilt as
 ``W_world + kasa_removed_us @ kasa_removed_vh`` when the factors are kept (``keep_removed=true``;
-:func:`load_run_model` always keeps them), else (paper / reference truncation) its spectrum as W_world's kept
+:func:`kasa.runs.load.load_run` with ``keep_removed=True`` keeps them), else (paper / reference truncation) its spectrum as W_world's kept
 singular values plus the removed ones (``kasa_removed_s``). A merged layer is unmerged in thought
 (``W_world = base - dW``).
 
@@ -59,8 +59,8 @@ def learned_singular_values(model: nn.Module) -> dict[str, np.ndarray]:
 def _low_rank_factors(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(B', A)`` in float64 with ``delta_weight() = B' @ A`` where the layer's update is exactly that product
     (KaSA: ``B' = dU diag(scaling * dsigma)``; plain LoRA: ``B' = scaling * B``), else None."""
-    from ..methods.kasa import KasaLayer
-    from ..methods.lora import LoraLayer
+    from kasa.methods.kasa import KasaLayer
+    from kasa.methods.lora import LoraLayer
 
     if isinstance(m, KasaLayer):
         mid = m._middle()
@@ -104,7 +104,7 @@ def orthonormality_drift(model: nn.Module) -> dict[str, dict[str, float]]:
 
 def _base_weight(m: nn.Module) -> torch.Tensor:
     """The base layer's weight as (out x in) float64 (GPT-2's Conv1D stores in x out)."""
-    from ..methods import get_weight
+    from kasa.methods import get_weight
 
     return get_weight(m.base_layer).detach().double()
 
@@ -348,12 +348,3 @@ class SpectraCallback(_Callback):
             self.record(self._model(pl_module), epoch, trainer.global_step, trainer.loggers)
 
 
-def load_run_model(run_dir: str | Path, checkpoint: str = "last") -> tuple[nn.Module, Any]:
-    """Rebuild a run's model from its folder: ``(model, method)``, the method applied (KaSA: the base truncated as
-    in training, rebuilt with ``keep_removed=true`` so :func:`weight_spectra` gives W's spectrum exactly; methods
-    that calibrate from the statistics or factors saved with the adapter) and the trained adapter of the ``last``
-    or ``best`` checkpoint loaded (:func:`kasa.runs_io.load_run`)."""
-    from ..runs_io import load_run
-
-    run = load_run(run_dir, checkpoint, keep_removed=True)  # W's spectrum exactly, from re-derived removed factors
-    return run.model, run.method

@@ -54,7 +54,7 @@ def tiny_overrides(model_dir: str | Path) -> list[str]:
 def tiny_model_dir(path: str | Path | None = None) -> Path:
     """A tiny BERT (hidden 32, 2 layers, 5 labels) and :func:`write_tiny_ratings`'s snippets, saved once under the
     kasa cache (or ``path``)."""
-    from ..assets import cache_dir, minilm_path
+    from kasa.assets import cache_dir, minilm_path
 
     out = Path(path) if path else Path(cache_dir()) / "tiny-bert"
     if (out / "config.json").exists() and (out / RATINGS_FILE).exists():
@@ -80,18 +80,14 @@ def tiny_model_dir(path: str | Path | None = None) -> Path:
 
 def tiny_config(*overrides: str, model_dir: str | Path | None = None):
     """``conf/train.yaml`` composed with the tiny model and a short schedule, then ``overrides``."""
-    from hydra import compose, initialize_config_dir
+    from kasa.config import compose
 
-    from ..train import CONF_DIR
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=[*tiny_overrides(tiny_model_dir(model_dir)), *TINY_OVERRIDES,
-                                           *overrides])
+    return compose([*tiny_overrides(tiny_model_dir(model_dir)), *TINY_OVERRIDES, *overrides])
 
 
 def tiny_run(run_dir: str | Path, *overrides: str, callbacks: list | None = None) -> dict[str, Any]:
-    """Train one tiny configuration into ``run_dir`` and return its results (see :func:`kasa.train.run`)."""
-    from ..train import run
+    """Train one tiny configuration into ``run_dir`` and return its results (see :func:`kasa.recipe.run`)."""
+    from kasa.recipe import run
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return run(tiny_config(*overrides), run_dir=run_dir, callbacks=callbacks)

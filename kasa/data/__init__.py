@@ -1,6 +1,3 @@
-"""Datasets and LightningDataModules, one per benchmark family."""
-
-from . import glue, packaged  # noqa: F401  (register the "glue", "vader" and "sarcasm" sources)
-from .classification import ClassificationDataModule, DatasetError, Example, Splits, load_splits
-
-__all__ = ["ClassificationDataModule", "DatasetError", "Example", "Splits", "load_splits"]
+"""Data readers every benchmark family may use: BIG-bench task files (:mod:`kasa.data.bigbench`), local or hub
+record files (:mod:`kasa.data.files`) and seeded, order-independent splits (:mod:`kasa.data.splits`). A family's
+own sources live in its folder under :mod:`kasa.tasks`."""

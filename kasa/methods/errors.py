@@ -1,10 +1,11 @@
-"""The error every method raises for a bad configuration (one line naming what to change)."""
+"""The error every method raises for a bad configuration (one line naming what to change).
+
+It is :class:`kasa.errors.MethodError` (a :class:`~kasa.errors.KasaError` and a ``ValueError``), re-exported so
+method modules and ``kasa.methods`` users need not know where kasa's error hierarchy lives.
+"""
 
 from __future__ import annotations
 
-
-class MethodError(ValueError):
-    """Bad method configuration: unknown name, impossible shape, target matching nothing, ..."""
-
+from ..errors import MethodError
 
 __all__ = ["MethodError"]

@@ -119,7 +119,7 @@ _WHY_NOT: dict[tuple[str, str], str] = {
     ("*", "lora"): "{method}'s update is not low rank",
 }
 _ADAPTERS_WHY = ("bottleneck adapters are serial and nonlinear: HF PEFT has none, they have no low-rank form and "
-                 "cannot be merged into the weights; load the run in Python with kasa.runs_io.load_run")
+                 "cannot be merged into the weights; load the run in Python with kasa.runs.load.load_run")
 # Why a method has no export format at all (its class declares ``export_formats = ()``).
 _NO_FORMAT_WHY: dict[str, str] = {n: _ADAPTERS_WHY for n in ("adapter_h", "adapter_p", "adapter_l", "adapter_d")}
 # Method name -> HF PEFT type, for the methods PEFT shares with kasa (``PeftMethod.peft_type``):
@@ -332,7 +332,8 @@ def lora_adapter(method: PeftMethod, model: nn.Module) -> Adapter:
 # import: method.init_from=<PEFT folder>
 def read_peft_folder(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """``(adapter_config, tensors)`` of a PEFT folder; a missing, tampered or truncated file fails in one line."""
-    from ..safe_io import UnreadableFileError, read_json, read_safetensors
+    from kasa.errors import UnreadableFileError
+    from kasa.runs.files import read_json, read_safetensors
 
     folder = Path(folder).expanduser()
     try:

@@ -7,6 +7,8 @@ a hub id or a local folder, loaded by the real transformers code path.
 
 from __future__ import annotations
 
+from kasa.errors import ModelLoadError  # noqa: F401  (re-exported)
+
 import os
 from pathlib import Path
 from typing import Any
@@ -14,8 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import assets
-from ..checks import looks_local_path
+from kasa import assets
 
 TASKS = ("seq_cls", "causal_lm")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -23,8 +24,10 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
 OFFLINE_ALIASES = {"minilm": assets.minilm_path, "smollm2": assets.smollm2_path}
 
 
-class ModelLoadError(RuntimeError):
-    """A backbone could not be loaded; the message names the model and the fix."""
+
+def looks_local_path(name: str) -> bool:
+    """A path no hub id can be: absolute, ``./``, ``../`` or ``~`` (``org/name`` is a hub id)."""
+    return name.startswith(("/", "./", "../", "~")) or name in (".", "..")
 
 
 def resolve_path(name_or_path: str) -> str:

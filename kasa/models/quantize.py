@@ -24,12 +24,14 @@ weight it actually multiplies). A decomposing method given an already quantised 
 
 from __future__ import annotations
 
+from kasa.errors import QuantizationError  # noqa: F401  (re-exported)
+
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..methods import (dense_linear, dequantize_bases, dequantized_weight, is_quantized, match_target,
+from kasa.methods import (dense_linear, dequantize_bases, dequantized_weight, is_quantized, match_target,
                        quantized_kind)
 
 QUANTIZATIONS = ("nf4", "int8")
@@ -39,9 +41,6 @@ NF4_SCALER_BLOCK_SIZE = 256  # scales per int8-quantised group of scales (double
 INT8_THRESHOLD = 6.0  # LLM.int8's outlier threshold (bitsandbytes' recommended value)
 SKIP_ALWAYS = ("lm_head",)
 
-
-class QuantizationError(ValueError):
-    """A quantisation setting that cannot work (unknown scheme, missing package, nothing to quantise)."""
 
 
 def check_quantization(scheme: Any, backend: Any = "auto") -> None:

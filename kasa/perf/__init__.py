@@ -22,6 +22,6 @@ Modules: ``core`` (profiles, runner, timing), ``steps``, ``memory``, ``methods``
 (``run``: the whole report) and ``__main__`` (the command line).
 """
 
-from .report import run
+from kasa.perf.report import run
 
 __all__ = ["run"]

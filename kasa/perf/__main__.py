@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .report import run
+from kasa.perf.report import run
 
 
 def main(argv: list[str] | None = None) -> None:

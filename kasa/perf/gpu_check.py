@@ -2,8 +2,8 @@
 
     python -m kasa.perf.gpu_check FILE
 
-``FILE``: one line per command, tab-separated: the part's name, then its overrides. Each is composed as ``kasa-train`` would (:func:`kasa.train.compose_error`, one line per
-problem) and checked by :func:`kasa.train.validate` (every check that needs neither weights nor data). Prints one
+``FILE``: one line per command, tab-separated: the part's name, then its overrides. Each is composed as ``kasa-train`` would (:func:`kasa.recipe.compose_error`, one line per
+problem) and checked by :func:`kasa.recipe.validate` (every check that needs neither weights nor data). Prints one
 line per part, tab-separated: name, ``ok`` | ``error``, and the reason. Exit status 1 when any part is an
 ``error``.
 """
@@ -21,18 +21,22 @@ def compose_status(overrides: Sequence[str]) -> tuple[str, str]:
     """``(status, reason)`` of ``kasa-train <overrides>`` (see the module docstring)."""
     from hydra import compose, initialize_config_dir
 
-    from ..train import CONF_DIR, _known_errors, compose_error, validate
+    from kasa.config import CONF_DIR, register
+    from kasa.errors import KasaError
+    from kasa.cli.train import compose_error
+    from kasa.config.validate import validate
 
+    register()
     problem = compose_error(list(overrides))
     if problem is None:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("train", overrides=list(overrides))
         try:
             validate(cfg)
-        except _known_errors() as exc:
+        except KasaError as exc:
             problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         else:
-            return "ok", "composes and passes kasa.train.validate"
+            return "ok", "composes and passes kasa.recipe.validate"
     return "error", problem
 
 

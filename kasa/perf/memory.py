@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .core import Runner, _sync
+from kasa.perf.core import Runner, _sync
 
 
 def saved_activation_bytes(runner: Runner, batch: torch.Tensor) -> int:

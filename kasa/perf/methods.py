@@ -11,10 +11,10 @@ import statistics
 import torch
 from torch import nn
 
-from ..methods import REGISTRY, build_method, methods_in_paper_order
-from .core import (ALL_METHODS_TOTAL_STEPS, Profile, Runner, TARGETS, _fmt_bytes, build_llama, interleaved_raw,
+from kasa.methods import REGISTRY, build_method, methods_in_paper_order
+from kasa.perf.core import (ALL_METHODS_TOTAL_STEPS, Profile, Runner, TARGETS, _fmt_bytes, build_llama, interleaved_raw,
     paired_ratio)
-from .memory import _buffer_bytes, memory_row
+from kasa.perf.memory import _buffer_bytes, memory_row
 
 
 # Every registry method, in the order, then HF PEFT's implementations of those peft has.

@@ -9,12 +9,12 @@ import statistics
 
 import torch
 
-from .core import LABELS, LLAMA7B_TARGET_SHAPES, PROFILES, TARGETS, _fmt_bytes, paired_ratio
-from .memory import _buffer_bytes, memory_row
-from .methods import all_methods_table
-from .steps import (bench_lightning, bench_merged, bench_regularisers, bench_steps, build_kasa_keeping_removed,
+from kasa.perf.core import LABELS, LLAMA7B_TARGET_SHAPES, PROFILES, TARGETS, _fmt_bytes, paired_ratio
+from kasa.perf.memory import _buffer_bytes, memory_row
+from kasa.perf.methods import all_methods_table
+from kasa.perf.steps import (bench_lightning, bench_merged, bench_regularisers, bench_steps, build_kasa_keeping_removed,
     build_runners)
-from .truncation import bench_truncation, bench_truncation_model
+from kasa.perf.truncation import bench_truncation, bench_truncation_model
 
 
 def run(profile: str, r: int = 8, beta: float = 1e-4, gamma: float = 1e-3, layers: int | None = None,

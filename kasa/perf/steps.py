@@ -12,9 +12,9 @@ import time
 import torch
 from torch import nn
 
-from ..methods import build_method
-from ..methods.kasa import KasaLayer, _batched_l2, _batched_l3
-from .core import Profile, Runner, TARGETS, _clone, _sync, build_llama, interleaved, interleaved_raw
+from kasa.methods import build_method
+from kasa.methods.kasa import KasaLayer, _batched_l2, _batched_l3
+from kasa.perf.core import Profile, Runner, TARGETS, _clone, _sync, build_llama, interleaved, interleaved_raw
 
 
 def build_runners(p: Profile, r: int, beta: float, gamma: float, regularizer: str = "paper"
@@ -129,7 +129,8 @@ def bench_lightning(p: Profile, r: int) -> dict[str, float]:
     """Median step of the classification module under a Lightning Trainer vs a bare loop, same model and batch."""
     import lightning as L
 
-    from ..training import ClassificationModule, OptimConfig
+    from kasa.tasks.classification.module import ClassificationModule
+    from kasa.training import OptimConfig
 
     torch.manual_seed(0)
     model = build_llama(p)

@@ -8,10 +8,10 @@ import time
 
 import torch
 
-from ..methods import build_method
-from ..methods.svd import batched_smallest_triplets
-from ..methods.truncation_cache import weight_fingerprint
-from .core import Profile, TARGETS, _sync, build_llama
+from kasa.methods import build_method
+from kasa.methods.svd import batched_smallest_triplets
+from kasa.methods.truncation_cache import weight_fingerprint
+from kasa.perf.core import Profile, TARGETS, _sync, build_llama
 
 
 def bench_truncation(p: Profile, r: int) -> list[dict]:

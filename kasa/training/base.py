@@ -1,7 +1,7 @@
 """The LightningModule every method trains with: task loss + the method's regulariser, one loop for all.
 
 :class:`PeftModule` holds the training step, the method's per-step hooks, the optimiser and the adapter-only
-checkpoints; :class:`kasa.training.classification.ClassificationModule` and
+checkpoints; :class:`kasa.tasks.classification.module.ClassificationModule` and
 :class:`kasa.training.causal_lm.CausalLMModule` add only their validation. Checkpoints hold only what the
 method trains (``method.adapter_state_dict``) plus the metric history, so a 7B run's checkpoint is megabytes,
 and resuming rebuilds the frozen base deterministically.
@@ -15,15 +15,15 @@ import lightning as L
 import torch
 from torch import nn
 
-from ..methods import PeftMethod
-from .optim import OptimConfig, build_optimizer
+from kasa.methods import PeftMethod
+from kasa.training.optim import OptimConfig, build_optimizer
 
 
 class PeftModule(L.LightningModule):
     """Trains ``model`` (already prepared by ``method.apply``) with ``method``'s regulariser and hooks.
 
     Subclasses implement validation and append one row of validation metrics per epoch to ``history``
-    (``{"epoch", "step", metric: value}``), which :func:`kasa.train.run` turns into ``results.json``.
+    (``{"epoch", "step", metric: value}``), which :func:`kasa.recipe.run` turns into ``results.json``.
     """
 
     def __init__(self, model: nn.Module, method: PeftMethod, optim: OptimConfig | None = None):
@@ -31,10 +31,17 @@ class PeftModule(L.LightningModule):
         self.model, self.method = model, method
         self.optim = optim or OptimConfig()
         self.history: list[dict[str, float]] = []
+        # what results.json records beside the metrics (generation settings, metric backend, lm_eval scores)
+        self.results_extra: dict[str, Any] = {}
         self._last_step_seen = -1
         # Checkpoints carry the adapter only; the frozen base is rebuilt by `method.apply` on resume.
         self.strict_loading = False
         self.model.train()  # transformers loads in eval mode; dropout belongs to training
+
+    def evaluation_failure(self) -> str | None:
+        """Why validation could not score the model (an LLM judge that stopped answering), else ``None``: the run
+        then ends with :class:`~kasa.errors.JudgingFailed` after its last checkpoint, so nothing trained is lost."""
+        return None
 
     # -- training --------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:

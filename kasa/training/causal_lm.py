@@ -25,10 +25,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.classification import EpochSampler, ShardSampler
-from ..methods import PeftMethod
-from .base import PeftModule
-from .optim import OptimConfig
+from kasa.training.samplers import EpochSampler, ShardSampler
+from kasa.methods import PeftMethod
+from kasa.training.base import PeftModule
+from kasa.training.optim import OptimConfig
 
 IGNORE_INDEX = -100
 
@@ -73,12 +73,25 @@ class GenerationSettings:
 
 
 class Evaluator(Protocol):
-    """Scores generations. ``info`` (JSON-able: metric backend, judge identity) goes into results.json."""
+    """Scores generations. ``info`` (JSON-able: metric backend, judge identity) goes into results.json;
+    :class:`BaseEvaluator` gives the defaults."""
 
     info: dict[str, Any]
+    decode_prompt: bool  # generations arrive as prompt + continuation (LLM-Adapters' response segmentation)
+    error: str | None  # set when scoring failed and training should go on (an LLM judge that stopped answering)
 
     def __call__(self, items: Sequence[EvalItem], generations: Sequence[str], module: "CausalLMModule",
                  out_dir: Path | None) -> dict[str, float]: ...
+
+
+class BaseEvaluator:
+    """Defaults of the :class:`Evaluator` protocol that a family's evaluator subclasses."""
+
+    decode_prompt = False
+    error: str | None = None
+
+    def __init__(self) -> None:
+        self.info: dict[str, Any] = {}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -247,7 +260,7 @@ class CausalLMModule(PeftModule):
         # The loader turns the KV cache off for gradient checkpointing; generation needs it back.
         out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, use_cache=True,
                                   pad_token_id=self._pad_id, eos_token_id=self.tokenizer.eos_token_id, **kw)
-        if getattr(self.evaluator, "decode_prompt", False):
+        if self.evaluator.decode_prompt:
             return self.tokenizer.batch_decode(out, skip_special_tokens=True)
         return [t.strip() for t in self.tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)]
 
@@ -272,6 +285,9 @@ class CausalLMModule(PeftModule):
         return [out[i] for i in range(len(prompts))]
 
     # -- validation ------------------------------------------------------------------------------
+    def evaluation_failure(self) -> str | None:
+        return self.evaluator.error if self.evaluator is not None else None
+
     def on_validation_epoch_start(self) -> None:
         self._generations = {}
 

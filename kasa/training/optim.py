@@ -33,7 +33,7 @@ class OptimConfig:
     scheduler: str = "linear"  # linear | constant (both after the warmup)
     label_smoothing: float = 0.0  # causal-LM token loss only (microsoft/LoRA E2E: 0.1)
 
-    def __post_init__(self) -> None:  # checked when the config is built: kasa.train.validate, before any loading
+    def __post_init__(self) -> None:  # checked when the config is built: kasa.recipe.validate, before any loading
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"optim.scheduler='{self.scheduler}' is not a schedule; use one of {', '.join(SCHEDULERS)}")
         if self.no_decay not in NO_DECAY:

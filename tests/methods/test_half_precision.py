@@ -205,11 +205,12 @@ def test_base_parameter_methods_warn_on_a_half_base(name):
 
 
 def test_lightning_fit_on_a_bf16_llama_trains_float32_adapters(tiny_causal_dir, tmp_path, commonsense_data):
-    """The real loop (kasa.train.run: AdamW param groups, 32-true precision) on a model loaded in bfloat16."""
+    """The real loop (kasa.recipe.run: AdamW param groups, 32-true precision) on a model loaded in bfloat16."""
     import lightning as L
     from hydra import compose, initialize_config_dir
 
-    from kasa.train import CONF_DIR, run
+    from kasa.config import CONF_DIR
+    from kasa.recipe import run
 
     class Watch(L.Callback):
         def on_train_start(self, trainer, pl_module):
@@ -236,7 +237,9 @@ def test_lightning_fit_on_a_bf16_llama_trains_float32_adapters(tiny_causal_dir, 
 def test_true_half_precision_trainer_is_refused_with_float32_adapters():
     from hydra import compose, initialize_config_dir
 
-    from kasa.train import CONF_DIR, ConfigError, validate
+    from kasa.config import CONF_DIR
+    from kasa.errors import ConfigError
+    from kasa.config.validate import validate
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         bad = compose("train", overrides=["trainer.precision=bf16-true"])

@@ -211,9 +211,10 @@ def test_kasa_train_calibrates_resumes_and_reloads(tiny_bert_dir, tmp_path):
     """``kasa-train method.truncation=activation_aware``: calibrated on the training batches, an interrupted run
     resumes (its recalibration matches the checkpoint's statistics), and the analysis reload needs no data."""
     from conftest import Crash, crash_at_epoch
-    from kasa.analysis.spectra import load_run_model, load_spectra, update_spectra, weight_spectra
+    from kasa.analysis.spectra import load_spectra, update_spectra, weight_spectra
+    from kasa.runs.load import load_run
     from kasa.analysis.tiny import tiny_config
-    from kasa.train import run
+    from kasa.recipe import run
 
     over = ("method.r=2", "method.truncation=activation_aware", "method.calibration_samples=16",
             "trainer.max_epochs=2", "trainer.limit_train_batches=2", "analysis.spectra=true")
@@ -224,7 +225,7 @@ def test_kasa_train_calibrates_resumes_and_reloads(tiny_bert_dir, tmp_path):
     assert res["resumed_from"] and res["config"]["method"]["truncation"] == "activation_aware"
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert sum(k.endswith(".kasa_input_scale") for k in ckpt["state_dict"]) == 4
-    model, _ = load_run_model(tmp_path / "run")
+    model = load_run(tmp_path / "run", "last", keep_removed=True).model
     from transformers import AutoModelForSequenceClassification
 
     orig = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)

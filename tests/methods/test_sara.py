@@ -118,7 +118,7 @@ def test_unverified_rank_rule_is_said_wherever_sara_numbers_appear(tmp_path, cap
 
     import kasa.methods.sara as sara_mod
     from kasa.analysis.report import build_tables, collect
-    from kasa.params import main
+    from kasa.cli.params import main
 
     assert "Rank rule unverified" in sara_mod.__doc__
     main(["--methods", "sara", "--models", "roberta-base"])

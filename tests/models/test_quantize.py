@@ -13,12 +13,14 @@ from hydra import compose, initialize_config_dir
 pytest.importorskip("torchao")
 
 from conftest import tiny_inputs, tiny_llama  # noqa: E402
-from kasa.checks import ConfigError, check_config  # noqa: E402
+from kasa.errors import ConfigError
+from kasa.config.checks import check_config  # noqa: E402
 from kasa.methods import MethodError, build_method  # noqa: E402
 from kasa.methods import get_weight, is_quantized, quantized_kind  # noqa: E402
 from kasa.models.quantize import (NF4_BLOCK_SIZE, QuantizationError, nf4_tensor, quantize_for_method,  # noqa: E402
                                   quantize_model, resolve_backend)
-from kasa.train import CONF_DIR, run  # noqa: E402
+from kasa.config import CONF_DIR
+from kasa.recipe import run  # noqa: E402
 
 TARGETS = ["q_proj", "v_proj", "up_proj", "down_proj"]
 # Methods whose init decomposes W (quantised after apply) and plain ones (quantised before), with small settings.
@@ -218,7 +220,7 @@ def test_auto_backend_is_torchao_without_cuda():
 
 @pytest.mark.parametrize("method", ["kasa", "lora"])
 def test_kasa_train_on_an_nf4_base_and_reload_the_run(method, tiny_causal_dir, tmp_path, commonsense_data):
-    from kasa.runs_io import load_run
+    from kasa.runs.load import load_run
 
     d = tmp_path / method
     res = run(_cfg(f"model.name_or_path={tiny_causal_dir}", "benchmark=commonsense", f"method={method}", "method.r=4",
@@ -237,7 +239,9 @@ def test_kasa_train_on_an_nf4_base_and_reload_the_run(method, tiny_causal_dir, t
     # kasa-export: merged needs --dequantize (refused before any model loads), then loads without kasa
     from transformers import AutoModelForCausalLM
 
-    from kasa.export import ExportError, export_run, main as export_main
+    from kasa.errors import ExportError
+    from kasa.cli.export import main as export_main
+    from kasa.runs.export import export_run
 
     with pytest.raises(ExportError, match="model.quantization=nf4 base: --format merged needs --dequantize"):
         export_run(d, "merged", tmp_path / "merged-refused")
@@ -254,7 +258,7 @@ def test_null_quantization_keeps_the_hash_of_runs_made_before_the_key_existed():
     from omegaconf import OmegaConf
 
     from kasa.analysis.report import pooling_hash
-    from kasa.hashing import config_hash
+    from kasa.runs.hashing import config_hash
 
     cfg = _cfg("method=lora")
     old = OmegaConf.create(OmegaConf.to_container(cfg))

@@ -15,8 +15,11 @@ from transformers import get_constant_schedule_with_warmup, get_linear_schedule_
 
 from conftest import tiny_bert, tiny_gpt2, tiny_inputs
 from kasa.methods import build_method
-from kasa.train import CONF_DIR, ConfigError, validate
-from kasa.training import ClassificationModule, OptimConfig, build_optimizer
+from kasa.config import CONF_DIR
+from kasa.errors import ConfigError
+from kasa.config.validate import validate
+from kasa.tasks.classification.module import ClassificationModule
+from kasa.training import OptimConfig, build_optimizer
 from kasa.training.causal_lm import CausalLMModule
 from kasa.training.optim import param_groups
 
@@ -167,7 +170,7 @@ def _compose(*overrides: str):
 
 @pytest.mark.parametrize("override, message", [
     ("benchmark.optim.no_decay=biases", "benchmark.optim.no_decay='biases' is not a weight-decay filter; use one of"),
-    # scheduler and warmup_ratio are in kasa.checks' value table, which validate() runs first (tests/test_checks.py)
+    # scheduler and warmup_ratio are in kasa.config.checks' value table, which validate() runs first (tests/test_checks.py)
     ("benchmark.optim.scheduler=cosine", "benchmark.optim.scheduler='cosine' is not allowed; use one of"),
     ("benchmark.optim.warmup_ratio=6", r"benchmark.optim.warmup_ratio=6\S* is not allowed"),
     ("benchmark.optim.warmup_steps=-1", "benchmark.optim.warmup_steps=-1 must be"),

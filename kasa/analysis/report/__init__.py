@@ -25,12 +25,11 @@ commonsense: ``generations/epoch<N>.jsonl``) pooled over those seeds.
     kasa-report --wandb my-entity/kasa                     # W&B runs (needs the network and an API key)
 
 Modules: :mod:`.collect` (runs -> records), :mod:`.tables` (aggregates and statistics), :mod:`.render`
-(Markdown/LaTeX/CSV, :func:`report`, figures via :mod:`kasa.analysis.plots`), :mod:`.cli` (``kasa-report``).
+(Markdown/LaTeX/CSV, :func:`report`, figures via :mod:`kasa.analysis.plots`), :mod:`kasa.cli.report` (``kasa-report``).
 """
 
 from __future__ import annotations
 
-from kasa.analysis.report.cli import main
 from kasa.analysis.report.render import (COMPANIONS, CSV_FIELDS, PAIRED_CSV_FIELDS, RENDERERS, report, to_csv,
                                          to_latex, to_markdown, to_paired_csv)
 from kasa.analysis.report.tables import (MISSING, PAPER_SEEDS, Cell, PairedRow, Table, build_tables,
@@ -46,5 +45,5 @@ from kasa.analysis.report.collect import (PAPER_NUMBERS, PREDICTIONS_DIR, REPORT
 __all__ = ["COMPANIONS", "CSV_FIELDS", "MISSING", "PAIRED_CSV_FIELDS", "PAPER_NUMBERS", "PAPER_SEEDS",
            "PREDICTIONS_DIR", "RENDERERS", "REPORT_IGNORE", "TASK_ALIASES", "VARIANT_KEYS", "Cell", "PairedRow",
            "Record", "ReportError", "Table", "build_tables", "collect", "collect_wandb", "load_correctness",
-           "load_paper_numbers", "main", "one_per_seed", "pick_baseline", "pooling_hash", "records_from_results",
+           "load_paper_numbers", "one_per_seed", "pick_baseline", "pooling_hash", "records_from_results",
            "report", "table_key", "to_csv", "to_latex", "to_markdown", "to_paired_csv"]

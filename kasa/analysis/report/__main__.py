@@ -2,7 +2,7 @@
 
 import sys
 
-from kasa.analysis.report.cli import main
+from kasa.cli.report import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -104,7 +104,7 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def _pooled_items(cfg: dict[str, Any]) -> dict[str, Any]:
     """The flattened config minus :data:`REPORT_IGNORE` (and everything under those keys) and the neutral settings
-    of :func:`kasa.hashing.drop_neutral`."""
+    of :func:`kasa.runs.hashing.drop_neutral`."""
     import copy
 
     from kasa.runs.hashing import drop_neutral

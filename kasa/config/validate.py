@@ -1,0 +1,76 @@
+"""One run config checked as a whole, before anything loads: :func:`validate` is the one entry point (kasa-train,
+kasa-eval and the GPU check's dry mode call it). It runs the value checks of :mod:`kasa.config.checks`, then asks
+the method registry, the benchmark family (:meth:`kasa.tasks.base.Task.check`) and the optimiser's own schema
+(:class:`kasa.training.optim.OptimConfig`); every failure is one :class:`~kasa.errors.ConfigError` line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from kasa.config.checks import check_config, model_config_json, is_causal_lm
+from kasa.errors import ConfigError
+
+
+def check_architecture(cfg: DictConfig) -> None:
+    """A causal-LM benchmark family on a checkpoint whose ``config.json`` names no causal-LM architecture."""
+    from kasa.tasks import tasks
+
+    family = OmegaConf.select(cfg, "benchmark.family", default=None)
+    name = OmegaConf.select(cfg, "model.name_or_path", default=None)
+    task = tasks().get(family)
+    if task is None or not task.causal_lm or not isinstance(name, str):
+        return
+    config = model_config_json(name, OmegaConf.select(cfg, "model.revision", default=None))
+    if config is None or is_causal_lm(config) is not False:
+        return
+    archs = ", ".join(config.get("architectures") or [])
+    model = OmegaConf.select(cfg, "model.name", default=name)
+    raise ConfigError(f"benchmark.family={family} generates text and needs a causal LM, but model={model} is "
+                      f"{archs} ({config.get('model_type', '?')}, an encoder); use a causal LM such as "
+                      "model=smollm2, gpt2-medium or llama-3-8b")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Every check of a run config that needs no model weights and no data, so bad input fails in a second, before
+    anything loads: packages the trainer strategy needs, :func:`check_config`, the method and family registries, the
+    family's own section (:meth:`kasa.tasks.base.Task.check`), the precision against the adapters' dtype, and
+    ``benchmark.optim``. :func:`kasa.recipe.run` calls it first; kasa-eval and the GPU check's dry mode too."""
+    from kasa.methods import REGISTRY
+    from kasa.tasks import get_task
+    from kasa.training.strategy import check_strategy
+
+    check_strategy(cfg.get("trainer"))
+    check_config(cfg)
+    check_architecture(cfg)
+    if cfg.method.name not in REGISTRY:
+        raise ConfigError(f"unknown method '{cfg.method.name}'; known: {' '.join(sorted(REGISTRY))}")
+    task = get_task(cfg.benchmark.get("family"))
+    task.check(cfg)
+    precision = str((cfg.get("trainer") or {}).get("precision", ""))
+    if precision in ("bf16-true", "16-true") and cfg.method.get("autocast_adapter_dtype", True) \
+            and REGISTRY[cfg.method.name].wraps_targets:
+        # Lightning's *-true precisions cast the whole module after apply: the float32 adapters with it
+        raise ConfigError(f"trainer.precision={precision} casts the float32 adapter parameters to half precision; "
+                          "load the model in half precision (model.dtype=bfloat16) with trainer.precision=32-true, "
+                          "use bf16-mixed, or set method.autocast_adapter_dtype=false")
+    check_optim(cfg.benchmark.get("optim"), task.label_smoothing)
+
+
+def check_optim(optim_cfg: Any, label_smoothing: bool = True) -> None:
+    """``benchmark.optim`` builds an :class:`~kasa.training.optim.OptimConfig` (known keys, allowed values);
+    ``label_smoothing``: whether the family's loss takes it (a classifier's does not)."""
+    from kasa.training.optim import OptimConfig
+
+    values = OmegaConf.to_container(optim_cfg, resolve=True) if isinstance(optim_cfg, DictConfig) else optim_cfg
+    try:
+        o = OptimConfig(**(values or {}))
+    except TypeError as exc:  # an unknown key
+        raise ConfigError(f"benchmark.optim: {exc}".replace("OptimConfig.__init__() ", "")) from None
+    except ValueError as exc:
+        raise ConfigError(f"benchmark.{exc}") from None
+    if o.label_smoothing and not label_smoothing:
+        raise ConfigError(f"benchmark.optim.label_smoothing={o.label_smoothing}: only the causal-LM benchmarks "
+                          "use it; set 0.0")

@@ -1,0 +1,40 @@
+"""The config hash: which runs are the same run (run folders, resume, sweep skipping, report pooling)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from omegaconf import DictConfig, OmegaConf
+
+# Keys that do not change what a run computes: left out of the config hash, and the only keys a resume
+# command may change (kasa.runs.folder.resume_config).
+HASH_EXCLUDE = ("resume", "sweep_dir", "trainer.enable_progress_bar", "logger", "hparams_search")
+
+
+def drop_neutral(c: dict) -> dict:
+    """Remove settings that were added later with a value that changes nothing, so runs made before they existed
+    keep their hash (and pool with new ones): ``model.quantization: null`` and then its backend."""
+    model = c.get("model")
+    if isinstance(model, dict) and model.get("quantization", None) is None:
+        model.pop("quantization", None)
+        model.pop("quantization_backend", None)
+    return c
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """12 hex digits of SHA-256 over the resolved config (without ``hydra`` and :data:`HASH_EXCLUDE`).
+
+    ``hydra`` is left out before resolving: ``hydra.run.dir`` interpolates this hash (``${kasa_hash:}``).
+    """
+    keys = [k for k in cfg if k != "hydra"]
+    c = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
+    for dotted in HASH_EXCLUDE:
+        *parents, leaf = dotted.split(".")
+        node = c
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    drop_neutral(c)
+    return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:12]

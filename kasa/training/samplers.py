@@ -1,0 +1,71 @@
+"""Seeded, resumable samplers shared by every family's datamodule: the training order depends on the seed and the
+epoch only (not on the number of data-parallel processes), evaluation shards score each example once."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DistributedSampler
+
+
+def _world(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+    """``(world size, global rank)``: given values, else the initialised process group's, else ``(1, 0)``."""
+    import torch.distributed as dist
+
+    dist_on = dist.is_available() and dist.is_initialized()
+    if num_replicas is None:
+        num_replicas = dist.get_world_size() if dist_on else 1
+    if rank is None:
+        rank = dist.get_rank() if dist_on else 0
+    if not 0 <= rank < num_replicas:
+        raise ValueError(f"rank={rank} is outside [0, {num_replicas})")
+    return num_replicas, rank
+
+
+class EpochSampler(DistributedSampler):
+    """``torch.utils.data.DistributedSampler`` over ``range(n)`` whose permutation mixes the seed and the epoch
+    (``seed * 100003 + epoch``): torch's ``seed + epoch`` gives seed 0 at epoch 1 the order of seed 1 at epoch 0.
+
+    A run resumed at an epoch boundary sees the same batches as an uninterrupted one (Lightning calls
+    ``set_epoch``, and keeps a ``DistributedSampler`` instead of wrapping it in its own). Data-parallel runs
+    (a process group initialised when the loader is built, or ``num_replicas``/``rank`` given): rank ``r`` of
+    ``W`` takes positions ``r, r + W, ...`` of the SAME permutation, padded by repeating its start as
+    ``DistributedSampler`` does, so the k-th batches of all ranks together hold exactly the k-th batch of a
+    one-process run with batch ``W * b``: the global data order does not depend on the number of processes.
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, num_replicas: int | None = None,
+                 rank: int | None = None):
+        num_replicas, rank = _world(num_replicas, rank)
+        super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self.n = n
+
+    def __iter__(self):
+        if not self.shuffle:
+            order = list(range(self.n))
+        else:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        if self.num_replicas == 1:
+            return iter(order)
+        pad = self.total_size - self.n
+        order += (order * math.ceil(pad / max(1, self.n)))[:pad]
+        return iter(order[self.rank::self.num_replicas])
+
+
+class ShardSampler(UnrepeatedDistributedSampler):
+    """Evaluation order ``0..n-1`` split across data-parallel ranks with nothing repeated (Lightning's
+    ``UnrepeatedDistributedSampler`` over ``range(n)``): rank ``r`` of ``W`` takes ``r, r + W, ...`` (ranks may
+    differ by one example), so metrics that sync their states across ranks (torchmetrics,
+    ``self.log(..., sync_dist=True)``) see every validation example exactly once; ``DistributedSampler`` would
+    pad with duplicates and bias them. One process: plain ``range(n)``.
+    """
+
+    def __init__(self, n: int, num_replicas: int | None = None, rank: int | None = None):
+        num_replicas, rank = _world(num_replicas, rank)
+        DistributedSampler.__init__(self, range(n), num_replicas=num_replicas, rank=rank, shuffle=False)
+        # Lightning's sizes, without its assert that every rank holds an example: a dev set smaller than the
+        # world is scored by the ranks that have one (the metric states still sync on every rank).
+        self.num_samples, self.total_size, self.n = len(range(rank, n, num_replicas)), n, n
