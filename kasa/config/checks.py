@@ -1,19 +1,17 @@
-"""Checks of a run configuration that need no model weights and no data: bad input fails in a second.
-
-:func:`check_config` runs, in order, the checks :func:`kasa.recipe.validate` calls before anything loads:
+"""The value checks of a run configuration that need no model weights, no data and no other part of kasa: bad
+input fails in a second. :func:`kasa.config.validate.validate` runs them first (:func:`check_config`), in order:
 
 1. interpolations resolve (``${study.lr.${method.name}}`` with a method the study has no lr for);
 2. :data:`RULES`, a table of scalar settings (``seed``, ``trainer.max_epochs``, ``benchmark.batch_size``,
-   ``benchmark.optim.*``, ``dataset.max_length``, ...): each a dotted key, what is allowed, and a predicate;
+   ``dataset.max_length``, ...): each a dotted key, what is allowed, and a predicate (a config section with its
+   own schema checks itself: ``benchmark.optim`` in :class:`kasa.training.optim.OptimConfig`);
 3. folders a run writes to (``sweep_dir``, ``$KASA_CACHE``) and a local ``model.name_or_path``;
-4. external services: an OpenAI-compatible judge needs a key (for api.openai.com) and an endpoint that answers;
-5. the method's hyper-parameters against the types of its config dataclass (``method.alpha=abc``) and
+4. the method's hyper-parameters against the types of its config dataclass (``method.alpha=abc``) and
    ranges every method shares (``dropout`` in [0, 1));
-6. the backbone's ``config.json`` (read, never its weights) against the benchmark family: a causal-LM task
-   needs a causal-LM checkpoint (``benchmark=e2e model=minilm`` is an encoder).
+5. the quantisation settings against the method and the machine.
 
-Every failure is one line naming the key, the value and what is allowed (:class:`ConfigError`, or
-:class:`kasa.methods.MethodError` for ``method.*``).
+Every failure is one line naming the key, the value and what is allowed (:class:`~kasa.errors.ConfigError`, or
+:class:`~kasa.errors.MethodError` for ``method.*``).
 """
 
 from __future__ import annotations
@@ -38,8 +36,6 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-# What kasa.training.optim.OptimConfig accepts (tests/test_checks.py keeps the two in step).
-SCHEDULERS = ("linear", "constant")
 SELECTIONS = ("best", "last")
 _UNSET = object()
 
@@ -97,12 +93,6 @@ RULES: tuple[Rule, ...] = (
     Rule("benchmark.eval_batch_size", "an integer >= 1", _int_at_least(1), optional=True),
     Rule("benchmark.max_length", "an integer >= 1", _int_at_least(1), optional=True),
     Rule("benchmark.selection", f"one of {', '.join(SELECTIONS)}", lambda v: v in SELECTIONS, optional=True),
-    Rule("benchmark.optim.lr", "a number > 0", _number(0, lo_open=True)),
-    Rule("benchmark.optim.head_lr", "null (= lr) or a number > 0", _number(0, lo_open=True), optional=True),
-    Rule("benchmark.optim.weight_decay", "a number >= 0", _number(0), optional=True),
-    Rule("benchmark.optim.warmup_ratio", "a number in [0, 1)", _number(0, 1), optional=True),
-    Rule("benchmark.optim.eps", "a number > 0", _number(0, lo_open=True), optional=True),
-    Rule("benchmark.optim.scheduler", f"one of {', '.join(SCHEDULERS)}", lambda v: v in SCHEDULERS, optional=True),
     Rule("dataset.max_length", "an integer >= 1 (tokens kept per example)", _int_at_least(1), optional=True),
 )
 

@@ -1,4 +1,5 @@
-"""Hydra structured configs of the methods: each method's dataclass is its ``conf/method`` schema.
+"""Hydra structured configs: each method's dataclass is its ``conf/method`` schema, and the ``benchmark`` sections
+``optim``, ``lm_eval`` and ``judge`` are their dataclasses' (:func:`sections`), so every default is held once.
 
 :func:`register_configs` stores one typed node per registry method in Hydra's ConfigStore (group ``method``), so a
 method's defaults live in its dataclass alone and ``method.r=abc`` or ``method.bta=1`` fails when the config is
@@ -54,6 +55,31 @@ def schema(name: str, cls: type[PeftMethod] | None = None) -> type:
     return dataclasses.make_dataclass(cls.config_cls.__name__, fields)
 
 
+def section_schema(cls: type) -> type:
+    """A config section's dataclass as a structured config that holds its keys and defaults, with untyped fields:
+    the values are checked by the class itself (``problem()``, one place), and a value keeps the type it is
+    written with, so a run's config hash is what it was before the section had a schema."""
+    fields = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = (dataclasses.field(default_factory=lambda v=f.default: list(v)) if isinstance(f.default, tuple)
+                       else dataclasses.field(default=f.default))
+        else:
+            default = dataclasses.field(default_factory=f.default_factory)
+        fields.append((f.name, Any, default))
+    return dataclasses.make_dataclass(f"{cls.__name__}Schema", fields)
+
+
+def sections() -> dict[str, type]:
+    """``benchmark`` sub-sections with a schema: a benchmark yaml pulls one in with ``- /schema/<name>@<name>`` in
+    its defaults and states only the values that differ."""
+    from kasa.tasks.instruction.judge import JudgeSettings
+    from kasa.tasks.lm_eval import LmEvalSettings
+    from kasa.training.optim import OptimConfig
+
+    return {"optim": OptimConfig, "lm_eval": LmEvalSettings, "judge": JudgeSettings}
+
+
 def register_configs(conf_dir: str | Path) -> None:
     """Store every method's schema in Hydra's ConfigStore: ``<name>_schema`` always (what a yaml preset extends),
     and ``<name>`` itself unless ``conf_dir/method/<name>.yaml`` exists (a file and a stored node of one name
@@ -61,6 +87,8 @@ def register_configs(conf_dir: str | Path) -> None:
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
+    for name, cls in sections().items():
+        cs.store(group="schema", name=name, node=section_schema(cls))
     for name, cls in REGISTRY.items():
         node = schema(name, cls)
         cs.store(group="method", name=name + SCHEMA_SUFFIX, node=node)

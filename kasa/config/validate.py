@@ -57,6 +57,18 @@ def validate(cfg: DictConfig) -> None:
                           "load the model in half precision (model.dtype=bfloat16) with trainer.precision=32-true, "
                           "use bf16-mixed, or set method.autocast_adapter_dtype=false")
     check_optim(cfg.benchmark.get("optim"), task.label_smoothing)
+    if task.causal_lm:
+        check_generation(cfg.benchmark.get("generation"))
+
+
+def check_generation(node: Any) -> None:
+    """``benchmark.generation`` builds a :class:`~kasa.training.causal_lm.GenerationSettings` (known keys only)."""
+    from kasa.training.causal_lm import GenerationSettings
+
+    try:
+        GenerationSettings(**(OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node or {}))
+    except TypeError as exc:
+        raise ConfigError(f"benchmark.generation: {exc}".replace("GenerationSettings.__init__() ", "")) from None
 
 
 def check_optim(optim_cfg: Any, label_smoothing: bool = True) -> None:

@@ -7,9 +7,12 @@ import json
 
 from omegaconf import DictConfig, OmegaConf
 
-# Keys that do not change what a run computes: left out of the config hash, and the only keys a resume
-# command may change (kasa.runs.folder.resume_config).
+# The one list of keys that do not change what a run computes. The first part is left out of the config hash, and
+# those are the only keys a resume command may change (kasa.runs.folder.resume_config). The second part is just as
+# neutral but has always been hashed: leaving it out now would rename every finished run folder, so it stays in the
+# hash and only kasa-report's pooling (with the seed) ignores it.
 HASH_EXCLUDE = ("resume", "sweep_dir", "trainer.enable_progress_bar", "logger", "hparams_search")
+NEUTRAL_KEYS = (*HASH_EXCLUDE, "run_name", "analysis", "trainer.log_every_n_steps", "study.seeds")
 
 
 def drop_neutral(c: dict) -> dict:

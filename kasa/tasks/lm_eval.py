@@ -14,11 +14,23 @@ from kasa.errors import LmEvalError  # noqa: F401  (re-exported)
 import importlib.util
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from omegaconf import DictConfig
 
+
+
+@dataclass
+class LmEvalSettings:
+    """``benchmark.lm_eval`` of the causal-LM families: lm-evaluation-harness after training (off without tasks)."""
+
+    tasks: Any = None  # e.g. [arc_easy, hellaswag] or "arc_easy,hellaswag"; null: off
+    num_fewshot: int | None = None
+    limit: float | None = None  # examples per task (a fraction if < 1); null: all
+    batch_size: int = 8
+    include_path: str | None = None  # a folder of your own lm_eval task YAMLs
 
 
 def lm_eval_available() -> bool:
@@ -108,6 +120,10 @@ def lm_eval_summary(res: dict[str, Any]) -> dict[str, float]:
 def lm_eval_settings(cfg: DictConfig) -> dict[str, Any] | None:
     """``benchmark.lm_eval`` when it names tasks, else None; a classifier or a missing extra fail in one line."""
     node = (cfg.get("benchmark") or {}).get("lm_eval") or {}
+    try:
+        LmEvalSettings(**node)
+    except TypeError as exc:  # a key the section does not have
+        raise LmEvalError(f"benchmark.lm_eval: {exc}".replace("LmEvalSettings.__init__() ", "")) from None
     tasks = parse_tasks(node.get("tasks"))
     if not tasks:
         return None

@@ -8,6 +8,10 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from omegaconf import OmegaConf
+
+from kasa.errors import ConfigError
+from kasa.tasks import get_task
 
 from kasa.tasks.instruction import judge as J
 
@@ -355,13 +359,17 @@ def test_mtbench_answers_use_fastchat_temperatures_seeded():
     assert other_turn != first  # each turn has its own seed
     greedy = JudgeEvaluator({"backend": "local"}, {"temperatures": "greedy"})
     assert all(a.endswith("greedy") for a in greedy.answer_mtbench(_SamplingModule(), questions, prompts, turn=1))
-    with pytest.raises(ValueError, match="temperatures='hot' is unknown"):
-        JudgeEvaluator({"backend": "local"}, {"temperatures": "hot"})
+    with pytest.raises(ConfigError, match="temperatures='hot' is unknown"):
+        get_task("instruction").check(OmegaConf.create({"benchmark": {"judge": {}, "mtbench": {"temperatures": "hot"}}}))
 
 
 def test_openai_judge_without_key_fails_before_training():
-    from kasa.tasks.instruction.task import JudgeEvaluator
+    def cfg(**judge):
+        return OmegaConf.create({"benchmark": {"judge": judge}})
 
-    with pytest.raises(ValueError, match="needs \\$OPENAI_API_KEY"):
-        JudgeEvaluator({"backend": "openai", "model": "gpt-4"})
-    JudgeEvaluator({"backend": "openai", "base_url": "http://localhost:8000/v1"})  # a keyless local server
+    with pytest.raises(ConfigError, match="needs an API key"):
+        get_task("instruction").check(cfg(backend="openai", model="gpt-4"))
+    with pytest.raises(ConfigError, match="benchmark.judge.parallel=0 is not allowed"):
+        get_task("instruction").check(cfg(parallel=0))
+    with pytest.raises(ConfigError, match="benchmark.judge: .*unexpected keyword argument 'temp'"):
+        get_task("instruction").check(cfg(temp=1.0))

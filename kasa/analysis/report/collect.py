@@ -12,6 +12,7 @@ from typing import Any, Iterable
 
 from kasa.analysis.stats import in_table_units as _scale
 from kasa.errors import ReportError  # noqa: F401  (re-exported)
+from kasa.runs.hashing import NEUTRAL_KEYS
 
 # paper_numbers.json sits beside the package (kasa/analysis/), where package-data ships it.
 PAPER_NUMBERS = Path(__file__).parent.with_name("paper_numbers.json")
@@ -20,9 +21,8 @@ VARIANT_KEYS = ("study.stage", "method.r", "method.alpha", "method.beta", "metho
                 "method.truncation", "method.regularizer", "method.singular_values")
 # Where a classification run saves its dev-set predictions (kasa.training.classification.ClassificationModule).
 PREDICTIONS_DIR = "predictions"
-# Config keys that do not change what a run computes (besides the seed): left out of the pooling hash.
-REPORT_IGNORE = ("seed", "run_name", "resume", "sweep_dir", "logger", "analysis", "trainer.enable_progress_bar",
-                 "trainer.log_every_n_steps", "study.seeds")
+# Left out of the pooling hash: the seed and the keys that do not change what a run computes (one list, there).
+REPORT_IGNORE = ("seed", *NEUTRAL_KEYS)
 # Task names of multi-task runs (LLM-Adapters' data set names) -> paper_numbers.json's column keys.
 TASK_ALIASES = {"social_i_qa": "siqa", "ARC-Easy": "arc_e", "ARC-Challenge": "arc_c", "openbookqa": "obqa"}
 

@@ -93,6 +93,37 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+@dataclass
+class JudgeSettings:
+    """``benchmark.judge``: its keys and defaults (conf/ composes this class as a structured config) and their check
+    (:meth:`problem`; the instruction family's :meth:`~kasa.tasks.instruction.task.InstructionTask.check` runs it)."""
+
+    backend: str = "local"  # local (a transformers causal LM) | openai (any OpenAI-compatible endpoint)
+    model: str | None = "smollm2"  # local: offline alias or path; openai: the model name (paper: gpt-4o / gpt-4)
+    base_url: str | None = None  # openai: null -> $OPENAI_BASE_URL or api.openai.com (key from $OPENAI_API_KEY)
+    max_new_tokens: int = 256  # a CPU budget; FastChat's is 2048 (experiment=instruction_following)
+    temperature: float = 0.0
+    cache: str | None = None  # null -> $KASA_CACHE/judgements.sqlite
+    reference: bool = False  # true: grade held-out answers against the set's answer (single-math-v1)
+    parallel: int = 1  # concurrent judge calls (FastChat's --parallel)
+
+    def problem(self) -> str | None:
+        """The first setting that is not allowed, as ``judge.<key>=<value> is not allowed; use ...``."""
+        def positive_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+        rules = (("backend", "local or openai", lambda v: v in ("local", "openai")),
+                 ("max_new_tokens", "an integer >= 1", positive_int),
+                 ("parallel", "an integer >= 1", positive_int),
+                 ("temperature", "a number >= 0",
+                  lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0))
+        for key, allowed, ok in rules:
+            value = getattr(self, key)
+            if not ok(value):
+                return f"judge.{key}={value!r} is not allowed; use {allowed}"
+        return None
+
+
 @dataclass(frozen=True)
 class JudgePrompt:
     """One FastChat judge prompt (``judge_prompts.jsonl`` row)."""

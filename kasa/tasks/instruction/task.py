@@ -156,22 +156,20 @@ def instruction_splits(source: str, path: str | None = None, split_seed: int = 0
 def build_judge(spec: Mapping[str, Any], device: Any = None):
     """A :class:`kasa.tasks.instruction.judge.Judge` from the config's ``judge`` block (``local`` or ``openai``), cached."""
     from kasa.assets import cache_dir
-    from kasa.tasks.instruction.judge import Judge, LocalJudge, OpenAIJudge
     from kasa.models import resolve_path
+    from kasa.tasks.instruction.judge import Judge, JudgeSettings, LocalJudge, OpenAIJudge
 
-    spec = dict(spec)
-    backend = spec.get("backend", "local")
-    if backend == "local":
-        name = spec.get("model") or "smollm2"
-        be = LocalJudge(resolve_path(name), name=name, max_new_tokens=spec.get("max_new_tokens", 512),
+    s = JudgeSettings(**spec)
+    if s.backend == "local":
+        name = s.model or "smollm2"
+        be = LocalJudge(resolve_path(name), name=name, max_new_tokens=s.max_new_tokens,
                         device=None if device is None else str(device))
-    elif backend == "openai":
-        be = OpenAIJudge(model=spec.get("model") or "gpt-4", base_url=spec.get("base_url"),
-                         max_tokens=spec.get("max_new_tokens", 2048), temperature=spec.get("temperature", 0.0))
+    elif s.backend == "openai":
+        be = OpenAIJudge(model=s.model or "gpt-4", base_url=s.base_url, max_tokens=s.max_new_tokens,
+                         temperature=s.temperature)
     else:
-        raise ValueError(f"unknown judge backend '{backend}'; use local or openai")
-    cache = spec.get("cache") or cache_dir() / "judgements.sqlite"
-    return Judge(be, cache, parallel=int(spec.get("parallel") or 1))
+        raise ConfigError(f"unknown judge backend '{s.backend}'; use local or openai")
+    return Judge(be, s.cache or cache_dir() / "judgements.sqlite", parallel=s.parallel)
 
 
 def select_mtbench(questions: Sequence[Mapping[str, Any]], n: int | None) -> list[Mapping[str, Any]]:
@@ -280,15 +278,8 @@ class JudgeEvaluator(BaseEvaluator):
 
     def __init__(self, judge_spec: Mapping[str, Any], mtbench: Mapping[str, Any] | None = None, judge: Any = None,
                  prompt_format: PromptFormat | None = None, seed: int = 0):
+        # the settings were checked before anything loaded (InstructionTask.check)
         self.judge_spec, self.mtbench = dict(judge_spec), dict(mtbench or {})
-        if (self.judge_spec.get("backend") == "openai" and judge is None and not os.environ.get("OPENAI_API_KEY")
-                and not (self.judge_spec.get("base_url") or os.environ.get("OPENAI_BASE_URL"))):
-            # found out now, not after the first training epoch
-            raise ValueError("benchmark.judge.backend=openai needs $OPENAI_API_KEY (or benchmark.judge.base_url of "
-                             "an OpenAI-compatible server); benchmark.judge.backend=local judges offline")
-        temps = self.mtbench.get("temperatures", "fastchat")
-        if temps not in ("fastchat", "greedy"):
-            raise ValueError(f"benchmark.mtbench.temperatures='{temps}' is unknown; use fastchat or greedy")
         self.seed = seed
         self._judge = judge
         self.prompt_format = prompt_format or PromptFormat()
@@ -449,12 +440,24 @@ class InstructionTask(Task):
     name = "instruction"
 
     def check(self, cfg: DictConfig) -> None:
-        """An OpenAI-compatible judge: a key where the endpoint is OpenAI's, and an endpoint that accepts
-        connections (a judge that cannot answer would fail only after training)."""
-        from kasa.config.checks import probe_url
+        """``benchmark.judge`` (:class:`~kasa.tasks.instruction.judge.JudgeSettings`) and ``benchmark.mtbench``; an
+        OpenAI-compatible judge needs a key where the endpoint is OpenAI's and an endpoint that accepts connections
+        (a judge that cannot answer would fail only after training)."""
         from omegaconf import OmegaConf
 
-        judge = OmegaConf.select(cfg, "benchmark.judge", default=None) or {}
+        from kasa.config.checks import probe_url
+        from kasa.tasks.instruction.judge import JudgeSettings
+
+        judge = as_dict(OmegaConf.select(cfg, "benchmark.judge", default=None))
+        try:
+            problem = JudgeSettings(**judge).problem()
+        except TypeError as exc:  # a key the section does not have
+            problem = f"judge: {exc}".replace("JudgeSettings.__init__() ", "")
+        if problem:
+            raise ConfigError(f"benchmark.{problem}")
+        temps = (as_dict(OmegaConf.select(cfg, "benchmark.mtbench", default=None))).get("temperatures", "fastchat")
+        if temps not in ("fastchat", "greedy"):
+            raise ConfigError(f"benchmark.mtbench.temperatures='{temps}' is unknown; use fastchat or greedy")
         if judge.get("backend", "local") != "openai":
             return
         url = judge.get("base_url") or os.environ.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_URL
