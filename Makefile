@@ -27,7 +27,9 @@ assets: $(STAMP)
 train: assets
 	$(VENV)/bin/kasa-train $(ARGS)
 
+# ruff first (lint and import order, pyproject.toml [tool.ruff]): a second, then the tests.
 test: assets
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)

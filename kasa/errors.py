@@ -2,7 +2,7 @@
 
 A :class:`KasaError` is a problem with the user's input, files or environment (a bad value, a missing file or
 package, a run folder that cannot be read back). Every console script prints it as one line, ``<cli>: error:
-<message>``, and exits with status 2 (:func:`kasa.cli.console.one_line_errors`); anything else is a bug and keeps
+<message>``, and exits with status 2 (:func:`kasa.cli.console.report_error`); anything else is a bug and keeps
 its traceback. Each subclass also derives from the built-in exception it always was, so ``except ValueError``
 code keeps working.
 """

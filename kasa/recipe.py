@@ -114,8 +114,8 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, callbacks: list | No
 def _fit(cfg: DictConfig, run_dir: Path, key: str, start: Any, callbacks: list | None) -> dict[str, Any]:
     """One training segment in a claimed run folder (:func:`kasa.runs.folder.prepare` chose the checkpoint)."""
     import lightning as L
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from hydra.errors import InstantiationException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from kasa.methods import count_parameters, method_from_config

@@ -39,7 +39,7 @@ def import_graph() -> dict[str, set[str]]:
                 src = _resolve(mod, is_pkg, node.level, node.module) if node.level else (node.module or "")
                 targets = [f"{src}.{a.name}" if f"{src}.{a.name}" in files else src for a in node.names]
             for t in targets:
-                while t and t not in files:  # kasa.methods.base.X -> kasa.methods.base
+                while t and t not in files:  # kasa.methods.layer.X -> kasa.methods.layer
                     t = t.rpartition(".")[0]
                 if t.startswith("kasa") and t != mod:
                     graph[mod].add(t)
@@ -85,3 +85,16 @@ def test_every_family_folder_is_discovered():
     folders = {p.parent.name for p in (ROOT / "tasks").glob("*/__init__.py")}
     assert set(tasks()) == folders
     assert {type(t).__module__.split(".")[2] for t in tasks().values()} == folders
+
+
+def test_nothing_outside_tasks_names_a_family():
+    """A family is known by its folder under kasa/tasks/ alone: no string literal outside it is a family's name
+    (code asks the family's Task for what it needs: ``causal_lm``, ``peft_task_type``, ``check``...)."""
+    from kasa.tasks import tasks
+
+    families = set(tasks())
+    named = [f"{p.relative_to(ROOT.parent)}:{node.lineno} {node.value!r}"
+             for p in ROOT.rglob("*.py") if (ROOT / "tasks") not in p.parents
+             for node in ast.walk(ast.parse(p.read_text()))
+             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in families]
+    assert not named, named

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 ADVERTISEMENTS = ("💡 Tip:",)
@@ -48,3 +49,10 @@ def quiet_console() -> None:
     hf_root = hf_logging.get_logger()  # the library root logger ("transformers")
     for h in [*hf_root.handlers, *root.handlers]:
         _add_filter(h, _StripAnsi)
+
+
+def report_error(prog: str, exc: BaseException) -> int:
+    """How every console script ends on a :class:`~kasa.errors.KasaError`: one line ``<prog>: error: <message>``
+    on stderr and exit status 2 (anything else is a bug and keeps its traceback)."""
+    print(f"{prog}: error: {exc}", file=sys.stderr)
+    return 2

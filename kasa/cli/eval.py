@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from kasa.cli.console import report_error
 from kasa.errors import KasaError
 from kasa.runs.evaluate import evaluate_run
 from kasa.tasks.lm_eval import lm_eval_summary
@@ -35,8 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            lm_eval_tasks=args.lm_eval, lm_eval_include=args.lm_eval_include,
                            num_fewshot=args.num_fewshot, limit=limit, batch_size=args.batch_size)
     except KasaError as exc:
-        print(f"kasa-eval: error: {exc}", file=sys.stderr)
-        return 2
+        return report_error("kasa-eval", exc)
     shown = res.get("metrics") or lm_eval_summary(res.get("lm_eval") or {})
     print(f"[kasa] {res['checkpoint']} checkpoint (epoch {res['epoch']}) of {res['run_dir']}: "
           + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))

@@ -7,8 +7,10 @@ import argparse
 import sys
 from typing import Sequence
 
+from kasa.cli.console import report_error
 from kasa.errors import KasaError
-from kasa.runs.export import FORMAT_NAMES, export_run
+from kasa.methods.export import FORMAT_NAMES
+from kasa.runs.export import export_run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,8 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = export_run(args.run_dir, args.fmt, args.out, checkpoint=args.checkpoint, overwrite=args.overwrite,
                          dequantize=args.dequantize)
     except KasaError as exc:
-        print(f"kasa-export: error: {exc}", file=sys.stderr)
-        return 2
+        return report_error("kasa-export", exc)
     print(f"[kasa] {args.fmt} export of {args.run_dir}: {out}")
     return 0
 

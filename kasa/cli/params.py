@@ -39,8 +39,8 @@ import sys
 import warnings
 from typing import Any, Sequence
 
-from kasa.methods import REGISTRY, build_method, methods_in_paper_order
 from kasa.config.presets import method_kwargs, na_footnote, presets, resolve  # noqa: F401  (kasa.cli.params.resolve stays public)
+from kasa.methods import REGISTRY, build_method, methods_in_paper_order
 from kasa.models.architectures import arch_info, arch_names, backbone_parameter_count, meta_model
 
 # Every method DESIGN.md promises, in the paper's order; the table lists the registered ones.
@@ -160,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = _OneLineParser(prog="python -m kasa.params", description=__doc__.split("\n\n")[0])
     ap.add_argument("--methods", nargs="+", default=None,
                     help="registry names or conf/method/ presets (default: every registered method)")
-    ap.add_argument("--models", nargs="+", default=None, help=f"shipped architectures (default: {' '.join(arch_names())})")
+    ap.add_argument("--models", nargs="+", default=None,
+                    help=f"shipped architectures (default: {' '.join(arch_names())})")
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                     help="hyper-parameters, passed to each method that has the field")
     ap.add_argument("--include-heads", action="store_true", help="count the task head too")

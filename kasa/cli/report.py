@@ -6,12 +6,12 @@ The command line of :func:`kasa.analysis.report.render.report`; the package docs
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from kasa.analysis.report.render import COMPANIONS, RENDERERS, report
 from kasa.analysis.stats import BOOTSTRAP_SEED, N_BOOTSTRAP
-from kasa.errors import ReportError
+from kasa.cli.console import report_error
+from kasa.errors import KasaError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,9 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         texts = report(a.paths, a.out, formats, a.wandb, baseline=baseline, plots=a.plots,
                        wandb_images=not a.no_wandb_images, n_resamples=a.bootstrap, bootstrap_seed=a.bootstrap_seed,
                        selection=a.selection)
-    except ReportError as exc:
-        print(f"kasa-report: error: {exc}", file=sys.stderr)
-        return 2
+    except KasaError as exc:
+        return report_error("kasa-report", exc)
     if a.out:
         names = [f"report.{f}" for f in formats] + [f"report_{n}" for f in formats for n in COMPANIONS.get(f, {})]
         print(f"kasa-report: wrote {', '.join(names)} to {a.out}")

@@ -18,6 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from kasa.cli.console import report_error
 from kasa.config import CONF_DIR, register  # noqa: E402
 from kasa.errors import KasaError  # noqa: E402
 from kasa.runs.hashing import config_hash  # noqa: E402
@@ -45,7 +46,7 @@ def _hydra_main(cfg: DictConfig) -> float:
             raise  # a bug: Hydra prints the traceback
         # One clear line naming the problem (a traceback only for what kasa does not know).
         if known:
-            print(f"kasa-train: error: {exc}", file=sys.stderr)
+            report_error("kasa-train", exc)
         else:
             traceback.print_exc()
         if not multirun:

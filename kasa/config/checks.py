@@ -16,9 +16,6 @@ Every failure is one line naming the key, the value and what is allowed (:class:
 
 from __future__ import annotations
 
-from kasa.errors import ConfigError  # noqa: F401  (re-exported)
-from kasa.models.loader import looks_local_path
-
 import dataclasses
 import errno
 import json
@@ -35,6 +32,9 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from kasa.errors import ConfigError  # noqa: F401  (re-exported)
+from kasa.models.loader import looks_local_path
 
 SELECTIONS = ("best", "last")
 _UNSET = object()
@@ -246,8 +246,8 @@ def check_method(cfg: DictConfig) -> None:
 def check_quantization_cfg(cfg: DictConfig) -> None:
     """``model.quantization`` / ``model.quantization_backend``: known values, a backend that can run here (CUDA for
     bitsandbytes, the package installed), and a method that can train on a quantised base (not FFT)."""
-    from kasa.methods import REGISTRY
     from kasa.errors import QuantizationError
+    from kasa.methods import REGISTRY
     from kasa.models.quantize import check_quantization, resolve_backend
 
     scheme = OmegaConf.select(cfg, "model.quantization", default=None)

@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from kasa.config.checks import check_config, model_config_json, is_causal_lm
+from kasa.config.checks import check_config, is_causal_lm, model_config_json
 from kasa.errors import ConfigError
 
 
@@ -66,7 +66,8 @@ def check_generation(node: Any) -> None:
     from kasa.training.causal_lm import GenerationSettings
 
     try:
-        GenerationSettings(**(OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node or {}))
+        values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+        GenerationSettings(**(values or {}))
     except TypeError as exc:
         raise ConfigError(f"benchmark.generation: {exc}".replace("GenerationSettings.__init__() ", "")) from None
 

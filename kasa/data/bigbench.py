@@ -13,8 +13,8 @@ import os
 import tarfile
 from pathlib import Path
 
-from kasa.errors import MissingAssetError
 from kasa.assets import cache_dir
+from kasa.errors import MissingAssetError
 
 ARCHIVE_PREFIX = "bigbench-1.0.0/bigbench/benchmark_tasks/"
 

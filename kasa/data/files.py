@@ -7,7 +7,6 @@ from typing import Any
 
 from kasa.errors import DatasetError
 
-
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 

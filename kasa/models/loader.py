@@ -7,8 +7,6 @@ a hub id or a local folder, loaded by the real transformers code path.
 
 from __future__ import annotations
 
-from kasa.errors import ModelLoadError  # noqa: F401  (re-exported)
-
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import torch
 from torch import nn
 
 from kasa import assets
+from kasa.errors import ModelLoadError  # noqa: F401  (re-exported)
 
 TASKS = ("seq_cls", "causal_lm")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -95,7 +94,8 @@ def load_model(name_or_path: str, task: str = "seq_cls", num_labels: int = 2, dt
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
-    """Non-reentrant activation checkpointing of a transformers model, KV cache off (``model.gradient_checkpointing``)."""
+    """Non-reentrant activation checkpointing of a transformers model, KV cache off
+    (``model.gradient_checkpointing``)."""
     # transformers 5 renamed it (the old name warns that it goes in v6); older releases have only the old one
     enable = getattr(model, "activation_checkpointing_enable", None)
     if enable is not None:

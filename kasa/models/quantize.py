@@ -24,15 +24,13 @@ weight it actually multiplies). A decomposing method given an already quantised 
 
 from __future__ import annotations
 
-from kasa.errors import QuantizationError  # noqa: F401  (re-exported)
-
 from typing import Any
 
 import torch
 from torch import nn
 
-from kasa.methods import (dense_linear, dequantize_bases, dequantized_weight, is_quantized, match_target,
-                       quantized_kind)
+from kasa.errors import QuantizationError  # noqa: F401  (re-exported)
+from kasa.methods import dense_linear, dequantize_bases, dequantized_weight, is_quantized, match_target, quantized_kind
 
 QUANTIZATIONS = ("nf4", "int8")
 BACKENDS = ("auto", "bitsandbytes", "torchao")

@@ -17,9 +17,6 @@ Each call writes ``eval-<name>.json`` beside ``results.json`` (``--name``; defau
 
 from __future__ import annotations
 
-from kasa.errors import EvalError  # noqa: F401  (re-exported)
-
-import argparse
 import json
 import sys
 import time
@@ -28,8 +25,10 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from kasa.errors import LmEvalError
-from kasa.tasks.lm_eval import lm_eval_summary, parse_tasks, require_lm_eval, run_lm_eval
+from kasa.errors import (
+    EvalError,  # noqa: F401  (re-exported)
+    )
+from kasa.tasks.lm_eval import parse_tasks, require_lm_eval, run_lm_eval
 
 GROUPS = ("model", "method", "dataset", "benchmark", "trainer", "logger")
 # model keys that a checkpoint survives (the same weights elsewhere, another precision or attention kernel)
@@ -145,7 +144,9 @@ def evaluate_run(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint:
     find_checkpoint(run_dir, which)
     tasks = parse_tasks(lm_eval_tasks)
     if tasks:
-        if cfg.benchmark.get("family") == "classification":
+        from kasa.tasks import get_task
+
+        if not get_task(cfg.benchmark.get("family")).causal_lm:
             raise EvalError("--lm-eval scores causal LMs with lm-evaluation-harness; this run trained a classifier")
         require_lm_eval()
     name = name or (f"lm_eval-{which}" if tasks else f"{cfg.dataset.name}-{which}")

@@ -17,20 +17,25 @@ base_model="...")`` for a model adapted in your own loop.
 
 from __future__ import annotations
 
-from kasa.errors import ExportError  # noqa: F401  (re-exported)
-
-import argparse
 import shutil
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from torch import nn
 
-from kasa.methods.export import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, FORMAT_NAMES, adapter_config_json, check_format,
-                             lora_adapter, peft_adapter)
-from kasa.errors import UnreadableFileError
+from kasa.errors import (
+    ExportError,  # noqa: F401  (re-exported)
+    UnreadableFileError,
+)
+from kasa.methods.export import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    adapter_config_json,
+    check_format,
+    lora_adapter,
+    peft_adapter,
+)
 from kasa.runs.files import atomic_write_text, read_json, read_safetensors, sha256, write_safetensors
 
 MANIFEST = "kasa_export.json"
@@ -122,9 +127,9 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, checkpoint: str |
     format is checked against the method before any model loads.
     """
     from kasa.models import resolve_path
-    from kasa.tasks import get_task
     from kasa.runs.checkpoints import default_checkpoint, find_checkpoint
     from kasa.runs.load import load_run, run_config
+    from kasa.tasks import get_task
 
     cfg, cfg_file = run_config(run_dir)
     check_format(cfg.method.name, fmt, cfg.method)

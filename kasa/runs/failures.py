@@ -16,9 +16,6 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
-
 FAILED = "failed.json"
 # What Hydra writes into a run folder by itself; a failed run's folder holding only these is removed.
 HYDRA_BOOKKEEPING = (".hydra",)

@@ -16,30 +16,32 @@ A run folder belongs to one configuration, named by :func:`kasa.runs.hashing.con
 
 from __future__ import annotations
 
-from kasa.errors import CheckpointCorrupt  # noqa: F401  (re-exported)
-
-import contextlib
 import csv
 import json
 import os
 import socket
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import lightning as L
-from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf
 
-from kasa.errors import ConfigError
-from kasa.runs.files import (CONFIG_FILE, RESULTS_FILE, atomic_file, atomic_write_text, plain_config,
-                             read_json_or_none, saved_config)
-from kasa.runs.checkpoints import CHECKPOINT_DIR, _candidates, _stamp, choose_checkpoint, load_checkpoint
+from kasa.errors import (
+    CheckpointCorrupt,  # noqa: F401  (re-exported)
+    ConfigError,
+)
+from kasa.runs.checkpoints import CHECKPOINT_DIR, _candidates, _stamp, choose_checkpoint
+from kasa.runs.files import (
+    CONFIG_FILE,
+    RESULTS_FILE,
+    atomic_file,
+    atomic_write_text,
+    plain_config,
+    read_json_or_none,
+    saved_config,
+)
 from kasa.runs.hashing import HASH_EXCLUDE, config_hash
 
 LOCK_FILE = "run.lock"

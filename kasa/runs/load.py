@@ -11,8 +11,6 @@ tensors, numbers, strings and containers, so nothing in it can execute code.
 
 from __future__ import annotations
 
-from kasa.errors import RunError
-
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +19,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from kasa.errors import RunError, UnreadableFileError
 from kasa.runs.checkpoints import adapter_state, default_checkpoint, find_checkpoint
 from kasa.runs.files import CONFIG_FILE, RESULTS_FILE, load_torch, saved_config
-from kasa.errors import UnreadableFileError
 
 
 def run_config(run_dir: str | Path) -> tuple[DictConfig, str]:

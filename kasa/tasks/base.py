@@ -12,8 +12,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kasa.methods import PeftMethod
-from kasa.training.causal_lm import CausalLMModule, CompletionDataModule, CompletionExample, EvalItem, Evaluator, \
-    GenerationSettings
+from kasa.training.causal_lm import (
+    CausalLMModule,
+    CompletionDataModule,
+    CompletionExample,
+    EvalItem,
+    Evaluator,
+    GenerationSettings,
+)
 from kasa.training.optim import OptimConfig
 
 

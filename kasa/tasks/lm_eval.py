@@ -9,8 +9,6 @@ end of ``kasa-train`` (:class:`LmEvalCallback`: the reported checkpoint, rank 0,
 
 from __future__ import annotations
 
-from kasa.errors import LmEvalError  # noqa: F401  (re-exported)
-
 import importlib.util
 import json
 import sys
@@ -20,6 +18,7 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig
 
+from kasa.errors import LmEvalError  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -127,7 +126,9 @@ def lm_eval_settings(cfg: DictConfig) -> dict[str, Any] | None:
     tasks = parse_tasks(node.get("tasks"))
     if not tasks:
         return None
-    if cfg.benchmark.get("family") == "classification":
+    from kasa.tasks import get_task
+
+    if not get_task(cfg.benchmark.get("family")).causal_lm:
         raise LmEvalError("benchmark.lm_eval.tasks: lm-evaluation-harness scores causal LMs; this run trains a "
                           "classifier")
     require_lm_eval()

@@ -5,8 +5,14 @@ its folder under :mod:`kasa.tasks`; run folders, resume and checkpoints in :mod:
 
 from kasa.training.base import PeftModule
 from kasa.training.callbacks import StepSeed
-from kasa.training.causal_lm import (CausalLMModule, CompletionDataModule, CompletionExample, EvalItem, Evaluator,
-                                     GenerationSettings)
+from kasa.training.causal_lm import (
+                                     CausalLMModule,
+                                     CompletionDataModule,
+                                     CompletionExample,
+                                     EvalItem,
+                                     Evaluator,
+                                     GenerationSettings,
+)
 from kasa.training.optim import OptimConfig, build_optimizer
 
 __all__ = ["CausalLMModule", "CompletionDataModule", "CompletionExample", "EvalItem", "Evaluator",

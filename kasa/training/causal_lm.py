@@ -25,10 +25,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from kasa.training.samplers import EpochSampler, ShardSampler
 from kasa.methods import PeftMethod
 from kasa.training.base import PeftModule
 from kasa.training.optim import OptimConfig
+from kasa.training.samplers import EpochSampler, ShardSampler
 
 IGNORE_INDEX = -100
 

@@ -1,5 +1,5 @@
-"""Sequence classification / regression data: sources by name (packaged ones in :mod:`kasa.tasks.classification.packaged`, GLUE in
-:mod:`kasa.tasks.classification.glue`, BIG-bench from the user's copy below).
+"""Sequence classification / regression data: sources by name (packaged ones in :mod:`.packaged`, GLUE in
+:mod:`.glue`, BIG-bench from the user's copy below).
 
 A source turns a dataset config into :class:`Splits` (train and validation examples, label names);
 :class:`ClassificationDataModule` tokenises them once and serves seeded, resumable batches.
@@ -7,20 +7,16 @@ A source turns a dataset config into :class:`Splits` (train and validation examp
 
 from __future__ import annotations
 
-from kasa.errors import DatasetError  # noqa: F401  (re-exported)
-from kasa.training.samplers import EpochSampler, ShardSampler
-
-import math
 import random
 from dataclasses import dataclass, field
 from typing import Callable
 
 import lightning as L
 import torch
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
-
+from kasa.errors import DatasetError  # noqa: F401  (re-exported)
+from kasa.training.samplers import EpochSampler, ShardSampler
 
 
 @dataclass

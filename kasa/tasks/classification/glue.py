@@ -254,8 +254,8 @@ def _with_packaged_dev(task: str, data_files: dict[str, Any] | None, cache_dir: 
         raise DatasetError(
             f"GLUE '{task}': dataset.source_args.path=packaged gives only the dev set (no package ships GLUE's "
             "training split); name a training split with dataset.source_args.data_files={train: FILE} (parquet/"
-            "csv/json with the hub's columns), train on a dataset that validates on kasa.tasks.classification.glue.packaged_dev"
-            f"('{task}'), or drop path=packaged to read the hub")
+            "csv/json with the hub's columns), train on a dataset that validates on "
+            f"kasa.tasks.classification.glue.packaged_dev('{task}'), or drop path=packaged to read the hub")
     extra = sorted(set(files) - {"train"})
     if extra:
         raise DatasetError(f"GLUE '{task}': with path=packaged the dev set comes from the package; data_files may "

@@ -9,8 +9,8 @@ from typing import Any
 import torchmetrics
 from torch import nn
 
-from kasa.tasks.classification import metrics as glue
 from kasa.methods import PeftMethod
+from kasa.tasks.classification import metrics as glue
 from kasa.training.base import PeftModule
 from kasa.training.optim import OptimConfig
 

@@ -1,9 +1,9 @@
 """Sequence classification and regression: the packaged sentiment and sarcasm sets (``dataset=vader_*``,
 ``sarcasm``), GLUE (``dataset=glue_*``) and BIG-bench classification tasks from the user's copy.
 
-Data come from :mod:`kasa.tasks.classification.data`'s sources (``vader``, ``sarcasm``, ``glue``, ``bigbench``); the model is
-the encoder with a sequence-classification (or one-output regression) head; the dev sets are scored by
-:mod:`kasa.tasks.classification.metrics`'s metrics inside :class:`kasa.tasks.classification.module.ClassificationModule`.
+Data come from :mod:`.data`'s sources (``vader``, ``sarcasm``, ``glue``, ``bigbench``); the model is the encoder
+with a sequence-classification (or one-output regression) head; the dev sets are scored by :mod:`.metrics`'s
+metrics inside :class:`.module.ClassificationModule`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from kasa.methods import PeftMethod
 from kasa.errors import ConfigError, RunError
+from kasa.methods import PeftMethod
 from kasa.tasks.base import Task, TaskBundle, as_dict
 
 
@@ -27,8 +27,8 @@ def split_args(cfg: DictConfig) -> dict:
     """
     import inspect
 
-    from kasa.tasks.classification.data import SOURCES
     from kasa.errors import DatasetError
+    from kasa.tasks.classification.data import SOURCES
 
     args = as_dict(cfg.dataset.get("source_args"))
     if cfg.dataset.get("split_per_seed", False):
@@ -42,9 +42,9 @@ def split_args(cfg: DictConfig) -> dict:
 
 def build(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
     """Sequence classification / regression (GLUE-style): encoder + head, torchmetrics on the dev set."""
-    from kasa.tasks.classification.data import ClassificationDataModule, load_splits
     from kasa.errors import DatasetError
     from kasa.models import load_model, load_tokenizer
+    from kasa.tasks.classification.data import ClassificationDataModule, load_splits
     from kasa.tasks.classification.module import ClassificationModule, metric_key
     from kasa.training.optim import OptimConfig
 

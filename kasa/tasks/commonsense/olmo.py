@@ -19,8 +19,6 @@ Training uses the eight ``train`` splits (147,580 items: Commonsense170K's const
 
 from __future__ import annotations
 
-from kasa.errors import OlmoDataError  # noqa: F401  (re-exported)
-
 import functools
 import gzip
 import json
@@ -29,6 +27,7 @@ import random
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from kasa.errors import OlmoDataError  # noqa: F401  (re-exported)
 from kasa.tasks.commonsense import prompts as cs
 
 # LLM-Adapters' task name -> OLMo's task folder

@@ -34,8 +34,16 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from kasa.data.splits import split_by_key
 from kasa.tasks.templates import (  # noqa: F401  (re-exported: the commonsense protocol's templates)
-    _TEMPLATES, ALPACA_PROMPT, LLM_ADAPTERS_EVAL_PROMPT, LLM_ADAPTERS_EVAL_PROMPT_WITH_INPUT, LLM_ADAPTERS_TRAIN_PROMPT,
-    LLM_ADAPTERS_TRAIN_PROMPT_WITH_INPUT, ALPACA_PROMPT_WITH_INPUT, PROMPT_STYLES, build_prompt)
+    _TEMPLATES,
+    ALPACA_PROMPT,
+    ALPACA_PROMPT_WITH_INPUT,
+    LLM_ADAPTERS_EVAL_PROMPT,
+    LLM_ADAPTERS_EVAL_PROMPT_WITH_INPUT,
+    LLM_ADAPTERS_TRAIN_PROMPT,
+    LLM_ADAPTERS_TRAIN_PROMPT_WITH_INPUT,
+    PROMPT_STYLES,
+    build_prompt,
+)
 
 # benchmark.prompt_style -> (training template, evaluation template)
 PROMPT_PAIRS = {"alpaca": ("alpaca", "alpaca"), "llm_adapters": ("llm_adapters_train", "llm_adapters_eval")}
@@ -276,7 +284,8 @@ def bigbench_siqa(examples: Iterable[Mapping[str, Any]] | None = None, path: str
         # 4 of the 1954 items have 2 choices (two identical answers collapsed into one JSON key).
         if not 2 <= len(choices) <= 3:
             raise ValueError(f"expected 2-3 choices in a Social IQA example, got {choices}")
-        out.append(_example(_choices_instruction(ex["input"].strip(), choices), f"answer{_gold(ex['target_scores']) + 1}"))
+        answer = f"answer{_gold(ex['target_scores']) + 1}"
+        out.append(_example(_choices_instruction(ex["input"].strip(), choices), answer))
     return out
 
 

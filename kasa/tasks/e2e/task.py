@@ -9,15 +9,14 @@ references by :func:`kasa.tasks.e2e.metrics.e2e_metrics` (the ``tuetschek/e2e-me
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from omegaconf import DictConfig
 
-from kasa.errors import DatasetError
 from kasa.methods import PeftMethod
-from kasa.training.causal_lm import BaseEvaluator, CompletionExample, EvalItem
-from kasa.tasks.e2e.data import e2e_splits
 from kasa.tasks.base import Task, TaskBundle, as_dict, cap, causal_lm_bundle
+from kasa.tasks.e2e.data import e2e_splits
+from kasa.training.causal_lm import BaseEvaluator, CompletionExample, EvalItem
 
 
 class E2EEvaluator(BaseEvaluator):

@@ -23,8 +23,6 @@ messages, so rerunning an evaluation never pays twice; each :class:`Judgement` c
 
 from __future__ import annotations
 
-from kasa.errors import JudgeAPIError, JudgingFailed  # noqa: F401  (re-exported)
-
 import ast
 import hashlib
 import json
@@ -40,6 +38,8 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
+
+from kasa.errors import JudgeAPIError, JudgingFailed  # noqa: F401  (re-exported)
 
 NEED_REF_CATS = ("math", "reasoning", "coding", "arena-hard-200")
 # Answer-generation temperatures FastChat uses per category (common.py temperature_config, read by
@@ -66,7 +66,8 @@ def answer_generate_kwargs(temperature: float) -> dict[str, Any]:
     return {"do_sample": True, "temperature": float(temperature)}
 
 __all__ = [
-    "NEED_REF_CATS", "TEMPERATURE_CONFIG", "answer_temperature", "answer_generate_kwargs", "mtbench_data_dir", "load_judge_prompts", "load_mtbench_questions",
+    "NEED_REF_CATS", "TEMPERATURE_CONFIG", "answer_temperature", "answer_generate_kwargs", "mtbench_data_dir",
+    "load_judge_prompts", "load_mtbench_questions", "JudgeSettings",
     "load_reference_answers", "JudgePrompt", "JudgeRequest", "single_answer_request", "mtbench_request",
     "parse_score", "UNPARSED", "JudgeBackend", "OpenAIJudge", "LocalJudge", "JudgementCache", "Judgement", "Judge",
     "mtbench_summary", "mtbench_conversation",

@@ -10,21 +10,20 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from omegaconf import DictConfig
 
-from kasa.errors import DatasetError
 from kasa.data.files import load_rows
-from kasa.tasks.templates import build_prompt
 from kasa.data.splits import split_by_key
+from kasa.errors import ConfigError, DatasetError
 from kasa.methods import PeftMethod
-from kasa.training.causal_lm import BaseEvaluator, CausalLMModule, CompletionExample, EvalItem
-from kasa.errors import ConfigError
 from kasa.tasks.base import Task, TaskBundle, as_dict, cap, causal_lm_bundle
+from kasa.tasks.templates import build_prompt
+from kasa.training.causal_lm import BaseEvaluator, CausalLMModule, CompletionExample, EvalItem
 
 
 def seed_task_records(path: str | os.PathLike | None = None) -> list[dict[str, str]]:
@@ -154,7 +153,8 @@ def instruction_splits(source: str, path: str | None = None, split_seed: int = 0
 
 
 def build_judge(spec: Mapping[str, Any], device: Any = None):
-    """A :class:`kasa.tasks.instruction.judge.Judge` from the config's ``judge`` block (``local`` or ``openai``), cached."""
+    """A :class:`kasa.tasks.instruction.judge.Judge` from the config's ``judge`` block (``local`` or ``openai``),
+    cached."""
     from kasa.assets import cache_dir
     from kasa.models import resolve_path
     from kasa.tasks.instruction.judge import Judge, JudgeSettings, LocalJudge, OpenAIJudge
@@ -301,8 +301,8 @@ class JudgeEvaluator(BaseEvaluator):
         training's random stream is untouched."""
         import torch
 
-        from kasa.tasks.instruction.judge import answer_generate_kwargs, answer_temperature
         from kasa.data.splits import stable_hash
+        from kasa.tasks.instruction.judge import answer_generate_kwargs, answer_temperature
 
         greedy = self.mtbench.get("temperatures", "fastchat") == "greedy"
         groups: dict[float, list[int]] = {}
