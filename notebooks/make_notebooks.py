@@ -4,8 +4,9 @@
 place, so the committed .ipynb carry the outputs of those runs; tests/test_notebooks.py executes them headless on
 tiny runs instead.
 """
-import nbformat as nbf
 from pathlib import Path
+
+import nbformat as nbf
 
 SETUP = '''import os, tempfile
 from pathlib import Path
@@ -204,7 +205,7 @@ for i, stage in enumerate(order):
 ax.set_xticks(np.arange(len(tasks)) + 0.3, tasks)
 ax.set_ylabel(abl[0].metric if abl else "metric"); ax.legend(fontsize=7); ax.set_title("component ablation")
 fig.tight_layout()
-fig.savefig(FIG / "ablation.png", dpi=120)''',
+fig.savefig(FIG / "ablation.png", dpi=120)''',  # noqa: E501  (cell source, as in the .ipynb)
 '''# (b) rank sweep: metric against r, one line per (method, task)
 rank = [r for r in recs if r.table == "rank_sweep"]
 fig, ax = plt.subplots(figsize=(6, 3.2))

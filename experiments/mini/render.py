@@ -1,4 +1,5 @@
-"""Render the mini reproduction (experiments/mini): docs/mini_six_methods.md and docs/figures/mini_*.png from a sweep folder.
+"""Render the mini reproduction (experiments/mini): docs/mini_six_methods.md and docs/figures/mini_*.png from a sweep
+folder.
 
     python experiments/mini/render.py outputs/mini --out docs/mini_six_methods.md --figures docs/figures
 
@@ -134,7 +135,8 @@ def timing(runs: list[dict], sweep: Path) -> str:
     walls = [float(r.get("wall_time_s") or 0.0) for r in runs
              if (r.get("config") or {}).get("study", {}).get("table") in (MAIN, ABL)]
     wall_file = sweep / "wall_time_s.txt"
-    observed = f"{int(wall_file.read_text().strip())} s" if wall_file.exists() else "not recorded (driver did not finish)"
+    observed = (f"{int(wall_file.read_text().strip())} s" if wall_file.exists()
+                else "not recorded (driver did not finish)")
     per: dict[str, list[float]] = {}
     for r in runs:
         cfg = r.get("config") or {}
@@ -260,7 +262,7 @@ kasa-report outputs/mini --format md          # the same cells, plain kasa-repor
   accuracy points), 3 seeds, 3 epochs, one shared hyper-parameter setting instead of per-method tuning, best-epoch
   selection on the scoring split, and a sentence-embedding MiniLM instead of RoBERTa/DeBERTa on GLUE.
   Differences of a few points between methods are within the seed spread.
-"""
+"""  # noqa: E501  (the page's text: its command lines are longer)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""LM loss of SmolLM2-135M before any training: as loaded, after KaSA's paper truncation, after the activation-aware one.
+"""LM loss of SmolLM2-135M before any training: as loaded, after KaSA's paper truncation, after the activation-aware
+one.
 
     python experiments/truncation/smollm2_lm_loss.py --e2e PATH [--r 8] [--n-eval 20] [--n-calib 64]
         [--template arrow]
@@ -35,7 +36,8 @@ TEMPLATES = {"describe": "There is a restaurant with the following attributes: {
 
 
 E2E_HELP = ("E2E text: a BIG-bench checkout's bigbench/benchmark_tasks folder or bigbench-1.0.0.tar.gz (the "
-            "gem/e2e_nlg task docs/findings.md measured, split by MR with seed 0), or a folder of the E2E release's trainset.csv "
+            "gem/e2e_nlg task docs/findings.md measured, split by MR with seed 0), or a folder of the E2E release's "
+            "trainset.csv "
             "and devset.csv (github.com/tuetschek/e2e-dataset); default: $KASA_BIGBENCH, else the hub's "
             "tuetschek/e2e_nlg")
 
@@ -81,7 +83,7 @@ def main() -> None:
     from kasa.methods import build_method
     from kasa.models import load_model, load_tokenizer
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--e2e", metavar="PATH", help=E2E_HELP)
     ap.add_argument("--r", type=int, default=8)
     ap.add_argument("--n-eval", type=int, default=20)

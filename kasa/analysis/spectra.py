@@ -22,8 +22,9 @@ quantity only this analysis reads, and a resumed run keeps the first run's init 
 
 The base layer holds W_world after ``method.apply`` (KaSA truncates in place); W is rebuilt as
 ``W_world + kasa_removed_us @ kasa_removed_vh`` when the factors are kept (``keep_removed=true``;
-:func:`kasa.runs.load.load_run` with ``keep_removed=True`` keeps them), else (paper / reference truncation) its spectrum as W_world's kept
-singular values plus the removed ones (``kasa_removed_s``). A merged layer is unmerged in thought
+:func:`kasa.runs.load.load_run` with ``keep_removed=True`` keeps them), else (paper / reference truncation) its
+spectrum as W_world's kept singular values plus the removed ones (``kasa_removed_s``). A merged layer is unmerged in
+thought
 (``W_world = base - dW``).
 
 :class:`SpectraCallback` appends to ``<dir>/spectra.json`` (dsigma, the update's singular values and the drift
@@ -46,7 +47,8 @@ from torch import nn
 def adapter_layers(model: nn.Module) -> dict[str, nn.Module]:
     """``{name: layer}`` for every module with ``lora_A`` and ``lora_B`` (KaSA, LoRA, PiSSA, MiLoRA, ...)."""
     return {n: m for n, m in model.named_modules()
-            if isinstance(getattr(m, "lora_A", None), torch.Tensor) and isinstance(getattr(m, "lora_B", None), torch.Tensor)}
+            if isinstance(getattr(m, "lora_A", None), torch.Tensor)
+            and isinstance(getattr(m, "lora_B", None), torch.Tensor)}
 
 
 @torch.no_grad()

@@ -333,7 +333,8 @@ class BottleneckAdapters(PeftMethod):
     def validate(self) -> None:
         c = self.config
         if c.activation not in ACTIVATIONS:
-            raise MethodError(f"{self.name} activation='{c.activation}' is unknown; choose one of {sorted(ACTIVATIONS)}")
+            raise MethodError(f"{self.name} activation='{c.activation}' is unknown; "
+                              f"choose one of {sorted(ACTIVATIONS)}")
         if c.bottleneck is not None and c.bottleneck < 1:
             raise MethodError(f"{self.name} bottleneck={c.bottleneck} must be at least 1")
         if getattr(c, "placement", "block") not in ("block", "ffn"):

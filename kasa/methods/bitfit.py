@@ -7,7 +7,8 @@ them to the biases of matching modules (the paper's sub-variant that trains only
 second-MLP biases is ``target_modules=["query", "intermediate.dense"]``-style). Nothing is wrapped.
 
 On a float16/bfloat16 base the biases train in that dtype (they are the base's own parameters, so
-``autocast_adapter_dtype`` does not apply) and a warning says so; see :func:`~kasa.methods.layer.warn_half_base_parameters`.
+``autocast_adapter_dtype`` does not apply) and a warning says so; see
+:func:`~kasa.methods.layer.warn_half_base_parameters`.
 
 Merge is a no-op by design: the trained biases ARE the model's parameters, so there is nothing to fold
 and a BitFit model needs no merge for latency-free inference (like FFT).
@@ -60,7 +61,8 @@ class BitFit(PeftMethod):
         if not names:
             what = type(model).__name__
             if self.config.target_modules is not None:
-                raise MethodError(f"bitfit target_modules={self.config.target_modules!r} select no bias terms of {what}")
+                raise MethodError(f"bitfit target_modules={self.config.target_modules!r} "
+                                  f"select no bias terms of {what}")
             raise MethodError(f"bitfit needs bias terms; {what} has none")
         for p in model.parameters():
             p.requires_grad_(False)

@@ -38,10 +38,10 @@ from torch import nn
 
 from .errors import MethodError
 from .method import check_rank, feed_calibration
+from .pissa import ResidualLoraLayer, ResidualLoraMethod, SvdInitConfig
 from .registry import register
 from .targets import match_target
 from .weights import get_weight, is_linear_like
-from .pissa import ResidualLoraLayer, ResidualLoraMethod, SvdInitConfig
 
 MODES = {"kpa": "kpa", "ipa": "ipa", "kpm": "kpa", "ipm": "ipa"}  # PEFT's names as aliases
 
@@ -212,7 +212,8 @@ class Corda(ResidualLoraMethod):
         missing = sorted(set(names) - set(have))
         if missing:
             what = "the adapter state dict" if self._init_factors is not None else "the calibration"
-            raise MethodError(f"corda: {what} has nothing for target layer(s) {missing[:5]} (calibrated another model?)")
+            raise MethodError(f"corda: {what} has nothing for target layer(s) {missing[:5]} "
+                              "(calibrated another model?)")
 
     def initial_triplets(self, name: str, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         from .svd import svd_dtype

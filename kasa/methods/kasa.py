@@ -53,13 +53,13 @@ from torch import nn
 
 from .config import LoraConfigBase
 from .errors import MethodError
+from .lora import LoraLayer
 from .method import PeftMethod, check_rank, feed_calibration
 from .registry import register
-from .targets import match_target
-from .weights import get_weight, set_weight
-from .lora import LoraLayer
 from .svd import batched_smallest_triplets, check_svd_method, smallest_triplets, svd_dtype
+from .targets import match_target
 from .truncation_cache import TruncationCache, cache_key, model_identity, resolve_cache_dir, weight_fingerprint
+from .weights import get_weight, set_weight
 
 TRUNCATIONS = ("paper", "reference", "none", "activation_aware")
 SINGULAR_VALUES = ("learnable", "off")
@@ -257,8 +257,10 @@ class KasaLayer(LoraLayer):
         # activation_aware: singular values of W diag(s), not of W.
         self.register_buffer("kasa_removed_s", us.float().norm(dim=0).to(w.device), persistent=False)
         # float32 at least: these reproduce W exactly (export, reload onto a fresh base).
-        self.register_buffer("kasa_removed_us", us.to(device=w.device, dtype=torch.promote_types(us.dtype, torch.float32)))
-        self.register_buffer("kasa_removed_vh", vh.to(device=w.device, dtype=torch.promote_types(vh.dtype, torch.float32)))
+        self.register_buffer("kasa_removed_us",
+                             us.to(device=w.device, dtype=torch.promote_types(us.dtype, torch.float32)))
+        self.register_buffer("kasa_removed_vh",
+                             vh.to(device=w.device, dtype=torch.promote_types(vh.dtype, torch.float32)))
         self._subtract_removed(sign=-1.0)
         if not keep_removed:
             # Memory as HF PEFT's KaSA: no export_lora, no re-truncation from a saved adapter
@@ -377,7 +379,8 @@ class KasaConfig(LoraConfigBase):
     svd_dtype: str = "float32"  # float32 | float64 (dtype of the SVD in `svd` mode and of the stored factors)
     svd_method: str = "auto"  # auto (float64 Gram fast path, full SVD where inaccurate) | gram | svd
     truncation_cache: str | None = None  # directory caching the removed factors; env KASA_TRUNCATION_CACHE
-    keep_removed: bool = False  # true: keep U_t S_t, V_t^T as buffers (export_lora, exact reload); false: PEFT-like memory
+    # true: keep U_t S_t, V_t^T as buffers (export_lora, exact reload); false: PEFT-like memory
+    keep_removed: bool = False
     calibration_samples: int = 256  # activation_aware: sequences whose inputs give the per-channel RMS (as CorDA)
 
 

@@ -29,8 +29,9 @@ class AdapterLayer(nn.Module):
     Subclasses create their parameters in ``__init__``, in :attr:`adapter_dtype` (float32 on a half-precision
     base unless ``autocast_adapter_dtype=False``, see :func:`adapter_dtype`: a method passes its config's value,
     which every subclass constructor takes as a keyword and hands on), and implement :meth:`delta` (casting its
-    input to the adapter dtype) and, when mergeable, :meth:`delta_weight` (out x in, float32). The delta is added to the base output in the
-    wider of the two dtypes and the sum cast once to the base output's dtype; merging adds ``delta_weight`` to
+    input to the adapter dtype) and, when mergeable, :meth:`delta_weight` (out x in, float32). The delta is added to
+    the base output in the wider of the two dtypes and the sum cast once to the base output's dtype; merging adds
+    ``delta_weight`` to
     the weight in float32 and casts once (as HF PEFT).
     """
 

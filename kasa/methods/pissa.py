@@ -23,11 +23,11 @@ from torch import nn
 
 from .config import LoraConfigBase
 from .errors import MethodError
+from .lora import LoraLayer
 from .method import PeftMethod, check_rank, lora_scaling
 from .registry import register
-from .weights import get_weight, set_weight
-from .lora import LoraLayer
 from .svd import principal_triplets, smallest_triplets, svd_dtype
+from .weights import get_weight, set_weight
 
 COMPONENTS = ("principal", "minor")
 
@@ -204,7 +204,8 @@ class SvdInitMethod(ResidualLoraMethod):
     def validate(self) -> None:
         super().validate()
         if self.components not in COMPONENTS:
-            raise MethodError(f"{self.name}: components='{self.components}' is unknown; choose one of {list(COMPONENTS)}")
+            raise MethodError(f"{self.name}: components='{self.components}' is unknown; "
+                              f"choose one of {list(COMPONENTS)}")
         niter = getattr(self.config, "niter", None)
         if niter is not None:
             if niter < 0:

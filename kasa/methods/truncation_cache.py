@@ -2,8 +2,8 @@
 
 One file per (model identity, target name, shape, weight dtype, weight content fingerprint, truncation
 mode, truncation rank, svd method, svd dtype, and for ``truncation=activation_aware`` the fingerprint of the
-calibration statistics, the per-channel input RMS the decomposition scales by). The content fingerprint is part of every key, so a
-weight that changed (another checkpoint under the same name, a fine-tuned copy, a modified tensor)
+calibration statistics, the per-channel input RMS the decomposition scales by). The content fingerprint is part of
+every key, so a weight that changed (another checkpoint under the same name, a fine-tuned copy, a modified tensor)
 misses instead of silently reusing stale factors. Writes are atomic (temp file + rename), so parallel
 runs of a sweep can share one directory.
 

@@ -2,8 +2,9 @@
 
     python -m kasa.perf.gpu_check FILE
 
-``FILE``: one line per command, tab-separated: the part's name, then its overrides. Each is composed as ``kasa-train`` would (:func:`kasa.recipe.compose_error`, one line per
-problem) and checked by :func:`kasa.recipe.validate` (every check that needs neither weights nor data). Prints one
+``FILE``: one line per command, tab-separated: the part's name, then its overrides. Each is composed as
+``kasa-train`` would (:func:`kasa.cli.train.compose_error`, one line per
+problem) and checked by :func:`kasa.config.validate` (every check that needs neither weights nor data). Prints one
 line per part, tab-separated: name, ``ok`` | ``error``, and the reason. Exit status 1 when any part is an
 ``error``.
 """
@@ -21,10 +22,10 @@ def compose_status(overrides: Sequence[str]) -> tuple[str, str]:
     """``(status, reason)`` of ``kasa-train <overrides>`` (see the module docstring)."""
     from hydra import compose, initialize_config_dir
 
-    from kasa.config import CONF_DIR, register
-    from kasa.errors import KasaError
     from kasa.cli.train import compose_error
+    from kasa.config import CONF_DIR, register
     from kasa.config.validate import validate
+    from kasa.errors import KasaError
 
     register()
     problem = compose_error(list(overrides))
@@ -36,7 +37,7 @@ def compose_status(overrides: Sequence[str]) -> tuple[str, str]:
         except KasaError as exc:
             problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         else:
-            return "ok", "composes and passes kasa.recipe.validate"
+            return "ok", "composes and passes kasa.config.validate"
     return "error", problem
 
 

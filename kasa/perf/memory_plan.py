@@ -43,8 +43,6 @@ profiler), :func:`cuda_check` with ``torch.cuda.max_memory_allocated`` where a G
 
 from __future__ import annotations
 
-from kasa.errors import MemoryPlanError  # noqa: F401  (re-exported)
-
 import contextlib
 import copy
 import dataclasses
@@ -57,8 +55,10 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from kasa.models.quantize import NF4_BLOCK_SIZE as NF4_BLOCK, NF4_SCALER_BLOCK_SIZE as NF4_SCALER_BLOCK, QUANTIZATIONS, \
-    quantizable
+from kasa.errors import MemoryPlanError  # noqa: F401  (re-exported)
+from kasa.models.quantize import NF4_BLOCK_SIZE as NF4_BLOCK
+from kasa.models.quantize import NF4_SCALER_BLOCK_SIZE as NF4_SCALER_BLOCK
+from kasa.models.quantize import QUANTIZATIONS, quantizable
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -407,9 +407,9 @@ def estimate_named(model_name: str, method_name: str, batch: int, seq: int, dtyp
         method = perf_method(method_name, _perf_profile(model_name).layers)
         task = "causal_lm"
     else:
-        from kasa.models.architectures import arch_info
-        from kasa.methods import build_method
         from kasa.config.presets import method_kwargs, resolve
+        from kasa.methods import build_method
+        from kasa.models.architectures import arch_info
 
         try:
             registered, settings = resolve(method_name)
@@ -459,7 +459,8 @@ def compare_with_bench(profile: str, methods: Sequence[str], r: int = 8) -> list
         mine = est.counted()
         ratio = {c: (mine[c] / counted[c] if counted[c] else (1.0 if mine[c] == 0 else math.inf)) for c in COMPONENTS}
         rows.append({"method": name, "estimate": mine, "counted": {c: counted[c] for c in COMPONENTS},
-                     "ratio": ratio, "weights": est.weights / frozen if frozen else (1.0 if not est.weights else math.inf)})
+                     "ratio": ratio,
+                     "weights": est.weights / frozen if frozen else (1.0 if not est.weights else math.inf)})
     return rows
 
 

@@ -12,10 +12,17 @@ import torch
 from torch import nn
 
 from kasa.methods import REGISTRY, build_method, methods_in_paper_order
-from kasa.perf.core import (ALL_METHODS_TOTAL_STEPS, Profile, Runner, TARGETS, _fmt_bytes, build_llama, interleaved_raw,
-    paired_ratio)
+from kasa.perf.core import (
+    ALL_METHODS_TOTAL_STEPS,
+    TARGETS,
+    Profile,
+    Runner,
+    _fmt_bytes,
+    build_llama,
+    interleaved_raw,
+    paired_ratio,
+)
 from kasa.perf.memory import _buffer_bytes, memory_row
-
 
 # Every registry method, in the order, then HF PEFT's implementations of those peft has.
 ALL_METHODS = methods_in_paper_order()
@@ -123,8 +130,10 @@ def all_methods_table(p: Profile, r: int, batch: torch.Tensor) -> list[str]:
            f"at a time; the per-step hooks run as in training (DyLoRA's rank draw, AdaLoRA's allocation, "
            f"horizon {ALL_METHODS_TOTAL_STEPS} steps). Defaults of each method, with r = {r}, alpha = {2 * r} and "
            f"targets {', '.join(TARGETS)} where it takes them; VeRA and SARA keep their own ranks (VeRA r = 1024, "
-           f"SARA's per-layer rule), dropout 0 everywhere, the adapters their placement presets (AdapterDrop without adapters in the lowest "
-           f"{max(1, p.layers * 5 // 12)} of {p.layers} layers, its 5 of 12 scaled), FFT trains everything. HF PEFT rows: "
+           f"SARA's per-layer rule), dropout 0 everywhere, the adapters their placement presets (AdapterDrop "
+           f"without adapters in the lowest "
+           f"{max(1, p.layers * 5 // 12)} of {p.layers} layers, its 5 of 12 scaled), FFT trains everything. "
+           f"HF PEFT rows: "
            f"the same settings in peft {_peft_version()}. Memory counted as in the memory table (buffers: what "
            f"the method added to the model).\n",
            "| method | step (ms) | / floor | / LoRA (ours), over floor | trainable params | buffers | memory total "

@@ -12,8 +12,14 @@ import torch
 from kasa.perf.core import LABELS, LLAMA7B_TARGET_SHAPES, PROFILES, TARGETS, _fmt_bytes, paired_ratio
 from kasa.perf.memory import _buffer_bytes, memory_row
 from kasa.perf.methods import all_methods_table
-from kasa.perf.steps import (bench_lightning, bench_merged, bench_regularisers, bench_steps, build_kasa_keeping_removed,
-    build_runners)
+from kasa.perf.steps import (
+    bench_lightning,
+    bench_merged,
+    bench_regularisers,
+    bench_steps,
+    build_kasa_keeping_removed,
+    build_runners,
+)
 from kasa.perf.truncation import bench_truncation, bench_truncation_model
 
 
@@ -30,8 +36,9 @@ def run(profile: str, r: int = 8, beta: float = 1e-4, gamma: float = 1e-3, layer
     if p.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--full needs a CUDA device")
     out: list[str] = []
-    dev = torch.cuda.get_device_name() if p.device == "cuda" else f"CPU ({platform.processor() or platform.machine()}, " \
-                                                                     f"{torch.get_num_threads()} threads)"
+    dev = torch.cuda.get_device_name() if p.device == "cuda" else \
+        f"CPU ({platform.processor() or platform.machine()}, " \
+        f"{torch.get_num_threads()} threads)"
     out.append(f"## kasa.perf --{profile} ({datetime.date.today().isoformat()})\n")
     out.append(f"- device: {dev}; torch {torch.__version__}; dtype {str(p.dtype).removeprefix('torch.')}")
     out.append(f"- model: Llama from config, hidden {p.hidden}, intermediate {p.intermediate}, {p.layers} layers, "
@@ -61,12 +68,14 @@ def run(profile: str, r: int = 8, beta: float = 1e-4, gamma: float = 1e-3, layer
 
     out.append("### Memory per training step\n")
     out.append("Counted: trainable parameters, their gradients, AdamW state, adapter buffers (KaSA's removed factors "
-               "with keep_removed=true) and activations autograd saves for backward (saved-tensor hooks, frozen weights "
+               "with keep_removed=true) and activations autograd saves for backward (saved-tensor hooks, frozen "
+               "weights "
                "excluded, each tensor once)." + (" CUDA: peak allocated during one step above the memory "
                                                   "allocated before it." if p.device == "cuda" else
                                                   " CPU: no allocator peak is available."))
     out.append("")
-    cols = ["trainable", "grads", "adamw", "buffers", "saved", "total"] + (["cuda_peak_step"] if p.device == "cuda" else [])
+    cols = (["trainable", "grads", "adamw", "buffers", "saved", "total"]
+            + (["cuda_peak_step"] if p.device == "cuda" else []))
     out.append("| method | " + " | ".join(cols) + " | total / LoRA (ours) |")
     out.append("|---|" + "---:|" * (len(cols) + 1))
     mem_runners = {**runners, "kasa_keep": build_kasa_keeping_removed(p, r, beta, gamma)}
@@ -153,6 +162,7 @@ def run(profile: str, r: int = 8, beta: float = 1e-4, gamma: float = 1e-3, layer
         out.append("| loop | step (ms) | / bare |")
         out.append("|---|---:|---:|")
         out.append(f"| bare PyTorch (AdamW) | {lt['bare'] * 1e3:.1f} | 1.000 |")
-        out.append(f"| Lightning Trainer + ClassificationModule | {lt['lightning'] * 1e3:.1f} | {lt['lightning'] / lt['bare']:.3f} |")
+        out.append(f"| Lightning Trainer + ClassificationModule | {lt['lightning'] * 1e3:.1f} | "
+                   f"{lt['lightning'] / lt['bare']:.3f} |")
         out.append("")
     return "\n".join(out)

@@ -3,18 +3,18 @@ and the frozen floor."""
 
 from __future__ import annotations
 
-from typing import Callable
 import contextlib
 import copy
 import statistics
 import time
+from typing import Callable
 
 import torch
 from torch import nn
 
 from kasa.methods import build_method
 from kasa.methods.kasa import KasaLayer, _batched_l2, _batched_l3
-from kasa.perf.core import Profile, Runner, TARGETS, _clone, _sync, build_llama, interleaved, interleaved_raw
+from kasa.perf.core import TARGETS, Profile, Runner, _clone, _sync, build_llama, interleaved, interleaved_raw
 
 
 def build_runners(p: Profile, r: int, beta: float, gamma: float, regularizer: str = "paper"
@@ -139,7 +139,8 @@ def bench_lightning(p: Profile, r: int) -> dict[str, float]:
     batch = torch.randint(0, p.vocab, (p.batch, p.seq), generator=torch.Generator().manual_seed(1)).to(p.device)
     # every loader batch is `batch` itself: the same rows, in order, for each step
     data = [{"input_ids": batch[i], "labels": batch[i]} for i in range(p.batch)] * (p.lightning_steps + 1)
-    module = ClassificationModule(model, method, num_labels=2, metrics=["accuracy"], optim=OptimConfig(scheduler="constant"))
+    module = ClassificationModule(model, method, num_labels=2, metrics=["accuracy"],
+                                  optim=OptimConfig(scheduler="constant"))
 
     times: dict[str, list[float]] = {"lightning": [], "bare": []}
 

@@ -204,8 +204,9 @@ RENDERERS = {"md": to_markdown, "tex": to_latex, "csv": to_csv}
 COMPANIONS = {"csv": {"paired.csv": to_paired_csv}}
 
 
-def report(paths: Iterable[str | Path], out_dir: str | Path | None = None, formats: Iterable[str] = ("md", "tex", "csv"),
-           wandb_path: str | None = None, baseline: str | None = "lora", plots: bool = False,
+def report(paths: Iterable[str | Path], out_dir: str | Path | None = None,
+           formats: Iterable[str] = ("md", "tex", "csv"), wandb_path: str | None = None,
+           baseline: str | None = "lora", plots: bool = False,
            wandb_images: bool = True, n_resamples: int = N_BOOTSTRAP, bootstrap_seed: int = BOOTSTRAP_SEED,
            selection: str | None = None) -> dict[str, str]:
     """Collect, aggregate and render; write ``report.<fmt>`` into ``out_dir`` when given. Returns the texts
