@@ -22,7 +22,7 @@
 # else python3).
 #
 # --dry: print every command, write the summary without running anything, and check that each kasa-train
-# command composes and passes kasa.recipe.validate (python -m kasa.perf.gpu_check).
+# command composes and passes kasa.config.validate (python -m kasa.perf.gpu_check).
 set -u
 
 dry=${GPU_CHECK_DRY:-0}

@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "truncation"))
 from smollm2_lm_loss import E2E_HELP, e2e_split, mean_loss, sentences  # noqa: E402
+
 from kasa.methods import build_method  # noqa: E402
 from kasa.models import load_model, load_tokenizer  # noqa: E402
 from kasa.models.quantize import quantize_for_method  # noqa: E402

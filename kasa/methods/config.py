@@ -1,13 +1,14 @@
 """Hyper-parameters of the methods: typed dataclasses holding every default once.
 
 Each method's ``config_cls`` subclasses :class:`MethodConfig`; :func:`~kasa.methods.build_method` checks keyword
-names against its fields and ``kasa.configs`` turns the same dataclasses into Hydra's structured ``conf/method``
+names against its fields and ``kasa.config.schemas`` turns the same dataclasses into Hydra's structured ``conf/method``
 schemas, so a default lives in exactly one place.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 
 @dataclass
 class MethodConfig:

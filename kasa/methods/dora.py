@@ -24,10 +24,10 @@ from torch import nn
 from .config import LoraConfigBase
 from .errors import MethodError
 from .layer import add_cast
+from .lora import LoraLayer
 from .method import PeftMethod
 from .registry import register
 from .weights import get_weight, set_weight
-from .lora import LoraLayer
 
 
 class DoraLayer(LoraLayer):

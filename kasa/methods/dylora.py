@@ -26,9 +26,9 @@ from torch import nn
 
 from .config import LoraConfigBase
 from .errors import MethodError
+from .lora import LoraLayer
 from .method import PeftMethod, step_randint
 from .registry import register
-from .lora import LoraLayer
 
 
 class DyLoraLayer(LoraLayer):

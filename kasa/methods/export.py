@@ -37,7 +37,7 @@ Formats (:data:`FORMATS`; ``python -m kasa.params`` prints them):
   KaSA: rank ``t + r`` (``-U_t S_t`` / ``V_t^T`` for the truncation, ``scaling dU diag(dsigma)`` / ``dV^T`` for the
   update); PiSSA / MiLoRA / CorDA: ``2 r`` (trained minus initial factors); AdaLoRA: the unmasked triplets;
   DyLoRA: ``eval_rank``; SARA: the largest per-layer rank; VeRA: ``r`` (``lambda_b B`` / ``lambda_d A``).
-- ``merged`` (written by :mod:`kasa.export`): the merged transformers model.
+- ``merged`` (written by :mod:`kasa.runs.export`): the merged transformers model.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ on its class (see :class:`PeftMethod`). The public face (see DESIGN.md, "Contrac
     sd = method.adapter_state_dict(model); method.load_adapter_state_dict(fresh, sd)
 
 Sharded training (DDP, FSDP, DeepSpeed ZeRO). ``apply`` must see whole weights: the SVD-based inits (KaSA's
-truncation, PiSSA, MiLoRA, CorDA, SARA) decompose them and write the residual back. ``kasa.train.run`` applies
+truncation, PiSSA, MiLoRA, CorDA, SARA) decompose them and write the residual back. ``kasa.recipe.run`` applies
 the method to the plain model before ``trainer.fit``, and Lightning wraps the model (DDP, FSDP units, the
 DeepSpeed engine and its ZeRO-3 partitioning) only inside ``fit``, so the decompositions read full tensors and
 every process computes the same adapter (DDP also broadcasts rank 0's parameters and buffers when it wraps).

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .registry import register
 from .pissa import SvdInitConfig, SvdInitMethod
+from .registry import register
 
 
 @dataclass

@@ -34,8 +34,8 @@ from .errors import MethodError
 from .layer import AdapterLayer
 from .method import PeftMethod
 from .registry import register
-from .weights import get_weight
 from .svd import svd_dtype
+from .weights import get_weight
 
 ENERGIES = ("sum", "squared")
 

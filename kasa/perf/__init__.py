@@ -16,7 +16,7 @@ config on the device, bf16), ``--tiny`` (seconds; what the tests run). Prints Ma
    the fast path (``svd_method="auto"``), per weight, and an extrapolation to LLaMA-2 7B's targets;
 6. every registry method (and HF PEFT's DoRA, PiSSA, AdaLoRA, VeRA) over the frozen floor, with its
    counted memory, one method at a time (``--skip-methods`` leaves it out);
-7. Lightning's training step (``kasa.training.ClassificationModule``) against a bare PyTorch loop.
+7. Lightning's training step (``kasa.tasks.classification.module.ClassificationModule``) against a bare PyTorch loop.
 
 Modules: ``core`` (profiles, runner, timing), ``steps``, ``memory``, ``methods``, ``truncation``, ``report``
 (``run``: the whole report) and ``__main__`` (the command line).

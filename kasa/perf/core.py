@@ -3,15 +3,14 @@ timing."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
 import copy
 import statistics
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
-
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 

@@ -501,7 +501,7 @@ def _real_training(model_name: str, method_name: str, batch: int, seq: int, dtyp
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, vocab, (batch, seq), generator=gen).to(device)
     labels = ids if task == "causal_lm" else torch.zeros(batch, dtype=torch.long, device=device)
-    if getattr(method, "needs_calibration", False):  # CorDA (KaSA activation_aware): the step's batch, as the bench
+    if method.needs_calibration:  # CorDA (KaSA activation_aware): the step's batch, as the bench
         method.apply(model, calibration=[{"input_ids": ids}])
     else:
         method.apply(model)

@@ -66,7 +66,7 @@ def _build_method_runner(name: str, base: nn.Module, r: int, batch: torch.Tensor
     if "dropout" in {f.name for f in dataclasses.fields(REGISTRY[name].config_cls)}:
         kw["dropout"] = 0.0  # as the HF PEFT rows: the table compares mechanisms, not dropout (DoRA/MiLoRA: 0.05)
     method = build_method(name, **kw)
-    if getattr(method, "needs_calibration", False):  # CorDA: covariances from the benchmark batch
+    if method.needs_calibration:  # CorDA: covariances from the benchmark batch
         method.apply(m, calibration=[{"input_ids": batch}])
     else:
         method.apply(m)

@@ -11,7 +11,7 @@ import torch
 from kasa.methods import build_method
 from kasa.methods.svd import batched_smallest_triplets
 from kasa.methods.truncation_cache import weight_fingerprint
-from kasa.perf.core import Profile, TARGETS, _sync, build_llama
+from kasa.perf.core import TARGETS, Profile, _sync, build_llama
 
 
 def bench_truncation(p: Profile, r: int) -> list[dict]:

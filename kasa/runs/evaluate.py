@@ -120,7 +120,7 @@ def _dev_metrics(run, name: str) -> tuple[dict[str, float], dict[str, Any]]:
     if not module.history:
         raise EvalError("validation produced no metrics (limit_val_batches=0?)")
     row = {k: v for k, v in module.history[-1].items() if k not in ("epoch", "step")}
-    return row, dict(getattr(module, "results_extra", {}) or {})
+    return row, dict(module.results_extra)
 
 
 def evaluate_run(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: str | None = None,

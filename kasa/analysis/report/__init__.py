@@ -30,17 +30,37 @@ Modules: :mod:`.collect` (runs -> records), :mod:`.tables` (aggregates and stati
 
 from __future__ import annotations
 
-from kasa.analysis.report.render import (COMPANIONS, CSV_FIELDS, PAIRED_CSV_FIELDS, RENDERERS, report, to_csv,
-                                         to_latex, to_markdown, to_paired_csv)
-from kasa.analysis.report.tables import (MISSING, PAPER_SEEDS, Cell, PairedRow, Table, build_tables,
-                                         pick_baseline)
-
 # Last, on purpose: importing the submodule binds the package attribute ``collect`` to the module; this rebinds it
 # to the function, which is what ``from kasa.analysis.report import collect`` has always meant.
-from kasa.analysis.report.collect import (PAPER_NUMBERS, PREDICTIONS_DIR, REPORT_IGNORE,
-                                          TASK_ALIASES, VARIANT_KEYS, Record, ReportError, collect, collect_wandb,
-                                          load_correctness, load_paper_numbers, one_per_seed, pooling_hash,
-                                          records_from_results, table_key)
+from kasa.analysis.report.collect import (
+                                         PAPER_NUMBERS,
+                                         PREDICTIONS_DIR,
+                                         REPORT_IGNORE,
+                                         TASK_ALIASES,
+                                         VARIANT_KEYS,
+                                         Record,
+                                         ReportError,
+                                         collect,
+                                         collect_wandb,
+                                         load_correctness,
+                                         load_paper_numbers,
+                                         one_per_seed,
+                                         pooling_hash,
+                                         records_from_results,
+                                         table_key,
+)
+from kasa.analysis.report.render import (
+                                         COMPANIONS,
+                                         CSV_FIELDS,
+                                         PAIRED_CSV_FIELDS,
+                                         RENDERERS,
+                                         report,
+                                         to_csv,
+                                         to_latex,
+                                         to_markdown,
+                                         to_paired_csv,
+)
+from kasa.analysis.report.tables import MISSING, PAPER_SEEDS, Cell, PairedRow, Table, build_tables, pick_baseline
 
 __all__ = ["COMPANIONS", "CSV_FIELDS", "MISSING", "PAIRED_CSV_FIELDS", "PAPER_NUMBERS", "PAPER_SEEDS",
            "PREDICTIONS_DIR", "RENDERERS", "REPORT_IGNORE", "TASK_ALIASES", "VARIANT_KEYS", "Cell", "PairedRow",

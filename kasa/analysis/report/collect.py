@@ -19,7 +19,7 @@ PAPER_NUMBERS = Path(__file__).parent.with_name("paper_numbers.json")
 # Config keys that tell rows of one table apart when a study varies them (first match wins for stages).
 VARIANT_KEYS = ("study.stage", "method.r", "method.alpha", "method.beta", "method.gamma", "method.truncation_rank",
                 "method.truncation", "method.regularizer", "method.singular_values")
-# Where a classification run saves its dev-set predictions (kasa.training.classification.ClassificationModule).
+# Where a classification run saves its dev-set predictions (kasa.tasks.classification.module.ClassificationModule).
 PREDICTIONS_DIR = "predictions"
 # Left out of the pooling hash: the seed and the keys that do not change what a run computes (one list, there).
 REPORT_IGNORE = ("seed", *NEUTRAL_KEYS)

@@ -10,8 +10,17 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from kasa.analysis.report.collect import Record, load_correctness, load_paper_numbers, one_per_seed
-from kasa.analysis.stats import (BOOTSTRAP_SEED, MCNEMAR_EXACT_BELOW, N_BOOTSTRAP, McNemar, Paired,
-                                 mcnemar_from_correct, mde_unpaired, paired, summarise)
+from kasa.analysis.stats import (
+    BOOTSTRAP_SEED,
+    MCNEMAR_EXACT_BELOW,
+    N_BOOTSTRAP,
+    McNemar,
+    Paired,
+    mcnemar_from_correct,
+    mde_unpaired,
+    paired,
+    summarise,
+)
 
 MISSING = "—"
 # The paper's numbers come from one run per cell (KASA.md: the reference logs' seed 0) unless paper_numbers.json
