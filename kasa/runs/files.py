@@ -169,6 +169,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         f.write(text)
 
 
+def write_jsonl(path: str | Path, rows: Any) -> None:
+    """One JSON object per line under ``path`` (folders created), atomically: predictions and generations."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """``obj`` as indented JSON under ``path``, atomically (dataclasses as dicts, anything else as its str)."""
     atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")

@@ -14,7 +14,6 @@ the epoch-end scoring.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from kasa.methods import PeftMethod
+from kasa.runs.files import write_jsonl
 from kasa.training.base import PeftModule
 from kasa.training.optim import OptimConfig
 from kasa.training.samplers import EpochSampler, ShardSampler
@@ -335,7 +335,4 @@ class CausalLMModule(PeftModule):
     def _write_generations(self, path: Path, items: Sequence[EvalItem], gens: Sequence[str]) -> None:
         if self.trainer.global_rank != 0:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", encoding="utf-8") as f:
-            for it, g in zip(items, gens):
-                f.write(json.dumps({"prompt": it.prompt, "generation": g, **it.meta}, ensure_ascii=False) + "\n")
+        write_jsonl(path, ({"prompt": it.prompt, "generation": g, **it.meta} for it, g in zip(items, gens)))

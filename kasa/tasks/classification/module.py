@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,7 @@ import torchmetrics
 from torch import nn
 
 from kasa.methods import PeftMethod
+from kasa.runs.files import write_jsonl
 from kasa.tasks.classification import metrics as glue
 from kasa.training.base import PeftModule
 from kasa.training.optim import OptimConfig
@@ -152,13 +152,9 @@ class ClassificationModule(PeftModule):
         if self.trainer.global_rank != 0 or not self.trainer.default_root_dir:
             return
         folder = Path(self.trainer.default_root_dir) / "predictions"
-        folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"epoch{self.current_epoch}.jsonl"
-        tmp = path.with_suffix(".jsonl.tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            for loader, i, p, y in rows:
-                f.write(json.dumps({"set": self.val_names[loader], "idx": i, "pred": p, "label": y}) + "\n")
-        tmp.replace(path)
+        write_jsonl(path, ({"set": self.val_names[loader], "idx": i, "pred": p, "label": y}
+                           for loader, i, p, y in rows))
         best = max(self.history, key=lambda r: r.get(self.monitor, float("-inf")))["epoch"]
         keep = {f"epoch{best}.jsonl", path.name}
         for old in folder.glob("epoch*.jsonl"):

@@ -21,6 +21,7 @@ from kasa.data.files import load_rows
 from kasa.data.splits import split_by_key
 from kasa.errors import ConfigError, DatasetError
 from kasa.methods import PeftMethod
+from kasa.runs.files import write_jsonl
 from kasa.tasks.base import Task, TaskBundle, as_dict, cap, causal_lm_bundle
 from kasa.tasks.templates import build_prompt
 from kasa.training.causal_lm import BaseEvaluator, CausalLMModule, CompletionExample, EvalItem
@@ -360,7 +361,7 @@ class JudgeEvaluator(BaseEvaluator):
             if scoring:
                 answers = {q["question_id"]: [a1, a2] for q, a1, a2 in zip(questions, first, second)}
                 if out_dir is not None:  # the answers are on disk before any judging: a judge failure keeps them
-                    _write_jsonl(out_dir / "generations" / f"epoch{module.current_epoch}-mtbench.jsonl",
+                    write_jsonl(out_dir / "generations" / f"epoch{module.current_epoch}-mtbench.jsonl",
                                  [{"question_id": q["question_id"], "category": q.get("category"),
                                    "turns": list(q["turns"]), "answers": answers[q["question_id"]]}
                                   for q in questions])
@@ -399,13 +400,6 @@ class JudgeEvaluator(BaseEvaluator):
         print(f"[kasa] judge failed at {self.error}; training goes on without judging, the generations are kept",
               file=sys.stderr, flush=True)
         return nan
-
-
-def _write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
 
 
 def build(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
