@@ -34,12 +34,21 @@ def _resume_dir(default: str, *, _root_: DictConfig) -> str:
     return str(folder / "resumes") if folder is not None else default
 
 
+def _monitor(*, _root_: DictConfig) -> str:
+    """``${kasa_monitor:}``: the benchmark family's default metric, for a dataset config that several families
+    read (``dataset=files_generation``)."""
+    from kasa.tasks import get_task
+
+    return get_task(_root_.benchmark.get("family")).default_monitor
+
+
 def register_run_resolvers() -> None:
-    """``kasa_hash`` and ``kasa_resume_dir`` (conf/train.yaml's ``hydra.run.dir``)."""
+    """``kasa_hash`` and ``kasa_resume_dir`` (conf/train.yaml's ``hydra.run.dir``), ``kasa_monitor``."""
     from kasa.runs.hashing import config_hash
 
     OmegaConf.register_new_resolver("kasa_hash", lambda *, _root_: config_hash(_root_), replace=True)
     OmegaConf.register_new_resolver("kasa_resume_dir", _resume_dir, replace=True)
+    OmegaConf.register_new_resolver("kasa_monitor", _monitor, replace=True)
 
 
 def _fail_on_folder(config: DictConfig, key: str) -> None:

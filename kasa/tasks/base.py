@@ -52,6 +52,7 @@ class Task:
     causal_lm: ClassVar[bool] = True  # the backbone generates text (a causal LM), else an encoder with a head
     peft_task_type: ClassVar[str] = "CAUSAL_LM"  # PEFT's task_type of an exported adapter
     label_smoothing: ClassVar[bool] = True  # whether benchmark.optim.label_smoothing applies to its loss
+    default_monitor: ClassVar[str] = ""  # the metric a family-agnostic dataset config monitors (${kasa_monitor:})
 
     def check(self, cfg: DictConfig) -> None:
         """This family's settings that need no weights and no data (one :class:`~kasa.errors.ConfigError` line)."""

@@ -87,6 +87,7 @@ class ClassificationTask(Task):
     causal_lm = False
     peft_task_type = "SEQ_CLS"
     label_smoothing = False  # cross-entropy on labels: the optimiser's label_smoothing is for causal LMs
+    default_monitor = "accuracy"
 
     def check(self, cfg: DictConfig) -> None:
         from kasa.tasks.classification.data import SOURCES

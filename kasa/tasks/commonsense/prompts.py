@@ -120,6 +120,11 @@ def response_from_generation(decoded: str) -> str:
     return parts[1].strip()
 
 
+def label_pattern(task: str) -> str:
+    """The regular expression of ``task``'s labels (LLM-Adapters' answer extraction)."""
+    return _LABEL_PATTERNS[canonical_task(task)]
+
+
 def extract_answer(task: str, generation: str) -> str:
     """The first case-sensitive label match in the generated text, or ``""`` when there is none."""
     found = re.findall(_LABEL_PATTERNS[canonical_task(task)], generation.strip())

@@ -22,14 +22,15 @@ from kasa.tasks.commonsense import prompts as cs
 from kasa.training.causal_lm import BaseEvaluator, CompletionExample, EvalItem
 
 BIGBENCH_COMMONSENSE = {"social_iqa": cs.bigbench_siqa, "strategyqa": cs.bigbench_strategyqa}
-SOURCES = ("olmo", "hub", "bigbench")
+SOURCES = ("olmo", "hub", "bigbench", "files")
 
 
 def commonsense_splits(source: str, tasks: Sequence[str] | None = None, split_seed: int = 0,
                        train_path: str | None = None, eval_dir: str | None = None,
                        eval_sets: Mapping[str, Mapping[str, Any]] | None = None, root: str | None = None,
                        path: str | None = None, max_train: int | None = None, max_train_per_task: int | None = None,
-                       max_eval_per_task: int | None = None) -> tuple[list[dict], dict[str, list[dict]]]:
+                       max_eval_per_task: int | None = None, eval_path: str | None = None,
+                       columns: Mapping[str, Any] | None = None) -> tuple[list[dict], dict[str, list[dict]]]:
     """Training records and ``{task: eval records}``.
 
     ``olmo``: the eight tasks' official training splits, pooled (Commonsense170K's construction), and the eight
@@ -39,6 +40,10 @@ def commonsense_splits(source: str, tasks: Sequence[str] | None = None, split_se
     ``<task>/test.json``) or ``eval_sets`` (``{task: {path, name, split}}`` in the tasks' hub formats, converted
     by :func:`kasa.tasks.commonsense.prompts.format_example`). ``bigbench``: Social IQA and StrategyQA (as BoolQ)
     from the user's BIG-bench copy (``path`` or ``$KASA_BIGBENCH``), split 80/10/10 by instruction, train parts pooled.
+
+    ``files`` (``dataset=files_generation``): your own training file ``path`` (``columns``: ``prompt`` /
+    ``completion`` / ``input`` or ``messages``) and evaluation file ``eval_path`` (``prompt`` and ``answer``, the
+    label; the task whose label rule scores a row from ``columns.task_column`` or, for every row, ``columns.task``).
 
     Caps are seeded by ``split_seed`` alone (fixed across run seeds): ``max_train_per_task`` (sources whose
     records carry their task: olmo, bigbench), ``max_train`` over the pool, ``max_eval_per_task``.
@@ -80,6 +85,8 @@ def commonsense_splits(source: str, tasks: Sequence[str] | None = None, split_se
             evals[task] = [cs.format_example(task, r) for r in rows]
         if not evals:
             raise DatasetError("commonsense source 'hub' needs eval_dir or eval_sets")
+    elif source == "files":
+        train, evals = _files_splits(path, eval_path, dict(columns or {}))
     else:
         raise DatasetError(f"unknown commonsense source '{source}'; use one of {', '.join(SOURCES)}")
     missing = [f for f in ("instruction", "output") if train and f not in train[0]]
@@ -90,6 +97,40 @@ def commonsense_splits(source: str, tasks: Sequence[str] | None = None, split_se
             raise DatasetError(f"commonsense eval set '{task}' lacks the 'answer' field")
     train = cap(train, max_train, split_seed)
     evals = {t: cap(r, max_eval_per_task, split_seed) for t, r in evals.items()}
+    return train, evals
+
+
+def _files_splits(path: str | None, eval_path: str | None, columns: dict[str, Any]
+                  ) -> tuple[list[dict], dict[str, list[dict]]]:
+    """Your own files: training records, and evaluation records grouped by the task whose label rule scores them."""
+    import re
+
+    from kasa.tasks.records import generation_records
+
+    if not path:
+        raise DatasetError("dataset.train is not set: give your training file (or a save_to_disk folder or hub id)")
+    if not eval_path:
+        raise DatasetError("commonsense scoring needs dataset.validation: a file with a prompt and an answer label")
+    text = {k: columns[k] for k in ("prompt", "completion", "input", "messages") if columns.get(k)}
+    train = generation_records(path, "train", **text)
+    keep = {"answer": columns.get("answer") or "answer"}
+    if columns.get("task_column"):
+        keep["task"] = columns["task_column"]
+    elif not columns.get("task"):
+        raise DatasetError("dataset.task is not set: name the task whose labels score the evaluation rows "
+                           f"({', '.join(cs.TASKS)}), or give a task column with dataset.task_column")
+    rows = generation_records(eval_path, "validation", prompt=text.get("prompt", "prompt"), completion=None,
+                              input=text.get("input"), keep=keep)
+    evals: dict[str, list[dict]] = {}
+    for i, r in enumerate(rows):
+        task = r.get("task") or columns["task"]
+        try:
+            pattern = cs.label_pattern(task)
+        except KeyError as exc:
+            raise DatasetError(f"'{eval_path}' row {i}: {exc.args[0]}") from None
+        if not re.fullmatch(pattern, str(r["answer"])):
+            raise DatasetError(f"'{eval_path}' row {i}: answer {r['answer']!r} is not a label of {task} ({pattern})")
+        evals.setdefault(task, []).append(r)
     return train, evals
 
 
@@ -141,6 +182,7 @@ class CommonsenseTask(Task):
     """LLM-Adapters' commonsense suite: generation and first-match answer extraction."""
 
     name = "commonsense"
+    default_monitor = "average"
 
     def build(self, cfg: DictConfig, method: PeftMethod) -> TaskBundle:
         return build(cfg, method)

@@ -58,6 +58,7 @@ class E2ETask(Task):
     """E2E NLG: MR -> text, beam search, the official E2E metrics."""
 
     name = "e2e"
+    default_monitor = "BLEU"
 
     def build(self, cfg: DictConfig, method: PeftMethod) -> TaskBundle:
         return build(cfg, method)

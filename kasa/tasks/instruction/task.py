@@ -23,6 +23,7 @@ from kasa.errors import ConfigError, DatasetError
 from kasa.methods import PeftMethod
 from kasa.runs.files import write_jsonl
 from kasa.tasks.base import Task, TaskBundle, as_dict, cap, causal_lm_bundle
+from kasa.tasks.records import chat_record, generation_records
 from kasa.tasks.templates import build_prompt
 from kasa.training.causal_lm import BaseEvaluator, CausalLMModule, CompletionExample, EvalItem
 
@@ -61,27 +62,6 @@ def seed_task_records(path: str | os.PathLike | None = None) -> list[dict[str, s
     return out
 
 
-def chat_record(messages: Sequence[Mapping[str, Any]]) -> dict[str, str] | None:
-    """The first user turn and the assistant reply after it as an Alpaca record, or None if there is no such pair.
-
-    Leading system turns are put before the instruction (blank line between). Later turns are dropped: the
-    synthetic sets and their test prompts are single-turn (LlamaDuo reads ``messages[0]`` / ``messages[1]``).
-    """
-    system: list[str] = []
-    for i, m in enumerate(messages):
-        role, content = m.get("role"), (m.get("content") or "").strip()
-        if role == "system":
-            system.append(content)
-            continue
-        if role != "user" or i + 1 >= len(messages) or messages[i + 1].get("role") != "assistant":
-            return None
-        answer = (messages[i + 1].get("content") or "").strip()
-        if not content or not answer:
-            return None
-        return {"instruction": "\n\n".join([*system, content]), "input": "", "output": answer}
-    return None
-
-
 def _chat_rows(path: str, split: str, revision: str | None) -> list[dict[str, Any]]:
     rows = load_rows(path, split=split, **({"revision": revision} if revision else {}))
     if rows and "messages" not in rows[0]:
@@ -103,8 +83,8 @@ def _chat_rows(path: str, split: str, revision: str | None) -> list[dict[str, An
 
 def instruction_splits(source: str, path: str | None = None, split_seed: int = 0, val_fraction: float = 0.02,
                        max_train: int | None = None, max_eval: int | None = None, split: str = "train",
-                       eval_path: str | None = None, eval_split: str | None = None, revision: str | None = None
-                       ) -> tuple[list[dict], list[dict]]:
+                       eval_path: str | None = None, eval_split: str | None = None, revision: str | None = None,
+                       columns: Mapping[str, Any] | None = None) -> tuple[list[dict], list[dict]]:
     """Alpaca-format training records and held-out records (no prompt is in both).
 
     ``seed``: the Self-Instruct seed tasks (:func:`seed_task_records`; ``path`` = your own ``seed_tasks.jsonl``,
@@ -115,7 +95,8 @@ def instruction_splits(source: str, path: str | None = None, split_seed: int = 0
     ``train_sft_gpt4o``), turned into records by :func:`chat_record`. Held-out records come from
     ``eval_path``/``eval_split`` when given (LlamaDuo's ``llama-duo/coverage_dataset``, ``test_<task>``), else
     ``val_fraction`` of the training set split by instruction + input; training prompts equal to a held-out
-    prompt are dropped either way.
+    prompt are dropped either way. ``files`` (``dataset=files_generation``): your own ``path`` (and ``eval_path``)
+    with ``columns`` mapping ``prompt`` / ``completion`` / ``input`` or ``messages`` (:mod:`kasa.tasks.records`).
     """
     if source == "seed":
         rows = seed_task_records(path)
@@ -125,8 +106,18 @@ def instruction_splits(source: str, path: str | None = None, split_seed: int = 0
         if not path:
             raise DatasetError("instruction source 'chat' needs source_args.path (a hub id or local folder)")
         rows = _chat_rows(path, split, revision)
+    elif source == "files":
+        if not path:
+            raise DatasetError("dataset.train is not set: give your data file (or a save_to_disk folder or hub id)")
+        cols = {k: v for k, v in (columns or {}).items() if k in ("prompt", "completion", "input", "messages")}
+        rows = generation_records(path, split, **cols)
+        if eval_path:
+            held = generation_records(eval_path, eval_split or "validation", **cols)
+            seen = {f"{r['instruction']}\x00{r.get('input') or ''}" for r in held}
+            train = [r for r in rows if f"{r['instruction']}\x00{r.get('input') or ''}" not in seen]
+            return cap(train, max_train, split_seed), cap(held, max_eval, split_seed)
     else:
-        raise DatasetError(f"unknown instruction source '{source}'; use seed, hub or chat")
+        raise DatasetError(f"unknown instruction source '{source}'; use seed, hub, chat or files")
     missing = [f for f in ("instruction", "output") if rows and f not in rows[0]]
     if missing or not rows:
         raise DatasetError(f"instruction data lack fields {missing or ['instruction', 'output']}")
@@ -432,6 +423,7 @@ class InstructionTask(Task):
     """Instruction following: Alpaca-style tuning, held-out prompts and MT-Bench scored by an LLM judge."""
 
     name = "instruction"
+    default_monitor = "judge_score"
 
     def check(self, cfg: DictConfig) -> None:
         """``benchmark.judge`` (:class:`~kasa.tasks.instruction.judge.JudgeSettings`) and ``benchmark.mtbench``; an
