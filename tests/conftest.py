@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,6 +75,37 @@ def tiny_cls(model_dir: Path) -> list[str]:
     from kasa.analysis.tiny import tiny_overrides
 
     return tiny_overrides(model_dir)
+
+
+def kasa_train_cli(monkeypatch, *argv: str) -> int:
+    """``kasa-train <argv>`` in this process, through the console script's own entry point
+    (:func:`kasa.cli.train.main`: the one-line compose check, Hydra's composition, run and sweep folders, callbacks,
+    the multirun launcher, ``sys.exit``): its exit code. What is printed is left to ``capsys``. Tests of the CLI
+    process itself (a fresh interpreter, its whole console) start it as a subprocess instead; this spares the
+    others an interpreter start and the torch / Lightning imports.
+
+    Hydra's logging set-up (console and ``.log`` file handlers on the root logger) and kasa's console fixes are
+    undone afterwards, and Hydra's global state cleared, so later tests start as they would have."""
+    import kasa.cli.train
+    from hydra.core.global_hydra import GlobalHydra
+
+    watched = [logging.getLogger(), logging.getLogger("lightning")]
+    saved = [(lg, lg.handlers[:], lg.level) for lg in watched]
+    monkeypatch.setattr(sys, "argv", ["kasa-train", *argv])
+    try:
+        kasa.cli.train.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        GlobalHydra.instance().clear()
+        for lg, handlers, level in saved:
+            for h in lg.handlers:
+                if h not in handlers:
+                    h.close()
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+    return code
 
 
 @pytest.fixture(scope="session")

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import importlib.machinery
-import os
-import subprocess
 import sys
 import types
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,9 +19,7 @@ from kasa.errors import ConfigError
 from kasa.training.strategy import block_classes, build_strategy
 from kasa.recipe import run
 
-from conftest import tiny_bert, tiny_llama, tiny_cls
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import kasa_train_cli, tiny_bert, tiny_llama, tiny_cls
 
 
 def _compose(*overrides: str, hydra_cfg: bool = False):
@@ -74,15 +69,19 @@ def test_lightning_refusal_becomes_one_line_config_error(tiny_bert_dir, tmp_path
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_local_multirun_with_ddp_is_refused(tiny_bert_dir, tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    proc = subprocess.run([sys.executable, "-m", "kasa.train", "-m", "trainer=ddp", "trainer.accelerator=cpu",
-                           "trainer.devices=2", *tiny_cls(tiny_bert_dir), "method.r=4",
-                           f"hydra.sweep.dir={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "kasa-train: error:" in proc.stderr and "re-run the whole sweep" in proc.stderr
-    assert "Traceback" not in proc.stderr
+def test_local_multirun_with_ddp_is_refused(tiny_bert_dir, tmp_path, monkeypatch, capsys):
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    def launch(*args, **kwargs):  # in this process a second rank would re-run pytest's command line
+        raise AssertionError("the DDP launcher was about to start the other ranks")
+
+    monkeypatch.setattr(_SubprocessScriptLauncher, "launch", launch)
+    code = kasa_train_cli(monkeypatch, "-m", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                          *tiny_cls(tiny_bert_dir), "method.r=4", f"hydra.sweep.dir={tmp_path}")
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    assert "kasa-train: error:" in err and "re-run the whole sweep" in err
+    assert "Traceback" not in err
 
 
 def test_wrap_policy_classes():

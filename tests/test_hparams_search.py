@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import kasa_train_cli
 
 optuna = pytest.importorskip("optuna")
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
 
-ROOT = Path(__file__).resolve().parents[1]
 STUDY = "kasa_beta_gamma"
 
 
@@ -24,20 +22,20 @@ def _trials(sweep: Path) -> list:
     return optuna.load_study(study_name=STUDY, storage=f"sqlite:///{sweep / 'optuna.db'}").get_trials()
 
 
-def _search(sweep: Path, model_dir: Path, n_trials: int) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "kasa.train", "-m", "hparams_search=kasa_beta_gamma",
-           f"model.name_or_path={model_dir}", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-           "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false", "benchmark.batch_size=8",
-           "method.r=2", f"hparams_search.n_trials={n_trials}", f"sweep_dir={sweep}"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+def _search(monkeypatch, capsys, sweep: Path, model_dir: Path, n_trials: int):
+    """``kasa-train -m hparams_search=...`` through the console script's entry point, in this process: (exit code,
+    captured stdout and stderr)."""
+    code = kasa_train_cli(monkeypatch, "-m", "hparams_search=kasa_beta_gamma", f"model.name_or_path={model_dir}",
+                          "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+                          "trainer.enable_progress_bar=false", "benchmark.batch_size=8", "method.r=2",
+                          f"hparams_search.n_trials={n_trials}", f"sweep_dir={sweep}")
+    return code, capsys.readouterr()
 
 
-def test_three_trials_on_the_tiny_bert_and_a_rerun_stays_at_three(tiny_bert_dir, tmp_path):
+def test_three_trials_on_the_tiny_bert_and_a_rerun_stays_at_three(tiny_bert_dir, tmp_path, monkeypatch, capsys):
     sweep = tmp_path / "search"
-    first = _search(sweep, tiny_bert_dir, 3)
-    assert first.returncode == 0, first.stderr[-3000:]
+    code, first = _search(monkeypatch, capsys, sweep, tiny_bert_dir, 3)
+    assert code == 0, first.err[-3000:]
     trials = _trials(sweep)
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3
     for t in trials:  # log-uniform over the paper's range
@@ -50,10 +48,10 @@ def test_three_trials_on_the_tiny_bert_and_a_rerun_stays_at_three(tiny_bert_dir,
                                                                    for r in results))
     best = (sweep / "optimization_results.yaml").read_text()
     assert f"best_value: {max(t.value for t in trials)}" in best
-    again = _search(sweep, tiny_bert_dir, 3)  # the same line again: nothing left to run
-    assert again.returncode == 0, again.stderr[-3000:]
+    code, again = _search(monkeypatch, capsys, sweep, tiny_bert_dir, 3)  # the same line again: nothing left to run
+    assert code == 0, again.err[-3000:]
     assert len(_trials(sweep)) == 3 and len(list(sweep.glob("kasa-*/results.json"))) == 3
-    assert "0 trial(s) to run" in again.stdout + again.stderr
+    assert "0 trial(s) to run" in again.out + again.err
 
 
 @pytest.fixture

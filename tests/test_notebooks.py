@@ -45,6 +45,8 @@ def kernel_env(tmp_path_factory):
             os.environ[k] = v
 
 
+@pytest.mark.slow  # three kernels each importing torch and training tiny runs (~20 s on 2 cores); the default suite
+# checks the committed notebooks below (generated from make_notebooks.py, executed, no error output)
 def test_notebooks_run_headless_and_save_pngs(kernel_env, tmp_path):
     assert {p.stem for p in NOTEBOOKS.glob("*.ipynb")} == set(FIGURES)
     os.environ["KASA_FIGURES_DIR"] = str(tmp_path / "figures")  # distinct PNG names per notebook

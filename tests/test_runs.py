@@ -16,7 +16,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import Crash, crash_at_epoch, tiny_cls
+from conftest import Crash, crash_at_epoch, kasa_train_cli, tiny_cls
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -26,11 +26,9 @@ from kasa.runs.hashing import config_hash
 from kasa.recipe import run
 from kasa.runs import checkpoints as runs
 
-REPO = Path(__file__).resolve().parents[1]
 # 4 batches an epoch, a metrics row every step, dropout on (resume must restore the random streams too)
 TINY = ("trainer.max_epochs=2", "trainer.limit_train_batches=4", "trainer.log_every_n_steps=1",
         "trainer.enable_progress_bar=false", "benchmark.batch_size=8", "method.r=4", "method.dropout=0.1")
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
 
 
 def _cfg(tiny_bert_dir: Path | None, *overrides: str, tiny: bool = True):
@@ -86,12 +84,12 @@ def _copy(crashed: Path, tmp_path: Path) -> Path:
 
 # -- 1. resume=<run dir> continues the run's own config ----------------------------------------------------
 def test_resume_dir_uses_the_runs_own_config_and_refuses_changing_overrides(tiny_bert_dir, full, crashed,
-                                                                            tmp_path):
+                                                                            tmp_path, monkeypatch, capsys):
     part = _copy(crashed, tmp_path)
-    # the resume command names nothing but the folder: defaults (10 epochs, the real MiniLM) must not leak in
-    proc = subprocess.run([sys.executable, "-m", "kasa.train", f"resume={part}"], cwd=REPO, env=ENV,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    # the resume command (kasa-train's entry point, in this process) names nothing but the folder: defaults
+    # (10 epochs, the real MiniLM) must not leak in
+    code = kasa_train_cli(monkeypatch, f"resume={part}")
+    assert code == 0, capsys.readouterr().err[-2000:]
     resumed = json.loads((part / "results.json").read_text())
     assert resumed["config"]["trainer"]["max_epochs"] == 2 and resumed["config"]["model"]["name_or_path"] == str(
         tiny_bert_dir)
@@ -108,11 +106,12 @@ def test_resume_dir_uses_the_runs_own_config_and_refuses_changing_overrides(tiny
                                              "trainer.max_epochs=2"])
     assert again["skipped"] is True
     # one that changes what the run computes is refused, on the command line, in one line
-    proc = subprocess.run([sys.executable, "-m", "kasa.train", f"resume={part}", "trainer.max_epochs=5"],
-                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    err = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(err) == 1 and "trainer.max_epochs=5 (the run has 2)" in err[0], proc.stderr[-2000:]
+    capsys.readouterr()
+    code = kasa_train_cli(monkeypatch, f"resume={part}", "trainer.max_epochs=5")
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr[-2000:]
+    err = [line for line in stderr.splitlines() if line.strip()]
+    assert len(err) == 1 and "trainer.max_epochs=5 (the run has 2)" in err[0], stderr[-2000:]
     assert json.loads((part / "results.json").read_text())["history"] == full[1]["history"]
     assert list((part / "resumes").glob("*/.hydra"))  # Hydra's files of a resume command: inside the run folder
 
@@ -204,23 +203,24 @@ def _lock(point: Path, pid: int) -> None:
                                                 "started": "2026-01-01T00:00:00", "started_unix": time.time()}))
 
 
-def test_a_live_lock_makes_a_second_process_skip_the_point(tiny_bert_dir, tmp_path):
+def test_a_live_lock_makes_a_second_process_skip_the_point(tiny_bert_dir, tmp_path, monkeypatch, capsys):
     sweep = tmp_path / "sweep"
     cfg = _cfg(tiny_bert_dir, f"sweep_dir={sweep}")
     point = sweep / f"{cfg.run_name}-{config_hash(cfg)}"
+    # the lock's holder is another live process; this one (kasa-train's entry point, in the test process) is second
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         time.sleep(0.5)
         _lock(point, holder.pid)
-        proc = subprocess.run([sys.executable, "-m", "kasa.train", *tiny_cls(tiny_bert_dir), *TINY,
-                               f"sweep_dir={sweep}", f"hydra.run.dir={tmp_path / 'hydra'}"],
-                              cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+        code = kasa_train_cli(monkeypatch, *tiny_cls(tiny_bert_dir), *TINY, f"sweep_dir={sweep}",
+                              f"hydra.run.dir={tmp_path / 'hydra'}")
     finally:
         holder.kill()
         holder.wait()
-    assert proc.returncode == 0, proc.stderr[-2000:]  # so W&B agents and parallel launchers move on
-    lines = [line for line in proc.stdout.splitlines() if "[kasa]" in line]
-    assert len(lines) == 1 and f"is being trained by pid {holder.pid}" in lines[0], proc.stdout[-2000:]
+    out = capsys.readouterr()
+    assert code == 0, out.err[-2000:]  # so W&B agents and parallel launchers move on
+    lines = [line for line in out.out.splitlines() if "[kasa]" in line]
+    assert len(lines) == 1 and f"is being trained by pid {holder.pid}" in lines[0], out.out[-2000:]
     assert not (point / "checkpoints").exists() and (point / "run.lock").exists()
 
 

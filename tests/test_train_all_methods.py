@@ -1,4 +1,5 @@
-"""`kasa-train -m method=...` through the CLI for every registered method, on the tiny local BERT.
+"""`kasa-train -m method=...` for every registered method, on the tiny local BERT: the console script's entry point
+and Hydra's multirun launcher, in this process (the CLI process itself is tested in tests/test_multirun_failures.py).
 
 Hydra multirun takes one override list for the whole sweep, so methods whose paper defaults do not fit
 the tiny model (2 blocks, hidden 32) run as their own sweep with the override they need; the defaults
@@ -10,16 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from kasa.methods import REGISTRY
 
-from conftest import tiny_cls
+from conftest import kasa_train_cli, tiny_cls
 
-REPO = Path(__file__).resolve().parents[1]
 METHODS = sorted(REGISTRY)
 # Overrides a method needs on the tiny model (never a change of its defaults).
 OVERRIDES: dict[str, tuple[str, ...]] = {
@@ -35,15 +32,14 @@ def _groups(methods: list[str]) -> dict[tuple[str, ...], list[str]]:
     return groups
 
 
-def _sweep(tiny_bert_dir: Path, sweep_dir: Path, methods: list[str], overrides: tuple[str, ...]) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    cmd = [sys.executable, "-m", "kasa.train", "-m", f"method={','.join(methods)}",
-           *tiny_cls(tiny_bert_dir), "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-           "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false", "benchmark.batch_size=8",
-           "benchmark.eval_batch_size=16", f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${method.name}",
-           *overrides]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, f"{methods}: {proc.stderr[-3000:]}"
+def _sweep(monkeypatch, capsys, tiny_bert_dir: Path, sweep_dir: Path, methods: list[str],
+           overrides: tuple[str, ...]) -> None:
+    code = kasa_train_cli(monkeypatch, "-m", f"method={','.join(methods)}",
+                          *tiny_cls(tiny_bert_dir), "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+                          "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false", "benchmark.batch_size=8",
+                          "benchmark.eval_batch_size=16", f"hydra.sweep.dir={sweep_dir}",
+                          "hydra.sweep.subdir=${method.name}", *overrides)
+    assert code == 0, f"{methods}: {capsys.readouterr().err[-3000:]}"
 
 
 def _check_results(sweep_dir: Path, method: str) -> None:
@@ -65,15 +61,15 @@ def _check_results(sweep_dir: Path, method: str) -> None:
         assert "adapter_final" not in params, (method, params)
 
 
-def _run_and_check(tiny_bert_dir: Path, tmp_path: Path, methods: list[str]) -> None:
+def _run_and_check(monkeypatch, capsys, tiny_bert_dir: Path, tmp_path: Path, methods: list[str]) -> None:
     for i, (overrides, group) in enumerate(_groups(methods).items()):
-        _sweep(tiny_bert_dir, tmp_path / f"sweep{i}", group, overrides)
+        _sweep(monkeypatch, capsys, tiny_bert_dir, tmp_path / f"sweep{i}", group, overrides)
         for m in group:
             _check_results(tmp_path / f"sweep{i}", m)
 
 
-def test_every_method_trains_from_the_cli(tiny_bert_dir, tmp_path):
-    _run_and_check(tiny_bert_dir, tmp_path, METHODS)
+def test_every_method_trains_from_the_cli(tiny_bert_dir, tmp_path, monkeypatch, capsys):
+    _run_and_check(monkeypatch, capsys, tiny_bert_dir, tmp_path, METHODS)
 
 
 def test_tables_name_registered_methods():
