@@ -117,6 +117,9 @@ def test_ddp_two_processes_equal_one_process_same_global_batch(tiny_bert_dir, tm
     assert diff < 1e-5, diff
 
 
+@pytest.mark.slow  # two full kasa-train processes on the 49k-token tiny Llama and the E2E scorers (~30 s on 2 cores);
+# the CLI's DDP launch stays in the default suite (above), and so does a 2-rank gather of per-example dev outputs
+# (classification predictions: tests/test_report_predictions.py::test_ddp_ranks_gather_every_dev_example_once)
 def test_ddp_generation_validation_scores_every_prompt_once(tiny_causal_dir, tmp_path, e2e_data):
     """Two ranks generate for their own shares of the E2E prompts; the scores cover all of them, once."""
     from kasa.tasks.e2e.task import E2EEvaluator
