@@ -37,6 +37,18 @@ class TaskBundle:
             yield {k: v for k, v in batch.items() if k != "labels"}
 
 
+@dataclass
+class TaskData:
+    """What a run trains and is scored on, without the model: the datamodule, the tokenizer, the split sizes and,
+    for classifiers, the label names (``kasa-data preview`` reads it)."""
+
+    datamodule: L.LightningDataModule
+    tokenizer: Any
+    split_sizes: dict[str, int]
+    label_names: list[str] | None = None  # classifiers: the class names ([] regression); generation: None
+    max_length: int = 0
+
+
 Builder = Callable[[DictConfig, PeftMethod], TaskBundle]
 """A benchmark family's builder: data, the backbone with its task head, the datamodule and the LightningModule."""
 
@@ -56,6 +68,10 @@ class Task:
 
     def check(self, cfg: DictConfig) -> None:
         """This family's settings that need no weights and no data (one :class:`~kasa.errors.ConfigError` line)."""
+
+    def data(self, cfg: DictConfig) -> TaskData:
+        """The datamodule and tokenizer a run would train on, without loading the model (``kasa-data preview``)."""
+        raise NotImplementedError
 
     def build(self, cfg: DictConfig, method: PeftMethod) -> TaskBundle:
         """Data, the backbone with its task head, the datamodule and the LightningModule, for training or scoring."""
@@ -79,23 +95,53 @@ def as_dict(node: Any) -> dict[str, Any]:
     return dict(OmegaConf.to_container(node, resolve=True)) if node is not None else {}
 
 
-def causal_lm_bundle(cfg: DictConfig, method: PeftMethod, train: list[CompletionExample], items: list[EvalItem],
-            evaluator: Evaluator, sizes: dict[str, int]) -> TaskBundle:
-    """Tokenizer, causal LM, datamodule and module: the part every generation family shares."""
-    from kasa.models import load_model, load_tokenizer
+Examples = tuple[list[CompletionExample], list[EvalItem], Evaluator, dict[str, int]]
+"""A generation family's data: training pairs, evaluation prompts, the evaluator that scores them, split sizes."""
+
+
+def causal_lm_data(cfg: DictConfig, train: list[CompletionExample], items: list[EvalItem],
+                   sizes: dict[str, int]) -> TaskData:
+    """Tokenizer and datamodule of a generation family: what a run trains on, without the model."""
+    from kasa.models import load_tokenizer
 
     b, m = cfg.benchmark, cfg.model
     tok = load_tokenizer(m.name_or_path, revision=m.get("revision"))
-    model = load_model(m.name_or_path, task="causal_lm", dtype=m.get("dtype"), revision=m.get("revision"),
-                       gradient_checkpointing=m.get("gradient_checkpointing", False),
-                       attn_implementation=m.get("attn_implementation"))
     gen = GenerationSettings(**as_dict(b.generation))
     dm = CompletionDataModule(train, items, tok, max_length=b.max_length, batch_size=b.batch_size,
                               eval_batch_size=b.eval_batch_size, seed=cfg.seed,
                               train_on_inputs=b.get("train_on_inputs", False), max_prompt_length=gen.max_prompt_length)
-    module = CausalLMModule(model, method, tok, evaluator, gen, OptimConfig(**as_dict(b.optim)),
-                            eval_batch_size=b.eval_batch_size)
-    return TaskBundle(model, dm, module, sizes)
+    return TaskData(dm, tok, sizes, max_length=int(b.max_length))
+
+
+def causal_lm_bundle(cfg: DictConfig, method: PeftMethod, train: list[CompletionExample], items: list[EvalItem],
+                     evaluator: Evaluator, sizes: dict[str, int]) -> TaskBundle:
+    """Tokenizer, causal LM, datamodule and module: the part every generation family shares."""
+    from kasa.models import load_model
+
+    b, m = cfg.benchmark, cfg.model
+    data = causal_lm_data(cfg, train, items, sizes)
+    model = load_model(m.name_or_path, task="causal_lm", dtype=m.get("dtype"), revision=m.get("revision"),
+                       gradient_checkpointing=m.get("gradient_checkpointing", False),
+                       attn_implementation=m.get("attn_implementation"))
+    module = CausalLMModule(model, method, data.tokenizer, evaluator, GenerationSettings(**as_dict(b.generation)),
+                            OptimConfig(**as_dict(b.optim)), eval_batch_size=b.eval_batch_size)
+    return TaskBundle(model, data.datamodule, module, sizes)
+
+
+class CausalLMTask(Task):
+    """A generation family: it gives its :data:`Examples` (:meth:`examples`); the causal LM, the datamodule and the
+    module around them are the same for every such family."""
+
+    def examples(self, cfg: DictConfig) -> Examples:
+        """Training pairs, evaluation prompts, the evaluator and the split sizes, read without the model."""
+        raise NotImplementedError
+
+    def data(self, cfg: DictConfig) -> TaskData:
+        train, items, _, sizes = self.examples(cfg)
+        return causal_lm_data(cfg, train, items, sizes)
+
+    def build(self, cfg: DictConfig, method: PeftMethod) -> TaskBundle:
+        return causal_lm_bundle(cfg, method, *self.examples(cfg))
 
 
 def cap(rows: list, n: int | None, seed: int) -> list:

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from kasa.errors import ConfigError, RunError
 from kasa.methods import PeftMethod
-from kasa.tasks.base import Task, TaskBundle, as_dict
+from kasa.tasks.base import Task, TaskBundle, TaskData, as_dict
 
 
 def split_args(cfg: DictConfig) -> dict:
@@ -40,18 +40,12 @@ def split_args(cfg: DictConfig) -> dict:
     return args
 
 
-def build(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
-    """Sequence classification / regression (GLUE-style): encoder + head, torchmetrics on the dev set."""
+def data(cfg: DictConfig) -> TaskData:
+    """Splits (checked against the metrics they will be scored with), tokenizer and datamodule, without the model."""
     from kasa.errors import DatasetError
-    from kasa.models import load_model, load_tokenizer
+    from kasa.models import load_tokenizer
     from kasa.tasks.classification.data import ClassificationDataModule, load_splits
-    from kasa.tasks.classification.module import (
-        CLASSIFICATION_METRICS,
-        REGRESSION_METRICS,
-        ClassificationModule,
-        metric_key,
-    )
-    from kasa.training.optim import OptimConfig
+    from kasa.tasks.classification.module import CLASSIFICATION_METRICS, REGRESSION_METRICS, metric_key
 
     d, b, m = cfg.dataset, cfg.benchmark, cfg.model
     splits = load_splits(d.source, **split_args(cfg))
@@ -69,15 +63,29 @@ def build(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
         raise DatasetError(f"dataset.monitor='{d.monitor}' is not a metric this dataset logs; "
                            f"choose one of {keys}")
     tokenizer = load_tokenizer(m.name_or_path, revision=m.get("revision"))
-    model = load_model(m.name_or_path, task="seq_cls", num_labels=splits.num_labels, dtype=m.get("dtype"),
-                       revision=m.get("revision"), gradient_checkpointing=m.get("gradient_checkpointing", False))
     dm = ClassificationDataModule(splits, tokenizer, max_length=d.max_length, batch_size=b.batch_size,
                                   eval_batch_size=b.eval_batch_size, seed=cfg.seed)
-    module = ClassificationModule(model, method, splits.num_labels, list(d.metrics), OptimConfig(**as_dict(b.optim)),
-                        val_names=val_names, monitor=d.monitor)
     sizes = {"train": len(splits.train), "validation": len(splits.validation)}
     sizes.update({metric_key("validation", v): len(ex) for v, ex in sets.items() if v})
-    return TaskBundle(model, dm, module, sizes)
+    return TaskData(dm, tokenizer, sizes, label_names=list(splits.label_names), max_length=int(d.max_length))
+
+
+def build(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
+    """Sequence classification / regression (GLUE-style): encoder + head, torchmetrics on the dev set."""
+    from kasa.models import load_model
+    from kasa.tasks.classification.module import ClassificationModule
+    from kasa.training.optim import OptimConfig
+
+    d, b, m = cfg.dataset, cfg.benchmark, cfg.model
+    td = data(cfg)
+    splits = td.datamodule.splits
+    sets = splits.validation_sets
+    val_names = list(sets) if len(sets) > 1 or splits.validation_name else None
+    model = load_model(m.name_or_path, task="seq_cls", num_labels=splits.num_labels, dtype=m.get("dtype"),
+                       revision=m.get("revision"), gradient_checkpointing=m.get("gradient_checkpointing", False))
+    module = ClassificationModule(model, method, splits.num_labels, list(d.metrics), OptimConfig(**as_dict(b.optim)),
+                                  val_names=val_names, monitor=d.monitor)
+    return TaskBundle(model, td.datamodule, module, td.split_sizes)
 
 
 class ClassificationTask(Task):
@@ -94,6 +102,9 @@ class ClassificationTask(Task):
 
         if cfg.dataset.get("source") not in SOURCES:
             raise ConfigError(f"unknown dataset source '{cfg.dataset.get('source')}'; known: {sorted(SOURCES)}")
+
+    def data(self, cfg: DictConfig) -> TaskData:
+        return data(cfg)
 
     def build(self, cfg: DictConfig, method: PeftMethod) -> TaskBundle:
         return build(cfg, method)

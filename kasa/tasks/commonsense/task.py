@@ -16,8 +16,7 @@ from omegaconf import DictConfig
 
 from kasa.data.files import load_rows
 from kasa.errors import DatasetError
-from kasa.methods import PeftMethod
-from kasa.tasks.base import Task, TaskBundle, as_dict, cap, causal_lm_bundle
+from kasa.tasks.base import CausalLMTask, Examples, as_dict, cap
 from kasa.tasks.commonsense import prompts as cs
 from kasa.training.causal_lm import BaseEvaluator, CompletionExample, EvalItem
 
@@ -160,7 +159,7 @@ class CommonsenseEvaluator(BaseEvaluator):
         return out
 
 
-def build(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
+def examples(cfg: DictConfig) -> Examples:
     """Commonsense170K-style instruction tuning; each task scored by generation + answer extraction."""
     d, b = cfg.dataset, cfg.benchmark
     # one (train, eval) template pair; eval_prompt_style only for an explicit mismatch (an ablation)
@@ -173,19 +172,19 @@ def build(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
     # LLM-Adapters evaluates on the instruction alone (commonsense_evaluate.py passes no input)
     items = [EvalItem(cs.build_prompt(r["instruction"], style=eval_style), {"task": task, "answer": r["answer"]})
              for task, rows in evals.items() for r in rows]
-    return causal_lm_bundle(cfg, method, train, items, CommonsenseEvaluator(eval_style, train_style),
+    return (train, items, CommonsenseEvaluator(eval_style, train_style),
                    {"train": len(train), "validation": len(items),
                     **{f"validation_{t}": len(r) for t, r in evals.items()}})
 
 
-class CommonsenseTask(Task):
+class CommonsenseTask(CausalLMTask):
     """LLM-Adapters' commonsense suite: generation and first-match answer extraction."""
 
     name = "commonsense"
     default_monitor = "average"
 
-    def build(self, cfg: DictConfig, method: PeftMethod) -> TaskBundle:
-        return build(cfg, method)
+    def examples(self, cfg: DictConfig) -> Examples:
+        return examples(cfg)
 
 
 TASK = CommonsenseTask()

@@ -13,8 +13,7 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig
 
-from kasa.methods import PeftMethod
-from kasa.tasks.base import Task, TaskBundle, as_dict, cap, causal_lm_bundle
+from kasa.tasks.base import CausalLMTask, Examples, as_dict, cap
 from kasa.tasks.e2e.data import e2e_splits
 from kasa.training.causal_lm import BaseEvaluator, CompletionExample, EvalItem
 
@@ -39,7 +38,7 @@ class E2EEvaluator(BaseEvaluator):
         return to_paper_scale(scores)
 
 
-def build(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
+def examples(cfg: DictConfig) -> Examples:
     """E2E NLG: train on every (MR, reference) pair, validate by beam search once per unique MR."""
     d, b = cfg.dataset, cfg.benchmark
     s = e2e_splits(d.source, **as_dict(d.get("source_args")))
@@ -49,19 +48,19 @@ def build(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
     train = [CompletionExample(prompt.format(context=mr), completion.format(completion=ref)) for mr, ref in pairs]
     grouped = list(s["eval"].items())[: d.get("max_eval")]
     items = [EvalItem(prompt.format(context=mr), {"mr": mr, "references": list(refs)}) for mr, refs in grouped]
-    return causal_lm_bundle(cfg, method, train, items, E2EEvaluator(b.get("use_java")),
+    return (train, items, E2EEvaluator(b.get("use_java")),
                    {"train": len(train), "validation": len(items),
                     "validation_references": sum(len(it.meta["references"]) for it in items)})
 
 
-class E2ETask(Task):
+class E2ETask(CausalLMTask):
     """E2E NLG: MR -> text, beam search, the official E2E metrics."""
 
     name = "e2e"
     default_monitor = "BLEU"
 
-    def build(self, cfg: DictConfig, method: PeftMethod) -> TaskBundle:
-        return build(cfg, method)
+    def examples(self, cfg: DictConfig) -> Examples:
+        return examples(cfg)
 
 
 TASK = E2ETask()

@@ -20,9 +20,8 @@ from omegaconf import DictConfig
 from kasa.data.files import load_rows
 from kasa.data.splits import split_by_key
 from kasa.errors import ConfigError, DatasetError
-from kasa.methods import PeftMethod
 from kasa.runs.files import write_jsonl
-from kasa.tasks.base import Task, TaskBundle, as_dict, cap, causal_lm_bundle
+from kasa.tasks.base import CausalLMTask, Examples, as_dict, cap
 from kasa.tasks.records import chat_record, generation_records
 from kasa.tasks.templates import build_prompt
 from kasa.training.causal_lm import BaseEvaluator, CausalLMModule, CompletionExample, EvalItem
@@ -393,7 +392,7 @@ class JudgeEvaluator(BaseEvaluator):
         return nan
 
 
-def build(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
+def examples(cfg: DictConfig) -> Examples:
     """Instruction tuning (Alpaca template or the model's chat template), judged by an LLM on held-out prompts
     and on MT-Bench."""
     d, b = cfg.dataset, cfg.benchmark
@@ -413,13 +412,13 @@ def build(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
         items.append(EvalItem(fmt.eval_prompt(r["instruction"], r.get("input")),
                               {"question": question, "reference": r["output"], "source": r.get("source")}))
     evaluator = JudgeEvaluator(as_dict(b.judge), as_dict(b.get("mtbench")), prompt_format=fmt, seed=cfg.seed)
-    return causal_lm_bundle(cfg, method, train, items, evaluator, {"train": len(train), "validation": len(items)})
+    return (train, items, evaluator, {"train": len(train), "validation": len(items)})
 
 
 OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
 
 
-class InstructionTask(Task):
+class InstructionTask(CausalLMTask):
     """Instruction following: Alpaca-style tuning, held-out prompts and MT-Bench scored by an LLM judge."""
 
     name = "instruction"
@@ -455,8 +454,8 @@ class InstructionTask(Task):
             raise ConfigError(f"benchmark.judge.base_url='{url}' does not answer: {why}; start the endpoint or use "
                               "benchmark.judge.backend=local")
 
-    def build(self, cfg: DictConfig, method: PeftMethod) -> TaskBundle:
-        return build(cfg, method)
+    def examples(self, cfg: DictConfig) -> Examples:
+        return examples(cfg)
 
 
 TASK = InstructionTask()
