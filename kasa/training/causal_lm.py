@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from kasa.errors import DatasetError
 from kasa.methods import PeftMethod
 from kasa.runs.files import write_jsonl
 from kasa.training.base import PeftModule
@@ -152,9 +153,9 @@ class CompletionDataModule(L.LightningDataModule):
                  train_on_inputs: bool = False, max_prompt_length: int | None = None, num_workers: int = 0):
         super().__init__()
         if not train:
-            raise ValueError("no training examples")
+            raise DatasetError("no training examples")
         if not eval_items:
-            raise ValueError("no evaluation prompts")
+            raise DatasetError("no evaluation prompts")
         self.train_examples, self.eval_items = list(train), list(eval_items)
         self.tokenizer, self.max_length = tokenizer, max_length
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
@@ -176,7 +177,8 @@ class CompletionDataModule(L.LightningDataModule):
                 continue
             rows.append(enc)
         if not rows:
-            raise ValueError(f"every training example is longer than max_length={self.max_length} in its prompt")
+            raise DatasetError(f"every training example's prompt fills benchmark.max_length={self.max_length}: "
+                               "nothing is left to learn; raise benchmark.max_length")
         if self.n_dropped:
             print(f"[kasa] dropped {self.n_dropped} training examples whose prompt fills max_length={self.max_length}",
                   file=sys.stderr)
