@@ -86,8 +86,9 @@ def kasa_train_cli(monkeypatch, *argv: str) -> int:
 
     Hydra's logging set-up (console and ``.log`` file handlers on the root logger) and kasa's console fixes are
     undone afterwards, and Hydra's global state cleared, so later tests start as they would have."""
-    import kasa.cli.train
     from hydra.core.global_hydra import GlobalHydra
+
+    import kasa.cli.train
 
     watched = [logging.getLogger(), logging.getLogger("lightning")]
     saved = [(lg, lg.handlers[:], lg.level) for lg in watched]
