@@ -122,6 +122,7 @@ def _fit(cfg: DictConfig, run_dir: Path, key: str, start: Any, callbacks: list |
     from kasa.runs.checkpoints import AtomicCheckpointIO
     from kasa.tasks import get_task
     from kasa.training import StepSeed
+    from kasa.training.early_stopping import EarlyStoppingConfig, stopping_record
     from kasa.training.loggers import build_loggers, finish_wandb, wandb_summary
     from kasa.training.strategy import build_strategy, check_launch
 
@@ -152,6 +153,11 @@ def _fit(cfg: DictConfig, run_dir: Path, key: str, start: Any, callbacks: list |
         callbacks.append(SpectraCallback(run_dir / "spectra", every_n_epochs=int(analysis.get("every_n_epochs", 1))))
     if lm_eval_cb is not None:
         callbacks.append(lm_eval_cb)
+    stopping = EarlyStoppingConfig(**(OmegaConf.to_container(b.early_stopping, resolve=True)
+                                      if b.get("early_stopping") is not None else {}))
+    stop_cb = stopping.callback(d.monitor) if stopping.enabled else None
+    if stop_cb is not None:  # benchmark.early_stopping.patience: stop when val/<monitor> stops rising
+        callbacks.append(stop_cb)
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
     try:
         if "strategy" in t:
@@ -172,6 +178,7 @@ def _fit(cfg: DictConfig, run_dir: Path, key: str, start: Any, callbacks: list |
                                 f"({run_dir / 'checkpoints'}) and the generations ({run_dir / 'generations'}) are "
                                 f"kept: judge them later with `kasa-eval {run_dir}` once the endpoint answers")
         params = {"trainable": trainable, "total": total, "adapter": adapter_params}
+        stopped = {"early_stopping": stopping_record(stop_cb, stopping)} if stop_cb is not None else {}
         final = method.final_parameter_count(model)  # AdaLoRA: the final budget, the count papers report
         if final is not None:
             params["adapter_final"] = final
@@ -180,7 +187,7 @@ def _fit(cfg: DictConfig, run_dir: Path, key: str, start: Any, callbacks: list |
                             split_sizes=bundle.split_sizes,
                             resumed_from=start.checkpoint, resumes=start.record.resumes, config_hash=key,
                             # family extras: generation settings, metric backend, judge identity
-                            **module.results_extra)
+                            **module.results_extra, **stopped)
         wandb_summary(trainer, results)
     finally:
         finish_wandb(trainer)  # else the next run of a multirun would log into this W&B run

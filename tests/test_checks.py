@@ -90,8 +90,8 @@ CASES = [
     ("method.dropout=1.5", "method.dropout=1.5 is not allowed; use a probability in [0, 1)"),
     ("trainer.max_epochs=-1", "trainer.max_epochs=-1 is not allowed; use an integer >= 1"),
     ("trainer.max_epochs=0", "trainer.max_epochs=0 is not allowed"),
-    ("benchmark.optim.scheduler=cosine", "benchmark.optim.scheduler='cosine' is not allowed; use one of linear, "
-     "constant"),
+    ("benchmark.optim.scheduler=polynomial", "benchmark.optim.scheduler='polynomial' is not allowed; use one of "
+     "linear, constant, cosine"),
     ("benchmark.batch_size=0", "benchmark.batch_size=0 is not allowed; use an integer >= 1"),
     ("benchmark.optim.lr=-1", "benchmark.optim.lr=-1 is not allowed; use a number > 0"),
     ("dataset.max_length=0", "dataset.max_length=0 is not allowed; use an integer >= 1"),

@@ -1,5 +1,6 @@
 """Hydra structured configs: each method's dataclass is its ``conf/method`` schema, and the ``benchmark`` sections
-``optim``, ``lm_eval`` and ``judge`` are their dataclasses' (:func:`sections`), so every default is held once.
+``optim``, ``lm_eval``, ``judge`` and ``early_stopping`` are their dataclasses' (:func:`sections`), so every
+default is held once.
 
 :func:`register_configs` stores one typed node per registry method in Hydra's ConfigStore (group ``method``), so a
 method's defaults live in its dataclass alone and ``method.r=abc`` or ``method.bta=1`` fails when the config is
@@ -75,9 +76,11 @@ def sections() -> dict[str, type]:
     its defaults and states only the values that differ."""
     from kasa.tasks.instruction.judge import JudgeSettings
     from kasa.tasks.lm_eval import LmEvalSettings
+    from kasa.training.early_stopping import EarlyStoppingConfig
     from kasa.training.optim import OptimConfig
 
-    return {"optim": OptimConfig, "lm_eval": LmEvalSettings, "judge": JudgeSettings}
+    return {"optim": OptimConfig, "lm_eval": LmEvalSettings, "judge": JudgeSettings,
+            "early_stopping": EarlyStoppingConfig}
 
 
 def register_configs(conf_dir: str | Path) -> None:

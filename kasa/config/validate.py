@@ -40,9 +40,11 @@ def validate(cfg: DictConfig) -> None:
     ``benchmark.optim``. :func:`kasa.recipe.run` calls it first; kasa-eval and the GPU check's dry mode too."""
     from kasa.methods import REGISTRY
     from kasa.tasks import get_task
+    from kasa.training.loggers import check_loggers
     from kasa.training.strategy import check_strategy
 
     check_strategy(cfg.get("trainer"))
+    check_loggers(cfg.get("logger"))
     check_config(cfg)
     check_architecture(cfg)
     if cfg.method.name not in REGISTRY:
@@ -56,7 +58,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.precision={precision} casts the float32 adapter parameters to half precision; "
                           "load the model in half precision (model.dtype=bfloat16) with trainer.precision=32-true, "
                           "use bf16-mixed, or set method.autocast_adapter_dtype=false")
-    check_optim(cfg.benchmark.get("optim"), task.label_smoothing)
+    o = check_optim(cfg.benchmark.get("optim"), task.label_smoothing)
+    if o.loraplus_lr_ratio is not None and not REGISTRY[cfg.method.name].loraplus_b_params:
+        with_b = " ".join(sorted(n for n, c in REGISTRY.items() if c.loraplus_b_params))
+        raise ConfigError(f"benchmark.optim.loraplus_lr_ratio={o.loraplus_lr_ratio}: method {cfg.method.name} has no "
+                          f"B-like up-projection for LoRA+ to speed up; methods that have one: {with_b}")
+    check_early_stopping(cfg.benchmark.get("early_stopping"))
     if task.causal_lm:
         check_generation(cfg.benchmark.get("generation"))
 
@@ -72,9 +79,23 @@ def check_generation(node: Any) -> None:
         raise ConfigError(f"benchmark.generation: {exc}".replace("GenerationSettings.__init__() ", "")) from None
 
 
-def check_optim(optim_cfg: Any, label_smoothing: bool = True) -> None:
-    """``benchmark.optim`` builds an :class:`~kasa.training.optim.OptimConfig` (known keys, allowed values);
-    ``label_smoothing``: whether the family's loss takes it (a classifier's does not)."""
+def check_early_stopping(node: Any) -> None:
+    """``benchmark.early_stopping`` (absent: off) builds a :class:`~kasa.training.early_stopping.EarlyStoppingConfig`
+    (known keys, allowed values)."""
+    from kasa.training.early_stopping import EarlyStoppingConfig
+
+    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    try:
+        EarlyStoppingConfig(**(values or {}))
+    except TypeError as exc:  # an unknown key
+        raise ConfigError(f"benchmark.early_stopping: {exc}".replace("EarlyStoppingConfig.__init__() ", "")) from None
+    except ValueError as exc:
+        raise ConfigError(f"benchmark.{exc}") from None
+
+
+def check_optim(optim_cfg: Any, label_smoothing: bool = True) -> Any:
+    """``benchmark.optim`` builds an :class:`~kasa.training.optim.OptimConfig` (known keys, allowed values) and
+    returns it; ``label_smoothing``: whether the family's loss takes it (a classifier's does not)."""
     from kasa.training.optim import OptimConfig
 
     values = OmegaConf.to_container(optim_cfg, resolve=True) if isinstance(optim_cfg, DictConfig) else optim_cfg
@@ -87,3 +108,4 @@ def check_optim(optim_cfg: Any, label_smoothing: bool = True) -> None:
     if o.label_smoothing and not label_smoothing:
         raise ConfigError(f"benchmark.optim.label_smoothing={o.label_smoothing}: only the causal-LM benchmarks "
                           "use it; set 0.0")
+    return o

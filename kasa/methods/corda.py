@@ -93,6 +93,7 @@ class Corda(ResidualLoraMethod):
     paper_order = 15
     export_formats = ("peft", "lora", "merged")
     peft_type = None  # its peft export is PEFT's converted plain LoRA; PEFT's CorDA init is not imported
+    loraplus_b_params = ("lora_B",)
     needs_calibration: ClassVar[bool] = True
 
     def __init__(self, config: CordaConfig):

@@ -126,6 +126,7 @@ class Dora(PeftMethod):
     paper_order = 14
     export_formats = ("peft", "merged")
     peft_type = "LORA"
+    loraplus_b_params = ("lora_B",)  # lora_magnitude is 1-D: PEFT's LoRA+ puts it in B too
 
     def validate(self) -> None:
         if self.config.r < 1:

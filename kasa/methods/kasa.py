@@ -390,6 +390,7 @@ class Kasa(PeftMethod):
     paper_order = 16
     export_formats = ("peft", "lora", "merged")
     peft_type = "LORA"
+    loraplus_b_params = ("lora_B",)  # dU: LoRA+ trains it at lr * loraplus_lr_ratio
 
     @property
     def decomposes_weights(self) -> bool:  # type: ignore[override]

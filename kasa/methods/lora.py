@@ -58,6 +58,7 @@ class Lora(PeftMethod):
     paper_order = 7
     export_formats = ("peft", "lora", "merged")
     peft_type = "LORA"
+    loraplus_b_params = ("lora_B",)
 
     def wrap(self, name: str, module: nn.Module) -> LoraLayer:
         c = self.config

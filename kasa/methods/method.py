@@ -64,6 +64,9 @@ class PeftMethod:
     peft_type: ClassVar[str | None] = None
     # its row in the paper's tables (``methods_in_paper_order``); None sorts after every declared one.
     paper_order: ClassVar[int | None] = None
+    # the names of its B-like (up-projection) parameters, the last part of their names, which LoRA+
+    # (``benchmark.optim.loraplus_lr_ratio``, kasa.training.optim.loraplus_groups) trains at ``lr * ratio``; () = none.
+    loraplus_b_params: ClassVar[tuple[str, ...]] = ()
     # Set only inside :meth:`counting_only`.
     count_only: bool = False
 

@@ -31,4 +31,5 @@ class Milora(SvdInitMethod):
     paper_order = 13
     export_formats = ("lora", "merged")
     peft_type = None
+    loraplus_b_params = ("lora_B",)
     components = "minor"

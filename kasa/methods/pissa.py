@@ -226,4 +226,5 @@ class Pissa(SvdInitMethod):
     paper_order = 12
     export_formats = ("peft", "lora", "merged")
     peft_type = "LORA"
+    loraplus_b_params = ("lora_B",)
     components = "principal"

@@ -17,11 +17,21 @@ NEUTRAL_KEYS = (*HASH_EXCLUDE, "run_name", "analysis", "trainer.log_every_n_step
 
 def drop_neutral(c: dict) -> dict:
     """Remove settings that were added later with a value that changes nothing, so runs made before they existed
-    keep their hash (and pool with new ones): ``model.quantization: null`` and then its backend."""
+    keep their hash (and pool with new ones): ``model.quantization: null`` and then its backend;
+    ``benchmark.optim.loraplus_lr_ratio: null`` (LoRA+ off); ``benchmark.early_stopping`` with ``patience: null``
+    (off: the whole section, ``min_delta`` included)."""
     model = c.get("model")
     if isinstance(model, dict) and model.get("quantization", None) is None:
         model.pop("quantization", None)
         model.pop("quantization_backend", None)
+    bench = c.get("benchmark")
+    if isinstance(bench, dict):
+        optim = bench.get("optim")
+        if isinstance(optim, dict) and optim.get("loraplus_lr_ratio", None) is None:
+            optim.pop("loraplus_lr_ratio", None)
+        es = bench.get("early_stopping", False)
+        if es is None or (isinstance(es, dict) and es.get("patience", None) is None):
+            bench.pop("early_stopping")
     return c
 
 

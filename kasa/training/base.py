@@ -78,7 +78,7 @@ class PeftModule(L.LightningModule):
     # -- optimisation ----------------------------------------------------------------------------
     def configure_optimizers(self):
         return build_optimizer(self.model, self.method.head_parameters(self.model), self.optim,
-                               self.trainer.estimated_stepping_batches)
+                               self.trainer.estimated_stepping_batches, self.method.loraplus_b_params)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -1,4 +1,4 @@
-"""The run's loggers: a CSV log that survives resumes and a W&B logger that never costs the run."""
+"""The run's loggers: a CSV log that survives resumes, a W&B logger that never costs the run, and TensorBoard."""
 
 from __future__ import annotations
 
@@ -37,7 +37,27 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
         logger = _wandb_logger(cfg, wb, run_dir, WandbLogger)
         if logger is not None:
             loggers.append(logger)
+    if cfg.logger.get("tensorboard"):  # <run dir>/logs/tensorboard/events.out.tfevents.*; a resume adds a file
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="logs", version="tensorboard",
+                                         default_hp_metric=False))
     return loggers
+
+
+def tensorboard_available() -> bool:
+    """Whether Lightning's ``TensorBoardLogger`` can write: it needs ``tensorboard`` or ``tensorboardX``."""
+    from importlib.util import find_spec
+
+    return find_spec("tensorboardX") is not None or find_spec("tensorboard") is not None
+
+
+def check_loggers(logger_cfg: Any) -> None:
+    """``logger.tensorboard`` without a package to write it: one line, before anything loads."""
+    from kasa.errors import ConfigError
+
+    if logger_cfg is not None and logger_cfg.get("tensorboard") and not tensorboard_available():
+        raise ConfigError("logger=tensorboard needs tensorboardX (or tensorboard): pip install 'kasa[tensorboard]'")
 
 
 # How long W&B may take to answer before a run logs offline: a probe of its host, then wandb.init's own limit.

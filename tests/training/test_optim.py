@@ -9,15 +9,19 @@ import math
 import lightning as L
 import pytest
 import torch
+from conftest import TINY_MODELS, tiny_bert, tiny_gpt2, tiny_inputs
 from hydra import compose, initialize_config_dir
 from torch import nn
-from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+from transformers import (
+    get_constant_schedule_with_warmup,
+    get_cosine_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+)
 
-from conftest import tiny_bert, tiny_gpt2, tiny_inputs
-from kasa.methods import build_method
 from kasa.config import CONF_DIR
-from kasa.errors import ConfigError
 from kasa.config.validate import validate
+from kasa.errors import ConfigError
+from kasa.methods import build_method
 from kasa.tasks.classification.module import ClassificationModule
 from kasa.training import OptimConfig, build_optimizer
 from kasa.training.causal_lm import CausalLMModule
@@ -76,6 +80,24 @@ def test_absolute_warmup_and_constant_schedule_are_transformers():
     for step in range(50):
         assert a[step] == pytest.approx(b[step], rel=1e-12, abs=1e-15), step
     assert a[0][0] == 0.0 and a[-1][0] == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("total, warmup", [(100, {"warmup_ratio": 0.06}), (37, {"warmup_steps": 5}),
+                                          (10, {"warmup_ratio": 0.0})])
+def test_cosine_schedule_is_transformers(total, warmup):
+    model, head = _toy()
+    o = OptimConfig(lr=3e-4, head_lr=1e-3, scheduler="cosine", **warmup)
+    got = build_optimizer(model, head, o, total)
+    opt, sched = got["optimizer"], got["lr_scheduler"]["scheduler"]
+    ref_opt = torch.optim.AdamW([{"params": g["params"], "lr": g["initial_lr"]} for g in opt.param_groups])
+    ref = get_cosine_schedule_with_warmup(ref_opt, num_warmup_steps=o.num_warmup_steps(total), num_training_steps=total)
+    a, b = _lrs(sched, opt, total), _lrs(ref, ref_opt, total)
+    for step in range(total):
+        assert a[step] == pytest.approx(b[step], rel=1e-12, abs=1e-15), step
+    warm = o.num_warmup_steps(total)
+    mid = int(warm + (total - warm) / 2)  # half way down the half cosine: about half the peak lr
+    assert a[mid][-1] == pytest.approx(3e-4 / 2, rel=0.1)
+    assert max(sched.get_last_lr()) == pytest.approx(0.0, abs=1e-15)
 
 
 def test_no_decay_switch():
@@ -171,7 +193,13 @@ def _compose(*overrides: str):
 @pytest.mark.parametrize("override, message", [
     # every benchmark.optim value is checked in one place, kasa.training.optim.OptimConfig
     ("benchmark.optim.no_decay=biases", "benchmark.optim.no_decay='biases' is not allowed; use one of ndim_lt_2, none"),
-    ("benchmark.optim.scheduler=cosine", "benchmark.optim.scheduler='cosine' is not allowed; use one of"),
+    ("benchmark.optim.scheduler=polynomial", "benchmark.optim.scheduler='polynomial' is not allowed; use one of"),
+    ("benchmark.optim.scheduler=cosine", None),
+    ("benchmark.optim.loraplus_lr_ratio=0", "benchmark.optim.loraplus_lr_ratio=0 is not allowed; use null"),
+    ("benchmark.optim.loraplus_lr_ratio=16", None),  # the default method, KaSA, declares its dU B-like
+    ("benchmark.early_stopping.patience=0", "benchmark.early_stopping.patience=0 is not allowed; use null"),
+    ("benchmark.early_stopping.min_delta=-1", "benchmark.early_stopping.min_delta=-1 is not allowed"),
+    ("+benchmark.early_stopping.mode=min", "benchmark.early_stopping: .*mode"),
     ("benchmark.optim.warmup_ratio=6", r"benchmark.optim.warmup_ratio=6\S* is not allowed"),
     ("benchmark.optim.warmup_ratio=1", None),  # the whole run warms up: allowed
     ("benchmark.optim.warmup_steps=-1", "benchmark.optim.warmup_steps=-1 is not allowed; use null or an integer"),
@@ -186,3 +214,109 @@ def test_bad_optim_values_fail_in_validate_with_a_named_error(override, message)
         return
     with pytest.raises(ConfigError, match=message):
         validate(_compose(override))
+
+
+# -- LoRA+ -------------------------------------------------------------------------------------------------
+def _peft_name(name: str) -> str:
+    """HF PEFT's name of a parameter -> kasa's name of the same parameter."""
+    name = name.removeprefix("base_model.model.").replace(".modules_to_save.default.", ".")
+    for factor in ("lora_A", "lora_B"):
+        name = name.replace(f".{factor}.default.weight", f".{factor}")
+    return name
+
+
+def _named_groups(model: nn.Module, groups: list[dict]) -> list[tuple[set[str], float, float]]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [({names[id(p)] for p in g["params"]}, g.get("initial_lr", g["lr"]), g["weight_decay"])  # before warmup
+            for g in groups if g["params"]]
+
+
+@pytest.mark.parametrize("arch, targets, heads, task_type, shape", [
+    # the classifier's bias and the LayerNorm: B without decay
+    ("bert", ["query", "value"], ["classifier", "embeddings.LayerNorm"], "SEQ_CLS",
+     [(1e-3, 0.1), (1.6e-2, 0.1), (1.6e-2, 0.0)]),
+    # LlamaRMSNorm is no LayerNorm to transformers' get_parameter_names: B with decay, as in PEFT
+    ("llama", ["q_proj", "v_proj", "up_proj"], ["model.norm"], "CAUSAL_LM", [(1e-3, 0.1), (1.6e-2, 0.1)]),
+])
+def test_loraplus_groups_are_hf_peft_create_loraplus_optimizer(arch, targets, heads, task_type, shape):
+    from peft import LoraConfig, get_peft_model
+    from peft.optimizers import create_loraplus_optimizer
+
+    torch.manual_seed(0)
+    theirs = get_peft_model(TINY_MODELS[arch](), LoraConfig(task_type=task_type, r=4, target_modules=targets,
+                                                            modules_to_save=heads))
+    ref = create_loraplus_optimizer(theirs, torch.optim.AdamW, lr=1e-3, loraplus_lr_ratio=16,
+                                    loraplus_weight_decay=0.1)
+    want = [({_peft_name(n) for n in names}, lr, wd) for names, lr, wd in _named_groups(theirs, ref.param_groups)]
+
+    ours = TINY_MODELS[arch]()
+    method = build_method("lora", r=4, target_modules=targets, modules_to_save=heads)
+    method.apply(ours)
+    o = OptimConfig(lr=1e-3, weight_decay=0.1, loraplus_lr_ratio=16)
+    got = build_optimizer(ours, method.head_parameters(ours), o, 10, method.loraplus_b_params)["optimizer"]
+    assert _named_groups(ours, got.param_groups) == want
+    assert [lr for _, lr, _ in want] == pytest.approx([lr for lr, _ in shape])
+    assert [wd for *_, wd in want] == [wd for _, wd in shape]
+    trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
+    assert set().union(*(names for names, *_ in want)) == trainable and len(trainable) > 8
+
+
+@pytest.mark.parametrize("name", ["kasa", "pissa", "milora", "dora", "corda"])
+def test_loraplus_puts_every_methods_b_like_factor_in_the_fast_group(name):
+    model = tiny_bert()
+    method = build_method(name, r=4, target_modules=["query", "value"])
+    if method.needs_calibration:
+        method.apply(model, calibration=[tiny_inputs(seed=7)])
+    else:
+        method.apply(model)
+    assert method.loraplus_b_params == ("lora_B",)
+    o = OptimConfig(lr=1e-3, weight_decay=0.1, loraplus_lr_ratio=8)
+    groups = _named_groups(model, param_groups(model, method.head_parameters(model), o, method.loraplus_b_params))
+    leaf = {n: n.rsplit(".", 1)[-1] for n, p in model.named_parameters() if p.requires_grad}
+    a = [g for g in groups if g[1] == 1e-3]
+    b = set().union(*(names for names, lr, _ in groups if lr == 8e-3))
+    assert len(a) == 1 and {leaf[n] for n in a[0][0]} == {"lora_A", "weight"}  # dV^T / A, and the head weight
+    fast = {"kasa": {"lora_B", "lora_diag", "bias"}, "dora": {"lora_B", "lora_magnitude", "bias"}}
+    assert {leaf[n] for n in b} == fast.get(name, {"lora_B", "bias"})  # 1-D parameters go with B (PEFT's rule)
+    assert sum(len(names) for names, *_ in groups) == len(leaf)
+
+
+def test_loraplus_with_head_lr_keeps_the_head_in_its_own_groups():
+    model = tiny_bert()
+    method = build_method("lora", r=4, target_modules=["query"])
+    method.apply(model)
+    head = method.head_parameters(model)
+    o = OptimConfig(lr=1e-3, head_lr=5e-3, weight_decay=0.1, loraplus_lr_ratio=4)
+    groups = param_groups(model, head, o, method.loraplus_b_params)
+    assert [(g["lr"], g["weight_decay"]) for g in groups] == [(5e-3, 0.1), (5e-3, 0.0), (1e-3, 0.1), (4e-3, 0.1)]
+    assert {id(p) for g in groups[:2] for p in g["params"]} == {id(p) for p in head}
+    with pytest.raises(ValueError, match="declares no B-like parameters"):
+        param_groups(model, head, o, ())
+
+
+@pytest.mark.parametrize("name", ["vera", "fft", "bitfit"])
+def test_loraplus_on_a_method_without_b_factors_is_one_config_error(name):
+    with pytest.raises(ConfigError, match=f"loraplus_lr_ratio=16.0: method {name} has no B-like up-projection"):
+        validate(_compose(f"method={name}", "benchmark.optim.loraplus_lr_ratio=16.0"))
+
+
+def test_new_optimiser_keys_at_their_defaults_keep_every_config_hash():
+    """loraplus_lr_ratio and the early_stopping section came later: at their defaults (off) a config hashes, and
+    pools in kasa-report, as one written before they existed; set, they change the hash."""
+    from omegaconf import OmegaConf
+
+    from kasa.analysis.report import pooling_hash
+    from kasa.runs.hashing import config_hash
+
+    for bench in ("classification", "glue", "e2e"):
+        cfg = _compose(f"benchmark={bench}")
+        old = OmegaConf.create(OmegaConf.to_container(cfg))
+        del old.benchmark.optim["loraplus_lr_ratio"], old.benchmark["early_stopping"]
+        assert config_hash(cfg) == config_hash(old), bench
+        assert pooling_hash(OmegaConf.to_container(cfg)) == pooling_hash(OmegaConf.to_container(old))
+        assert config_hash(_compose(f"benchmark={bench}", "benchmark.early_stopping.min_delta=0.5")) == config_hash(old)
+        for on in ("benchmark.optim.loraplus_lr_ratio=16", "benchmark.early_stopping.patience=3",
+                   "benchmark.optim.scheduler=cosine"):
+            assert config_hash(_compose(f"benchmark={bench}", on)) != config_hash(cfg), on
+    # the default config's hash as it was before the keys existed (kasa 436c400)
+    assert config_hash(_compose()) == "d62d34f261b8"
