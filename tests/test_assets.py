@@ -166,7 +166,8 @@ def test_check_falls_back_to_pip_index_versions(fake_pip, monkeypatch):
         if "-c" in cmd:  # pip's internals moved
             return subprocess.CompletedProcess(cmd, 1, "", "ImportError: no such thing")
         assert cmd[3:5] == ["index", "versions"] and "--only-binary" in cmd
-        return subprocess.CompletedProcess(cmd, 0, f"pkg ({versions[0]})\nAvailable versions: {', '.join(versions)}\n", "")
+        return subprocess.CompletedProcess(cmd, 0,
+                                           f"pkg ({versions[0]})\nAvailable versions: {', '.join(versions)}\n", "")
 
     monkeypatch.setattr(assets.subprocess, "run", run)
     versions = ["1.1", "0.9"]

@@ -141,7 +141,8 @@ def test_commonsense_generates_and_scores(tiny_causal_dir, tmp_path, commonsense
         run_dir=tmp_path / "upstream")
     ev = json.loads((tmp_path / "upstream" / "results.json").read_text())["evaluation"]
     assert (ev["train_prompt"], ev["eval_prompt"]) == ("llm_adapters_train", "llm_adapters_eval")
-    rows = [json.loads(line) for line in (tmp_path / "upstream" / "generations" / "epoch0.jsonl").read_text().splitlines()]
+    generations = tmp_path / "upstream" / "generations" / "epoch0.jsonl"
+    rows = [json.loads(line) for line in generations.read_text().splitlines()]
     assert rows[0]["prompt"].endswith("### Response:\n" + " " * 16)  # the LLM-Adapters evaluation prompt
 
 

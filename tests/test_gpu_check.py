@@ -1,5 +1,6 @@
-"""scripts/gpu_check.sh in dry mode (``--dry``; ``GPU_CHECK_DRY=1`` sets the same flag) on the CPU: every part is listed, every kasa-train command composes (the quantised
-steps included), nothing runs; and its compose checker on its own."""
+"""scripts/gpu_check.sh in dry mode (``--dry``; ``GPU_CHECK_DRY=1`` sets the same flag) on the CPU: every part is
+listed, every kasa-train command composes (the quantised steps included), nothing runs; and its compose checker on its
+own."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def test_dry_mode_lists_every_part_and_composes_the_training_commands(tmp_path):
     assert "--full --skip-truncation" in (out / "perf_methods.log").read_text()
     for name in TRAIN_PARTS + QUANT_PARTS:
         cmd = (out / f"{name}.log").read_text()
-        assert "trainer.max_epochs=1" in cmd and "trainer.limit_train_batches=2" in cmd and f"hydra.run.dir={out}" in cmd
+        assert "trainer.max_epochs=1" in cmd and "trainer.limit_train_batches=2" in cmd
+        assert f"hydra.run.dir={out}" in cmd
         assert not (out / name).exists()  # nothing trained
     assert "model.quantization=nf4" in (out / "quant_kasa.log").read_text()
 
@@ -75,7 +77,8 @@ def test_real_mode_refuses_without_cuda(tmp_path):
 
 
 def test_compose_status():
-    assert compose_status(["model=minilm", "trainer.max_epochs=1"]) == ("ok", "composes and passes kasa.recipe.validate")
+    assert compose_status(["model=minilm", "trainer.max_epochs=1"]) == ("ok",
+                                                                        "composes and passes kasa.config.validate")
     status, reason = compose_status(["model=minilm", "trainer.max_epochs=abc"])
     assert status == "error" and "max_epochs" in reason
     assert compose_status(["model=nope"])[0] == "error"

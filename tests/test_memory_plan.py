@@ -1,5 +1,6 @@
-"""The memory planner (kasa.perf.memory_plan, `python -m kasa.params --memory`): its meta-device estimates against the bytes
-the CPU benchmark counts on real tensors, its quantised-weight bytes against torchao's NF4 tensors, and its CLI."""
+"""The memory planner (kasa.perf.memory_plan, `python -m kasa.params --memory`): its meta-device estimates against the
+bytes the CPU benchmark counts on real tensors, its quantised-weight bytes against torchao's NF4 tensors, and its
+CLI."""
 
 from __future__ import annotations
 

@@ -146,7 +146,8 @@ def test_powered_driver_runs_every_arm_per_seed():
     import re
 
     text = (REPO / "experiments" / "mini" / "powered.sh").read_text()
-    truncations = {t for group in re.findall(r"method=kasa method\.truncation=([\w,]+)", text) for t in group.split(",")}
+    truncations = {t for group in re.findall(r"method=kasa method\.truncation=([\w,]+)", text)
+                   for t in group.split(",")}
     assert truncations == {t for m, t in POWERED_ARMS if m == "kasa"} and "method=lora" in text
     assert "--plots" in text and "kasa-report" in text
 

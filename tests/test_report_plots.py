@@ -31,7 +31,8 @@ def _write(root: Path, method: str, seed: int, wandb: bool = False) -> None:
     cfg = {"method": {"name": method}, "model": {"name": "minilm"}, "seed": seed,
            "dataset": {"name": "intent_recognition", "monitor": "accuracy"},
            "benchmark": {"name": "classification", "selection": "last"},
-           "logger": {"csv": True, "wandb": {"project": "kasa-test", "entity": None, "mode": "auto"} if wandb else None}}
+           "logger": {"csv": True,
+                      "wandb": {"project": "kasa-test", "entity": None, "mode": "auto"} if wandb else None}}
     res = {"method": method, "seed": seed, "dataset": "intent_recognition", "config": cfg, "history": hist,
            "metrics": {"monitor": "accuracy", "selection": "last", "reported": {"accuracy": accs[seed][-1]},
                        "best_epoch": 2},

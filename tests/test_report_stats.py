@@ -41,8 +41,8 @@ def write_run(root: Path, method: str, seed: int, right: int, *, epoch: int = 2,
     history = [{"epoch": e, "step": 10 * (e + 1), "accuracy": acc - 0.05 * (epoch - e) if e != epoch else acc}
                for e in range(epoch + 1)]
     res = {"method": method, "model": "roberta-base", "dataset": task, "seed": seed, "config": cfg,
-           "metrics": {"monitor": "accuracy", "selection": "best", "best": {"accuracy": acc}, "final": {"accuracy": acc},
-                       "reported": {"accuracy": acc}, "best_epoch": epoch},
+           "metrics": {"monitor": "accuracy", "selection": "best", "best": {"accuracy": acc},
+                       "final": {"accuracy": acc}, "reported": {"accuracy": acc}, "best_epoch": epoch},
            "history": history, "params": {"adapter": 1000 if method == "kasa" else 900, "trainable": 5000},
            "wall_time_s": 10.0 + seed}
     d = root / f"{method}-{task}-s{seed}"
@@ -89,7 +89,8 @@ def test_cells_hold_per_seed_values_t_interval_and_mde_against_the_paper(runs):
 
 
 def test_paired_differences_against_the_baseline_with_mcnemar_on_pooled_predictions(runs):
-    tb = {t.key: t for t in build_tables(collect([runs], load_paper_numbers())[0], baseline="lora")}["glue_roberta_base"]
+    tables = build_tables(collect([runs], load_paper_numbers())[0], baseline="lora")
+    tb = {t.key: t for t in tables}["glue_roberta_base"]
     assert tb.baseline == "lora" and len(tb.paired) == 1
     p = tb.paired[0]
     d = np.array(_acc("kasa")) - np.array(_acc("lora"))
@@ -116,7 +117,8 @@ def test_rendered_tables_state_n_intervals_p_values_and_mde(runs, tmp_path):
     c, p = tb.cells[("kasa", "glue_mrpc")], tb.paired[0]
     assert "n = 1-5 seed(s) per cell" in md or "n = 5 seed(s) per cell" in md
     assert f"/ paper 90.7 ({c.median - 90.7:+.1f}, MDE {c.mde_paper:.1f})" in md
-    assert f"| kasa | MRPC | 5 | s0:92.5 s1:90.0 s2:95.0 s3:87.5 s4:92.5 | 91.5 | [{c.ci[0]:.1f}, {c.ci[1]:.1f}] |" in md
+    assert ("| kasa | MRPC | 5 | s0:92.5 s1:90.0 s2:95.0 s3:87.5 s4:92.5 | 91.5 | "
+            f"[{c.ci[0]:.1f}, {c.ci[1]:.1f}] |") in md
     line = next(ln for ln in md.splitlines() if ln.startswith("| kasa − lora | MRPC | 5 |"))
     assert f"| {p.stats.mean:+.1f} | [{p.stats.t_ci[0]:+.1f}, {p.stats.t_ci[1]:+.1f}] |" in line
     assert f"| {p.stats.t_p:.3f} | {p.stats.wilcoxon_p:.3f} | {p.stats.mde:.1f} |" in line
@@ -164,7 +166,8 @@ def test_baseline_choice_and_cli_flags(runs, capsys):
 def test_ablation_baseline_by_the_value_of_its_varied_knob(tmp_path):
     for stage, k in (("lora", 30), ("l3", 33)):
         for s in (0, 1):
-            write_run(tmp_path / stage, "kasa", s, k + s, extra={"study": {"table": "component_ablation", "stage": stage}})
+            write_run(tmp_path / stage, "kasa", s, k + s,
+                      extra={"study": {"table": "component_ablation", "stage": stage}})
     tb = build_tables(collect([tmp_path], load_paper_numbers())[0], baseline="lora")[0]
     assert tb.baseline == "kasa (stage=lora)" and tb.baseline_note == ""
     assert [(p.row, p.stats.mean) for p in tb.paired] == [("kasa (stage=l3)", pytest.approx(100 * 3 / N_DEV))]

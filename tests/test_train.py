@@ -47,7 +47,7 @@ def test_run_writes_results_json(tiny_bert_dir, tmp_path):
 def test_same_seed_same_metrics_other_seed_differs(tiny_bert_dir, tmp_path):
     a = run(_cfg(tiny_bert_dir, "trainer.max_epochs=1"), run_dir=tmp_path / "a")
     b = run(_cfg(tiny_bert_dir, "trainer.max_epochs=1"), run_dir=tmp_path / "b")
-    c = run(_cfg(tiny_bert_dir, "trainer.max_epochs=1", "seed=1"), run_dir=tmp_path / "c")
+    run(_cfg(tiny_bert_dir, "trainer.max_epochs=1", "seed=1"), run_dir=tmp_path / "c")  # read back as sc below
     assert a["history"] == b["history"]
     sa, sb, sc = _adapter(tmp_path / "a"), _adapter(tmp_path / "b"), _adapter(tmp_path / "c")
     assert all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -252,7 +252,8 @@ def test_pfeiffer_on_pre_ln_blocks_is_adapterhubs_arrangement(arch):
     torch.manual_seed(0)
     _, model, _ = _adapted(arch, "adapter_p", bottleneck=4)
     layers = {n: m for n, m in model.named_modules() if isinstance(m, BottleneckAdapterLayer)}
-    assert len(layers) == 2 and all(isinstance(m, BlockAdapterLayer) and m.adapter_norm is None for m in layers.values())
+    assert len(layers) == 2 and all(isinstance(m, BlockAdapterLayer) and m.adapter_norm is None
+                                    for m in layers.values())
     with torch.no_grad():
         for n, (h, out) in _block_in_out(model, layers).items():
             layer = layers[n]

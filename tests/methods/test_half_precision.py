@@ -255,7 +255,7 @@ def test_residual_inits_keep_float32_factors_and_a_bf16_residual(name):
     x = tiny_inputs()
     base_out = _logits(model, x).float()
     original = {n: m.weight.detach().float().clone() for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    method = apply(name, model)
+    apply(name, model)
     for n, m in model.named_modules():
         if isinstance(m, AdapterLayer):
             # the trainable factors start as the float32 initial factors, not as their bfloat16 roundings

@@ -268,8 +268,8 @@ def test_calibration_leaves_the_adapter_init_of_the_seed():
         torch.manual_seed(0)
         m = build_method("kasa", r=3, target_modules=TARGETS, truncation=tr)
         model = m.apply(copy.deepcopy(base), calibration=loader if m.needs_calibration else None)
-        inits[tr] = {n: (l.lora_A.detach().clone(), l.lora_diag.detach().clone()) for n, l in model.named_modules()
-                     if isinstance(l, KasaLayer)}
+        inits[tr] = {n: (layer.lora_A.detach().clone(), layer.lora_diag.detach().clone())
+                     for n, layer in model.named_modules() if isinstance(layer, KasaLayer)}
     for n, (a, d) in inits["paper"].items():
         torch.testing.assert_close(inits["activation_aware"][n][0], a, rtol=0, atol=0)
         torch.testing.assert_close(inits["activation_aware"][n][1], d, rtol=0, atol=0)

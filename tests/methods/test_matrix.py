@@ -211,7 +211,8 @@ def test_apply_keeps_the_models_train_or_eval_mode(name):
 
 
 # -- facts declared on the method classes -------------------------------------------------------------
-PAPER_ORDER = "fft bitfit adapter_h adapter_p adapter_l adapter_d lora adalora dylora vera sara pissa milora dora corda kasa"
+PAPER_ORDER = ("fft bitfit adapter_h adapter_p adapter_l adapter_d lora adalora dylora vera sara pissa milora dora "
+               "corda kasa")
 
 
 def test_discovery_finds_every_method() -> None:

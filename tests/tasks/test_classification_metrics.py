@@ -46,7 +46,8 @@ def test_mcc_one_class_everywhere_is_zero():
 
 def test_mcc_known_values():
     # sklearn.metrics.matthews_corrcoef on these arrays (sklearn 1.9.1)
-    assert _mcc([0, 1, 1, 1, 2, 2, 0, 0], [0, 0, 1, 1, 1, 2, 2, 0], k=3) == pytest.approx(0.42857142857142855, abs=1e-12)
+    assert _mcc([0, 1, 1, 1, 2, 2, 0, 0], [0, 0, 1, 1, 1, 2, 2, 0], k=3) == pytest.approx(0.42857142857142855,
+                                                                                        abs=1e-12)
     assert _mcc([1, 0, 0, 1, 1, 1, 1], [1, 0, 1, 1, 0, 1, 1]) == pytest.approx(0.3, abs=1e-12)
     assert _mcc([0, 1, 0, 1], [0, 1, 0, 1]) == pytest.approx(1.0, abs=1e-12)
     assert _mcc([1, 0, 1, 0], [0, 1, 0, 1]) == pytest.approx(-1.0, abs=1e-12)

@@ -119,8 +119,10 @@ def test_every_doc_shape_converts(tmp_path):
     """One doc of each task's shape (the fields of the real files) -> LLM-Adapters' instruction and answer."""
     ex = {t: co.doc_to_example(t, _docs(t, 2)[1]) for t in cs.TASKS}
     assert ex["boolq"]["instruction"] == ("Please answer the following question with true or false, question: is 1 an "
-                                          "even number?\n\nAnswer format: true/false") and ex["boolq"]["answer"] == "false"
-    assert ex["piqa"]["answer"] == "solution2" and "\n\nSolution2: Put box 1 in a pond.\n\n" in ex["piqa"]["instruction"]
+                                          "even number?\n\nAnswer format: true/false")
+    assert ex["boolq"]["answer"] == "false"
+    assert ex["piqa"]["answer"] == "solution2"
+    assert "\n\nSolution2: Put box 1 in a pond.\n\n" in ex["piqa"]["instruction"]
     assert ex["social_i_qa"]["instruction"].startswith("Please choose the correct answer to the question: Alex gave "
                                                        "Sam 1 apples. How would Sam feel?\n\nAnswer1: grateful ")
     assert ex["social_i_qa"]["answer"] == "answer2"

@@ -189,7 +189,8 @@ def _bigbench_rows():
             {"input": "Kai sat down. Why did Kai do this?", "target_scores": {"rest": 1, "run": 0}}]
     sqa = [{"input": "Is it common to see frost during some college commencements?",
             "target_scores": {"Yes": 1, "No": 0}},
-           {"input": "Could a llama birth twice during War in Vietnam (1945-46)?", "target_scores": {"Yes.": 0, "No.": 1}}]
+           {"input": "Could a llama birth twice during War in Vietnam (1945-46)?",
+            "target_scores": {"Yes.": 0, "No.": 1}}]
     return siqa, sqa
 
 

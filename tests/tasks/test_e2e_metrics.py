@@ -129,8 +129,8 @@ def _rouge_l_reference(hyps, refs, beta=1.2):
     for h, rs in zip(hyps, refs):
         ht = tuple(h.split(" "))
         lcs = [_lcs(ht, tuple(r.split(" "))) for r in rs]
-        p = max(l / len(ht) for l in lcs)
-        r = max(l / len(r.split(" ")) for l, r in zip(lcs, rs))
+        p = max(length / len(ht) for length in lcs)
+        r = max(length / len(r.split(" ")) for length, r in zip(lcs, rs))
         scores.append(0.0 if p == 0 or r == 0 else (1 + beta**2) * p * r / (r + beta**2 * p))
     return sum(scores) / len(scores)
 

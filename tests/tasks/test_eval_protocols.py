@@ -56,5 +56,6 @@ def test_instruction_following_experiment_is_fastchat():
 def test_instruction_cpu_defaults_stay_small():
     b = _compose("benchmark=instruction")["benchmark"]
     # offline plumbing budgets (documented in conf/benchmark/instruction.yaml and docs/protocols.md (Evaluation))
-    assert (b["judge"]["backend"], b["judge"]["max_new_tokens"], b["generation"]["max_new_tokens"]) == ("local", 256, 128)
+    assert (b["judge"]["backend"], b["judge"]["max_new_tokens"],
+            b["generation"]["max_new_tokens"]) == ("local", 256, 128)
     assert b["mtbench"]["max_questions"] == 8 and b["mtbench"]["temperatures"] == "fastchat"

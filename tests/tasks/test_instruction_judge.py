@@ -258,7 +258,8 @@ def test_parallel_judging_keeps_order_uses_the_cache_and_surfaces_errors(tmp_pat
     judge = J.Judge(backend, tmp_path / "c.sqlite", parallel=4)
     jobs = [(J.single_answer_request("Q?", f"score {i} [{i}]"), {"i": i}) for i in range(1, 11)]
     out = judge.grade_many(jobs)
-    assert [j.score for j in out] == [float(i) for i in range(1, 11)] and [j.meta["i"] for j in out] == list(range(1, 11))
+    assert [j.score for j in out] == [float(i) for i in range(1, 11)]
+    assert [j.meta["i"] for j in out] == list(range(1, 11))
     assert 1 < backend.peak <= 4 and backend.calls == 10
     again = judge.grade_many(jobs)
     assert all(j.cached for j in again) and backend.calls == 10
@@ -360,7 +361,8 @@ def test_mtbench_answers_use_fastchat_temperatures_seeded():
     greedy = JudgeEvaluator({"backend": "local"}, {"temperatures": "greedy"})
     assert all(a.endswith("greedy") for a in greedy.answer_mtbench(_SamplingModule(), questions, prompts, turn=1))
     with pytest.raises(ConfigError, match="temperatures='hot' is unknown"):
-        get_task("instruction").check(OmegaConf.create({"benchmark": {"judge": {}, "mtbench": {"temperatures": "hot"}}}))
+        get_task("instruction").check(
+            OmegaConf.create({"benchmark": {"judge": {}, "mtbench": {"temperatures": "hot"}}}))
 
 
 def test_openai_judge_without_key_fails_before_training():

@@ -128,7 +128,8 @@ def test_each_synthetic_config_names_llamaduo_ids_and_loads_the_hub_layout(name,
 
 
 def test_synthetic_set_runs_end_to_end_with_a_judge(tiny_causal_dir, tmp_path, fixed_judge):
-    """``kasa-train benchmark=instruction dataset=synth_coding`` trains on the chat pairs and judges held-out answers."""
+    """``kasa-train benchmark=instruction dataset=synth_coding`` trains on the chat pairs and judges held-out
+    answers."""
     import json
 
     from kasa.recipe import run
