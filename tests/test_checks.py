@@ -5,17 +5,17 @@ to fail the test), plus two cases as real subprocesses."""
 from __future__ import annotations
 
 import dataclasses
-
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import kasa_train_cli
 from omegaconf import OmegaConf
 
-import kasa.models
 import kasa.cli.train
+import kasa.models
 from kasa.config.checks import check_config, conforms, folder_problem
 from kasa.errors import ConfigError
 
@@ -70,12 +70,11 @@ def _glue_case(tmp: Path, rows: str) -> list[str]:
 
 
 def kasa_train(monkeypatch, capsys, *overrides: str) -> tuple[int, list[str]]:
-    """``kasa-train <overrides>`` in this process: (exit code, non-empty stderr lines)."""
-    monkeypatch.setattr(sys, "argv", ["kasa-train", *overrides])
-    with pytest.raises(SystemExit) as exit_info:
-        kasa.cli.train.main()
+    """``kasa-train <overrides>`` in this process (conftest's kasa_train_cli: Hydra's logging undone after):
+    (exit code, non-empty stderr lines)."""
+    code = kasa_train_cli(monkeypatch, *overrides)
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    return exit_info.value.code, err
+    return code, err
 
 
 # (overrides or a function of tmp_path and the read-only folder giving them, text the line must hold).

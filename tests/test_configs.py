@@ -12,9 +12,9 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
+from kasa.config import CONF_DIR
 from kasa.config.schemas import SCHEMA_SUFFIX
 from kasa.methods import REGISTRY, method_from_config
-from kasa.config import CONF_DIR
 
 
 def _compose(*overrides: str):

@@ -15,13 +15,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_cls
 import torch
+from conftest import tiny_cls
 from hydra import compose, initialize_config_dir
 
-from kasa.tasks.classification.data import EpochSampler, ShardSampler
 from kasa.config import CONF_DIR
 from kasa.recipe import run
+from kasa.training.samplers import EpochSampler, ShardSampler
 
 REPO = Path(__file__).resolve().parents[1]
 PER_RANK_BATCH, WORLD = 4, 2

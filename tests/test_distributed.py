@@ -9,17 +9,15 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from conftest import kasa_train_cli, tiny_bert, tiny_cls, tiny_llama
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from kasa.methods import build_method
-from kasa.methods import gathered
 from kasa.config import CONF_DIR
 from kasa.errors import ConfigError
-from kasa.training.strategy import block_classes, build_strategy
+from kasa.methods import build_method, gathered
 from kasa.recipe import run
-
-from conftest import kasa_train_cli, tiny_bert, tiny_llama, tiny_cls
+from kasa.training.strategy import block_classes, build_strategy
 
 
 def _compose(*overrides: str, hydra_cfg: bool = False):

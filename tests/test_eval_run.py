@@ -10,14 +10,12 @@ import pytest
 from conftest import commonsense_overrides, tiny_cls, write_olmo_commonsense
 from hydra import compose, initialize_config_dir
 
-from kasa.errors import EvalError
 from kasa.cli.eval import main
-from kasa.runs.evaluate import apply_overrides, evaluate_run
-from kasa.errors import RunError
-from kasa.runs.load import run_config
 from kasa.config import CONF_DIR
-from kasa.errors import ConfigError
+from kasa.errors import ConfigError, EvalError, RunError
 from kasa.recipe import run
+from kasa.runs.evaluate import apply_overrides, evaluate_run
+from kasa.runs.load import run_config
 
 
 def _cfg(model_dir: Path, *overrides: str):

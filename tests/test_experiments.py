@@ -11,8 +11,8 @@ from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
 from kasa.analysis.sweeps import first_point, grid, load_sweep, multirun_command
-from kasa.methods import method_from_config
 from kasa.config import CONF_DIR
+from kasa.methods import method_from_config
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))

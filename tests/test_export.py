@@ -10,16 +10,15 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 from conftest import TINY_MODELS, model_output, tiny_inputs
 
 import kasa.methods
-from kasa.runs.export import export_model
 from kasa.methods import MethodError, build_method
 from kasa.methods.export import FORMAT_NAMES, FORMATS, check_format, formats
+from kasa.runs.export import export_model
 
 MODELS = ("bert", "llama")
 TASKS = {"bert": ("seq_cls", "SEQ_CLS"), "llama": ("causal_lm", "CAUSAL_LM")}

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from conftest import TINY_MODELS, model_output, tiny_inputs, tiny_cls
+from conftest import TINY_MODELS, model_output, tiny_cls, tiny_inputs
 
 from kasa.methods import MethodError, build_method
 from kasa.methods.export import load_peft_adapter

@@ -13,11 +13,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from kasa.config import CONF_DIR
+from kasa.recipe import run
 from kasa.runs.evaluate import evaluate_run
 from kasa.runs.export import export_run
 from kasa.runs.load import load_run
-from kasa.config import CONF_DIR
-from kasa.recipe import run
 
 pytest.importorskip("peft")
 TEXTS = ["a gorgeous, witty, seductive movie", "the plot is nothing but boilerplate clichés", "it is what it is"]

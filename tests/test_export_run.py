@@ -15,13 +15,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from kasa.cli.export import main
-from kasa.runs.export import export_run, verify_export
-from kasa.methods import MethodError
-from kasa.errors import RunError
-from kasa.runs.load import load_run
-from kasa.errors import UnreadableFileError
 from kasa.config import CONF_DIR
+from kasa.errors import RunError, UnreadableFileError
+from kasa.methods import MethodError
 from kasa.recipe import run
+from kasa.runs.export import export_run, verify_export
+from kasa.runs.load import load_run
 
 TOL = 1e-5
 peft = pytest.importorskip("peft")

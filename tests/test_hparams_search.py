@@ -71,8 +71,9 @@ def fake_runs(monkeypatch):
 
 
 def _search_in_process(monkeypatch, sweep: Path, n_trials: int) -> None:
-    import kasa.cli.train as kt
     from hydra.core.global_hydra import GlobalHydra
+
+    import kasa.cli.train as kt
 
     monkeypatch.setattr(sys, "argv", ["kasa-train", "-m", "hparams_search=kasa_beta_gamma",
                                       f"hparams_search.n_trials={n_trials}", f"sweep_dir={sweep}",

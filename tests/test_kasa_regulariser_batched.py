@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_MODELS
 
 from kasa.methods import build_method
 from kasa.methods.kasa import KasaLayer
-
-from conftest import TINY_MODELS
 
 
 @pytest.mark.parametrize("arch", sorted(TINY_MODELS))

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kasa.perf import memory_plan as mp
 from kasa.cli.params import main as params_main
+from kasa.perf import memory_plan as mp
 from kasa.perf.core import PROFILES
 from kasa.perf.methods import ALL_METHODS
 
@@ -170,6 +170,7 @@ def test_planned_quantised_weights_match_what_quantize_model_holds(scheme):
     import copy
 
     from conftest import tiny_llama
+
     from kasa.methods import build_method
     from kasa.models.quantize import quantize_for_method
 

@@ -11,8 +11,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from kasa.methods import method_from_config
 from kasa.config import CONF_DIR
+from kasa.methods import method_from_config
 from kasa.runs.hashing import config_hash
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,8 +126,8 @@ def test_powered_arms_compose_and_pool_across_seeds(method, truncation):
 
 
 def test_split_per_seed_draws_the_split_from_the_run_seed():
-    from kasa.tasks.classification.task import split_args
     from kasa.tasks.classification.data import load_splits
+    from kasa.tasks.classification.task import split_args
 
     def val_texts(*overrides):
         cfg = _compose("experiment=mini_powered", *overrides)
@@ -153,9 +153,9 @@ def test_powered_driver_runs_every_arm_per_seed():
 
 
 def test_split_per_seed_refuses_a_source_with_fixed_splits(monkeypatch):
-    from kasa.tasks.classification.task import split_args
-    from kasa.tasks.classification.data import SOURCES
     from kasa.errors import DatasetError
+    from kasa.tasks.classification.data import SOURCES
+    from kasa.tasks.classification.task import split_args
 
     monkeypatch.setitem(SOURCES, "fixed", lambda task, val_fraction=0.2: None)
     cfg = _compose("experiment=mini_powered", "seed=2")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kasa.methods import REGISTRY
 from kasa.cli.params import REFERENCE_COUNTS, count, main, resolve
+from kasa.methods import REGISTRY
 
 
 @pytest.mark.parametrize("model,expected", [("roberta-base", 295_104), ("roberta-large", 786_816),
@@ -49,8 +49,8 @@ PRESET_COUNTS = {k: v for k, v in REFERENCE_COUNTS.items() if k[0] not in REGIST
 
 
 def test_every_preset_extends_a_method_and_builds():
-    from kasa.methods import build_method
     from kasa.cli.params import presets, resolve
+    from kasa.methods import build_method
 
     names = presets()
     assert {p for p, _ in PRESET_COUNTS} <= set(names) and names, names

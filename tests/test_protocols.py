@@ -17,8 +17,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from transformers import get_linear_schedule_with_warmup
 
-from kasa.methods import method_from_config
 from kasa.config import CONF_DIR
+from kasa.methods import method_from_config
 from kasa.training import OptimConfig, build_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -269,7 +269,7 @@ def _reference_groups(model, head_lr: float, module_lr: float, weight_decay: flo
     return [({id(p) for p in head}, head_lr, weight_decay), ({id(p) for p in rest}, module_lr, weight_decay)]
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\(\)` before")
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler.step\(\)` before")
 @pytest.mark.parametrize("name, task, kind, train_size", [
     ("glue_roberta_large", "glue_mrpc", "roberta", 3668),
     ("glue_roberta_large", "glue_sst2", "roberta", 67349),

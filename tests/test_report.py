@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kasa.cli.report import main
 from kasa.analysis.report import build_tables, collect, load_paper_numbers, report
+from kasa.cli.report import main
 
 
 def _write(root: Path, name: str, *, method="kasa", model="roberta-base", dataset="glue_mrpc", seed=0,

@@ -12,8 +12,8 @@ import pytest
 from scipy import stats as sps
 
 from kasa.analysis import plots
-from kasa.cli.report import main
 from kasa.analysis.report import build_tables, collect, load_paper_numbers, one_per_seed
+from kasa.cli.report import main
 
 # method -> (adapter params, per-seed accuracy per epoch); wall time grows with the seed
 RUNS = {

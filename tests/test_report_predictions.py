@@ -8,13 +8,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
-import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from kasa.tasks.classification.data import ShardSampler
 from kasa.methods import build_method
 from kasa.tasks.classification.module import ClassificationModule
+from kasa.training.samplers import ShardSampler
 
 N_DEV = 9
 LABELS = [i % 3 for i in range(N_DEV)]

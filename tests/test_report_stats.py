@@ -15,8 +15,8 @@ import pytest
 from scipy import stats as sps
 
 from kasa.analysis import stats
-from kasa.cli.report import main
 from kasa.analysis.report import build_tables, collect, load_paper_numbers, report
+from kasa.cli.report import main
 
 N_DEV = 40
 SEEDS = [0, 1, 2, 3, 4]

@@ -22,9 +22,9 @@ from omegaconf import OmegaConf
 
 from kasa.config import CONF_DIR
 from kasa.errors import ConfigError
-from kasa.runs.hashing import config_hash
 from kasa.recipe import run
 from kasa.runs import checkpoints as runs
+from kasa.runs.hashing import config_hash
 
 # 4 batches an epoch, a metrics row every step, dropout on (resume must restore the random streams too)
 TINY = ("trainer.max_epochs=2", "trainer.limit_train_batches=4", "trainer.log_every_n_steps=1",

@@ -11,13 +11,22 @@ import torch
 from conftest import tiny_bert, tiny_cls
 from hydra import compose, initialize_config_dir
 
-from kasa.runs.load import load_run
-from kasa.analysis.spectra import (SpectraCallback, dsigma_change, heatmap_matrix, learned_singular_values,
-                                   load_spectra, orthonormality_drift, removed_ranks,
-                                   spectrum_tails, update_spectra, weight_spectra)
-from kasa.methods import build_method
+from kasa.analysis.spectra import (
+    SpectraCallback,
+    dsigma_change,
+    heatmap_matrix,
+    learned_singular_values,
+    load_spectra,
+    orthonormality_drift,
+    removed_ranks,
+    spectrum_tails,
+    update_spectra,
+    weight_spectra,
+)
 from kasa.config import CONF_DIR
+from kasa.methods import build_method
 from kasa.recipe import run
+from kasa.runs.load import load_run
 
 
 def tiny_bert_seeded():

@@ -10,16 +10,13 @@ import copy
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from conftest import TINY_MODELS, model_output, tiny_bert, tiny_gpt2, tiny_inputs
 
-from kasa.methods import build_method
+from kasa.methods import MethodError, build_method, get_weight
 from kasa.methods import kasa as kasa_mod
 from kasa.methods import svd as svd_mod
-from kasa.methods import MethodError, get_weight
-from kasa.methods.kasa import KasaConfig, KasaLayer
+from kasa.methods.kasa import KasaLayer
 from kasa.methods.svd import batched_smallest_triplets, gram_smallest_triplets, smallest_triplets
-
-from conftest import TINY_MODELS, model_output, tiny_bert, tiny_gpt2, tiny_inputs
 
 TOL = 1e-4
 T = 6

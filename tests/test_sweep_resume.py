@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import Crash, crash_at_epoch, kasa_train_cli, tiny_cls
 import pytest
+from conftest import Crash, crash_at_epoch, kasa_train_cli, tiny_cls
 from hydra import compose, initialize_config_dir
 
 from kasa.config import CONF_DIR
-from kasa.runs.hashing import config_hash
 from kasa.recipe import run
+from kasa.runs.hashing import config_hash
 
 TINY = ("trainer.max_epochs=2", "trainer.limit_train_batches=2", "trainer.enable_progress_bar=false",
         "benchmark.batch_size=8", "method.r=4")

@@ -6,9 +6,9 @@ import json
 import os
 from pathlib import Path
 
-from conftest import Crash, crash_at_epoch, kasa_train_cli, tiny_cls
 import pytest
 import torch
+from conftest import Crash, crash_at_epoch, kasa_train_cli, tiny_cls
 from hydra import compose, initialize_config_dir
 
 from kasa.config import CONF_DIR
@@ -109,8 +109,9 @@ def test_cli_multirun_and_clean_error(tiny_bert_dir, tmp_path, monkeypatch, caps
 
 
 def test_unknown_method_name_is_named():
-    from kasa.config.validate import validate
     from omegaconf import OmegaConf
+
+    from kasa.config.validate import validate
 
     with pytest.raises(ConfigError, match="unknown method 'nope'"):
         validate(OmegaConf.create({"method": {"name": "nope"}, "dataset": {"source": "bigbench"},

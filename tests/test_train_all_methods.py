@@ -13,9 +13,9 @@ import json
 import math
 from pathlib import Path
 
-from kasa.methods import REGISTRY
-
 from conftest import kasa_train_cli, tiny_cls
+
+from kasa.methods import REGISTRY
 
 METHODS = sorted(REGISTRY)
 # Overrides a method needs on the tiny model (never a change of its defaults).

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import tiny_llama
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 
 import torch
-
 from conftest import TINY_MODELS, model_output, tiny_inputs
+
 from kasa.methods import get_weight
 
 # Explicit targets (not the presets) so PEFT and we wrap the same layers; llama's down_proj is wide (in > out).

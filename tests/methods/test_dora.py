@@ -7,11 +7,21 @@ import copy
 import pytest
 import torch
 from conftest import TINY_MODELS, model_output, tiny_inputs
-from svd_family_helpers import (ALPHA, fresh_pair, max_diff, outputs, peft_base_weight, peft_layers,
-                                peft_trainable, perturb_adapters, R, same_adapters, TARGETS)
+from svd_family_helpers import (
+    ALPHA,
+    TARGETS,
+    R,
+    fresh_pair,
+    max_diff,
+    outputs,
+    peft_base_weight,
+    peft_layers,
+    peft_trainable,
+    perturb_adapters,
+    same_adapters,
+)
 
-from kasa.methods import build_method
-from kasa.methods import get_weight
+from kasa.methods import build_method, get_weight
 
 TOL = 1e-5
 MODELS = ["bert", "gpt2", "llama"]

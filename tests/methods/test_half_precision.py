@@ -238,8 +238,8 @@ def test_true_half_precision_trainer_is_refused_with_float32_adapters():
     from hydra import compose, initialize_config_dir
 
     from kasa.config import CONF_DIR
-    from kasa.errors import ConfigError
     from kasa.config.validate import validate
+    from kasa.errors import ConfigError
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         bad = compose("train", overrides=["trainer.precision=bf16-true"])

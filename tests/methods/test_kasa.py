@@ -6,10 +6,9 @@ import copy
 
 import pytest
 import torch
-
 from conftest import TINY_MODELS, model_output, tiny_bert, tiny_inputs
-from kasa.methods import MethodError, build_method
-from kasa.methods import get_weight
+
+from kasa.methods import MethodError, build_method, get_weight
 from kasa.methods.kasa import KasaLayer
 
 

@@ -8,10 +8,9 @@ import copy
 import numpy as np
 import pytest
 import torch
-
 from conftest import model_output, tiny_bert, tiny_inputs
-from kasa.methods import MethodError, build_method
-from kasa.methods import get_weight
+
+from kasa.methods import MethodError, build_method, get_weight
 from kasa.methods.kasa import KasaLayer, activation_aware_triplets, input_rms
 
 TARGETS = ["query", "value"]
@@ -211,10 +210,11 @@ def test_kasa_train_calibrates_resumes_and_reloads(tiny_bert_dir, tmp_path):
     """``kasa-train method.truncation=activation_aware``: calibrated on the training batches, an interrupted run
     resumes (its recalibration matches the checkpoint's statistics), and the analysis reload needs no data."""
     from conftest import Crash, crash_at_epoch
+
     from kasa.analysis.spectra import load_spectra, update_spectra, weight_spectra
-    from kasa.runs.load import load_run
     from kasa.analysis.tiny import tiny_config
     from kasa.recipe import run
+    from kasa.runs.load import load_run
 
     over = ("method.r=2", "method.truncation=activation_aware", "method.calibration_samples=16",
             "trainer.max_epochs=2", "trainer.limit_train_batches=2", "analysis.spectra=true")

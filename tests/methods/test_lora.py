@@ -6,8 +6,8 @@ import copy
 
 import pytest
 import torch
-
 from conftest import TINY_MODELS, model_output, tiny_inputs
+
 from kasa.methods import build_method
 from kasa.methods.lora import LoraLayer
 

@@ -7,11 +7,9 @@ import copy
 import pytest
 import torch
 from conftest import TINY_MODELS
-from svd_family_helpers import (ALPHA, check_merge_unmerge, fresh_pair, max_diff, outputs, perturb_adapters,
-                                R, TARGETS)
+from svd_family_helpers import ALPHA, TARGETS, R, check_merge_unmerge, fresh_pair, max_diff, outputs, perturb_adapters
 
-from kasa.methods import MethodError, build_method
-from kasa.methods import get_weight
+from kasa.methods import MethodError, build_method, get_weight
 from kasa.methods.pissa import ResidualLoraLayer
 
 TOL = 1e-5

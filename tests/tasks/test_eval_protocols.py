@@ -8,9 +8,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from kasa.config import CONF_DIR
 from kasa.tasks.commonsense import prompts as cs
 from kasa.tasks.instruction import judge as J
-from kasa.config import CONF_DIR
 
 
 def _compose(*overrides: str) -> dict:

@@ -12,7 +12,6 @@ from omegaconf import OmegaConf
 
 from kasa.errors import ConfigError
 from kasa.tasks import get_task
-
 from kasa.tasks.instruction import judge as J
 
 

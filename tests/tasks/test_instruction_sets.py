@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from kasa.config import CONF_DIR
 from kasa.errors import DatasetError
 from kasa.tasks.instruction.task import chat_record, instruction_splits, seed_task_records
-from kasa.config import CONF_DIR
 
 SETS = {"classification": ("classification", "classify"), "summarization": ("summarize", "summarize"),
         "coding": ("coding", "coding"), "closed_qa": ("closed_qa", "closed_qa")}
