@@ -51,6 +51,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"unknown method '{cfg.method.name}'; known: {' '.join(sorted(REGISTRY))}")
     task = get_task(cfg.benchmark.get("family"))
     task.check(cfg)
+    check_packing(cfg, task.causal_lm)
     precision = str((cfg.get("trainer") or {}).get("precision", ""))
     if precision in ("bf16-true", "16-true") and cfg.method.get("autocast_adapter_dtype", True) \
             and REGISTRY[cfg.method.name].wraps_targets:
@@ -66,6 +67,32 @@ def validate(cfg: DictConfig) -> None:
     check_early_stopping(cfg.benchmark.get("early_stopping"))
     if task.causal_lm:
         check_generation(cfg.benchmark.get("generation"))
+
+
+def check_packing(cfg: DictConfig, causal_lm: bool) -> None:
+    """``benchmark.packing`` / ``benchmark.group_by_length``: causal-LM families only, not both, and packing only on a
+    model whose attention restarts at the packed examples (its ``config.json``'s ``model_type``, where at hand;
+    :func:`kasa.tasks.base.causal_lm_bundle` checks the loaded model otherwise)."""
+    from kasa.training.packing import packing_refusal
+
+    packing = OmegaConf.select(cfg, "benchmark.packing", default=False)
+    grouped = OmegaConf.select(cfg, "benchmark.group_by_length", default=False)
+    for key, value in (("packing", packing), ("group_by_length", grouped)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"benchmark.{key}={value!r}: use true or false")
+        if value and not causal_lm:
+            raise ConfigError(f"benchmark.{key}=true: only the causal-LM benchmarks (generation families) batch "
+                              f"this way; family {cfg.benchmark.get('family')} does not")
+    if packing and grouped:
+        raise ConfigError("benchmark.packing=true and benchmark.group_by_length=true: pick one (packed rows are all "
+                          "about benchmark.max_length long, there is nothing left to group)")
+    if packing:
+        name = OmegaConf.select(cfg, "model.name_or_path", default=None)
+        config = model_config_json(name, OmegaConf.select(cfg, "model.revision", default=None)) \
+            if isinstance(name, str) else None
+        refusal = packing_refusal((config or {}).get("model_type"), OmegaConf.select(cfg, "model.name", default=name))
+        if refusal:
+            raise ConfigError(refusal)
 
 
 def check_generation(node: Any) -> None:

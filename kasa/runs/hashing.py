@@ -29,6 +29,9 @@ def drop_neutral(c: dict) -> dict:
         optim = bench.get("optim")
         if isinstance(optim, dict) and optim.get("loraplus_lr_ratio", None) is None:
             optim.pop("loraplus_lr_ratio", None)
+        for key in ("packing", "group_by_length"):  # off: padded batches in random order, as before they existed
+            if bench.get(key, None) is False:
+                bench.pop(key)
         es = bench.get("early_stopping", False)
         if es is None or (isinstance(es, dict) and es.get("patience", None) is None):
             bench.pop("early_stopping")

@@ -109,7 +109,9 @@ def causal_lm_data(cfg: DictConfig, train: list[CompletionExample], items: list[
     gen = GenerationSettings(**as_dict(b.generation))
     dm = CompletionDataModule(train, items, tok, max_length=b.max_length, batch_size=b.batch_size,
                               eval_batch_size=b.eval_batch_size, seed=cfg.seed,
-                              train_on_inputs=b.get("train_on_inputs", False), max_prompt_length=gen.max_prompt_length)
+                              train_on_inputs=b.get("train_on_inputs", False), max_prompt_length=gen.max_prompt_length,
+                              packing=bool(b.get("packing", False)),
+                              group_by_length=bool(b.get("group_by_length", False)))
     return TaskData(dm, tok, sizes, max_length=int(b.max_length))
 
 
@@ -123,6 +125,13 @@ def causal_lm_bundle(cfg: DictConfig, method: PeftMethod, train: list[Completion
     model = load_model(m.name_or_path, task="causal_lm", dtype=m.get("dtype"), revision=m.get("revision"),
                        gradient_checkpointing=m.get("gradient_checkpointing", False),
                        attn_implementation=m.get("attn_implementation"))
+    if b.get("packing", False):  # validation checks config.json where it is at hand; here the loaded model
+        from kasa.errors import ConfigError
+        from kasa.training.packing import packing_refusal
+
+        refusal = packing_refusal(getattr(model.config, "model_type", None), m.get("name", m.name_or_path))
+        if refusal:
+            raise ConfigError(refusal)
     module = CausalLMModule(model, method, data.tokenizer, evaluator, GenerationSettings(**as_dict(b.generation)),
                             OptimConfig(**as_dict(b.optim)), eval_batch_size=b.eval_batch_size)
     return TaskBundle(model, data.datamodule, module, sizes)

@@ -29,7 +29,8 @@ from kasa.methods import PeftMethod
 from kasa.runs.files import write_jsonl
 from kasa.training.base import PeftModule
 from kasa.training.optim import OptimConfig
-from kasa.training.samplers import EpochSampler, ShardSampler
+from kasa.training.packing import collate_packed, pack_rows, packed_row
+from kasa.training.samplers import EpochSampler, LengthGroupedSampler, ShardSampler
 
 IGNORE_INDEX = -100
 
@@ -146,12 +147,19 @@ class _ListDataset(Dataset):
 
 class CompletionDataModule(L.LightningDataModule):
     """Training pairs (right-padded, completion-only labels) and evaluation prompts (left-padded, sorted by
-    length so a batch wastes little padding; ``idx`` maps generations back to :attr:`eval_items`)."""
+    length so a batch wastes little padding; ``idx`` maps generations back to :attr:`eval_items`).
+
+    ``packing``: training rows hold several examples up to ``max_length`` (:mod:`kasa.training.packing`);
+    ``group_by_length``: batches of examples of similar length (:class:`~kasa.training.samplers.LengthGroupedSampler`).
+    """
 
     def __init__(self, train: Sequence[CompletionExample], eval_items: Sequence[EvalItem], tokenizer,
                  max_length: int = 256, batch_size: int = 8, eval_batch_size: int = 8, seed: int = 0,
-                 train_on_inputs: bool = False, max_prompt_length: int | None = None, num_workers: int = 0):
+                 train_on_inputs: bool = False, max_prompt_length: int | None = None, num_workers: int = 0,
+                 packing: bool = False, group_by_length: bool = False):
         super().__init__()
+        if packing and group_by_length:
+            raise ValueError("packing and group_by_length exclude each other (packed rows are all about max_length)")
         if not train:
             raise DatasetError("no training examples")
         if not eval_items:
@@ -162,6 +170,8 @@ class CompletionDataModule(L.LightningDataModule):
         self.train_on_inputs, self.num_workers = train_on_inputs, num_workers
         self.max_prompt_length = max_prompt_length or max_length
         self.n_dropped = 0
+        self.packing, self.group_by_length = packing, group_by_length
+        self.n_train_examples = 0  # tokenised training examples (packed: spread over fewer rows)
         self._train: _ListDataset | None = None
         self._eval: _ListDataset | None = None
 
@@ -182,6 +192,10 @@ class CompletionDataModule(L.LightningDataModule):
         if self.n_dropped:
             print(f"[kasa] dropped {self.n_dropped} training examples whose prompt fills max_length={self.max_length}",
                   file=sys.stderr)
+        self.n_train_examples = len(rows)
+        if self.packing:
+            rows = [packed_row([rows[i] for i in group])
+                    for group in pack_rows([len(r["input_ids"]) for r in rows], self.max_length)]
         self._train = _ListDataset(rows)
         prompts = [encode_prompt(self.tokenizer, it.prompt, self.max_prompt_length) for it in self.eval_items]
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -192,7 +206,9 @@ class CompletionDataModule(L.LightningDataModule):
         pad = self.tokenizer.pad_token_id
         return self.tokenizer.eos_token_id if pad is None else pad
 
-    def collate_train(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+    def collate_train(self, batch: list[dict]) -> dict[str, Any]:
+        if "position_ids" in batch[0]:
+            return collate_packed(batch, self.pad_id)
         n = max(len(b["input_ids"]) for b in batch)
         ids = torch.full((len(batch), n), self.pad_id, dtype=torch.long)
         labels = torch.full((len(batch), n), IGNORE_INDEX, dtype=torch.long)
@@ -208,8 +224,13 @@ class CompletionDataModule(L.LightningDataModule):
         ids, mask = pad_left([b["input_ids"] for b in batch], self.pad_id)
         return {"input_ids": ids, "attention_mask": mask, "idx": torch.tensor([b["idx"] for b in batch])}
 
+    def train_sampler(self) -> EpochSampler:
+        if self.group_by_length:
+            return LengthGroupedSampler([len(r["input_ids"]) for r in self._train.rows], self.batch_size, self.seed)
+        return EpochSampler(len(self._train), self.seed)
+
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self._train, batch_size=self.batch_size, sampler=EpochSampler(len(self._train), self.seed),
+        return DataLoader(self._train, batch_size=self.batch_size, sampler=self.train_sampler(),
                           collate_fn=self.collate_train, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:

@@ -4,6 +4,7 @@ epoch only (not on the number of data-parallel processes), evaluation shards sco
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
@@ -42,17 +43,53 @@ class EpochSampler(DistributedSampler):
         super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
         self.n = n
 
-    def __iter__(self):
+    def generator(self) -> torch.Generator:
+        """The epoch's random generator: seeded by the seed and the epoch only."""
+        return torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+
+    def global_order(self) -> list[int]:
+        """The epoch's order of all ``n`` examples, the same on every rank (each takes its shard of it)."""
         if not self.shuffle:
-            order = list(range(self.n))
-        else:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
+            return list(range(self.n))
+        return torch.randperm(self.n, generator=self.generator()).tolist()
+
+    def __iter__(self):
+        order = self.global_order()
         if self.num_replicas == 1:
             return iter(order)
         pad = self.total_size - self.n
         order += (order * math.ceil(pad / max(1, self.n)))[:pad]
         return iter(order[self.rank::self.num_replicas])
+
+
+class LengthGroupedSampler(EpochSampler):
+    """:class:`EpochSampler` whose epoch order puts examples of similar length in the same batch
+    (``benchmark.group_by_length=true``: little padding, no packing).
+
+    The epoch's permutation (seed and epoch only, as :class:`EpochSampler`) is cut into mega-batches of ``mega``
+    global batches (``batch_size * num_replicas`` examples each); each mega-batch is sorted by length, longest
+    first, cut into global batches, and those batches are shuffled within it (the same generator). Every rank
+    computes the same global order and takes its shard (positions ``r, r + W, ...``), so the k-th batches of all
+    ranks together are the k-th batch of a one-process run with batch ``W * batch_size``; a resumed run (epoch
+    boundary) sees the batches of an uninterrupted one.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, mega: int = 50,
+                 num_replicas: int | None = None, rank: int | None = None):
+        super().__init__(len(lengths), seed, shuffle=True, num_replicas=num_replicas, rank=rank)
+        self.lengths, self.batch_size, self.mega = list(lengths), batch_size, mega
+
+    def global_order(self) -> list[int]:
+        g = self.generator()
+        perm = torch.randperm(self.n, generator=g).tolist()
+        step = self.batch_size * self.num_replicas
+        out: list[int] = []
+        for s in range(0, self.n, step * self.mega):
+            chunk = sorted(perm[s:s + step * self.mega], key=lambda i: -self.lengths[i])
+            batches = [chunk[b:b + step] for b in range(0, len(chunk), step)]
+            for b in torch.randperm(len(batches), generator=g).tolist():
+                out += batches[b]
+        return out
 
 
 class ShardSampler(UnrepeatedDistributedSampler):
