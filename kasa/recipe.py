@@ -119,9 +119,10 @@ def _fit(cfg: DictConfig, run_dir: Path, key: str, start: Any, callbacks: list |
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from kasa.methods import count_parameters, method_from_config
-    from kasa.runs.checkpoints import AtomicCheckpointIO
+    from kasa.runs.checkpoints import AtomicCheckpointIO, step_checkpoint
     from kasa.tasks import get_task
     from kasa.training import StepSeed
+    from kasa.training.callbacks import ResumeBatches
     from kasa.training.early_stopping import EarlyStoppingConfig, stopping_record
     from kasa.training.loggers import build_loggers, finish_wandb, wandb_summary
     from kasa.training.strategy import build_strategy, check_launch
@@ -138,14 +139,17 @@ def _fit(cfg: DictConfig, run_dir: Path, key: str, start: Any, callbacks: list |
     adapter_params = method.trainable_parameter_count(model)
 
     ckpt_dir = run_dir / "checkpoints"
-    # Two checkpoints: last.ckpt after every epoch (resume) and the best validation epoch.
-    callbacks = [StepSeed(cfg.seed),
+    # Two checkpoints: last.ckpt after every validation (resume) and the best validation.
+    callbacks = [StepSeed(cfg.seed), ResumeBatches(),  # a mid-epoch resume: same batches, same dropout
                  ModelCheckpoint(dirpath=str(ckpt_dir), filename="last", save_top_k=1, monitor=None,
                                  enable_version_counter=False),
                  ModelCheckpoint(dirpath=str(ckpt_dir), filename="best-{epoch}", save_top_k=1,
                                  monitor=f"val/{d.monitor}", mode="max", enable_version_counter=False),
                  start.record,  # config hash, wall time and resume points into every checkpoint
                  *(callbacks or [])]
+    every = (cfg.get("checkpoint") or {}).get("every_n_train_steps")
+    if every:  # checkpoint.every_n_train_steps: last.ckpt also every N optimiser steps (resumes mid-epoch)
+        callbacks.insert(2, step_checkpoint(ckpt_dir, every))
     analysis = cfg.get("analysis") or {}
     if analysis.get("spectra"):
         from kasa.analysis.spectra import SpectraCallback
@@ -196,7 +200,7 @@ def _fit(cfg: DictConfig, run_dir: Path, key: str, start: Any, callbacks: list |
     write_json(run_dir / RESULTS_FILE, results)
     mon = results["metrics"]
     print(f"\n[kasa] {cfg.method.name} on {d.name}: {d.monitor} final={mon['final'].get(d.monitor, float('nan')):.4f} "
-          f"best={mon['best'].get(d.monitor, float('nan')):.4f} (epoch {mon['best_epoch']}) "
+          f"best={mon['best'].get(d.monitor, float('nan')):.4f} (epoch {mon['best_epoch']}, step {mon['best_step']}) "
           f"in {results['wall_time_s']:.0f}s; trainable {adapter_params:,} adapter / {trainable:,} with head "
           f"of {total:,}")
     print(f"[kasa] results: {run_dir / RESULTS_FILE}\n[kasa] logs: {run_dir / 'logs'}")
@@ -229,7 +233,8 @@ def summarise(cfg: DictConfig, module, monitor: str, selection: str, run_dir: Pa
     best = {k: v for k, v in best_row.items() if k not in ("epoch", "step")}
     return {
         "method": cfg.method.name, "model": cfg.model.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
-        "metrics": {"final": final, "best": best, "best_epoch": best_row["epoch"], "monitor": monitor,
+        "metrics": {"final": final, "best": best, "best_epoch": best_row["epoch"],
+                    "best_step": best_row.get("step"), "monitor": monitor,
                     "selection": selection, "reported": (best if selection == "best" else final)},
         "history": history,
         "config": OmegaConf.to_container(cfg, resolve=True),

@@ -89,6 +89,11 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer.max_steps", "-1 (no step limit) or an integer >= 1", lambda v: v == -1 or _int_at_least(1)(v),
          optional=True),
     Rule("trainer.accumulate_grad_batches", "an integer >= 1", _int_at_least(1), optional=True),
+    Rule("trainer.val_check_interval", "null (once per epoch), an integer >= 1 (every N training batches) or a "
+         "float in (0, 1] (that fraction of an epoch)",
+         lambda v: _int_at_least(1)(v) or (isinstance(v, float) and 0 < v <= 1), optional=True),
+    Rule("checkpoint.every_n_train_steps", "null (last.ckpt at each validation only) or an integer >= 1 "
+         "(also every N optimiser steps)", _int_at_least(1), optional=True),
     Rule("benchmark.batch_size", "an integer >= 1", _int_at_least(1)),
     Rule("benchmark.eval_batch_size", "an integer >= 1", _int_at_least(1), optional=True),
     Rule("benchmark.max_length", "an integer >= 1", _int_at_least(1), optional=True),

@@ -50,6 +50,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                                        weights_only=True if weights_only is None else weights_only)
 
 
+def step_checkpoint(ckpt_dir: Path, every_n_train_steps: int):
+    """``checkpoint.every_n_train_steps``: a Lightning ``ModelCheckpoint`` that also writes ``last.ckpt`` (through
+    :class:`AtomicCheckpointIO`, as every checkpoint) after every N-th optimiser step, so a resume loses at most N
+    steps (:class:`kasa.training.samplers.TrainLoader` continues the epoch at the next batch).
+
+    It skips the steps after which validation runs: the run's per-validation ``last.ckpt`` is written after that
+    validation, with its history row; a checkpoint between the step and its validation would resume past a
+    validation that never ran.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class StepCheckpoint(ModelCheckpoint):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            loop, fetcher = trainer.fit_loop.epoch_loop, trainer.fit_loop._data_fetcher
+            if loop.batch_progress.is_last_batch or (fetcher is not None and loop._should_check_val_fx(fetcher)):
+                return  # validation (or the epoch's end) follows: the per-epoch/validation last.ckpt is written then
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    return StepCheckpoint(dirpath=str(ckpt_dir), filename="last", save_top_k=1, monitor=None,
+                          every_n_train_steps=int(every_n_train_steps), enable_version_counter=False)
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A Lightning checkpoint, ``weights_only`` and memory-mapped (cheap to check before ``fit`` loads it).
 

@@ -11,7 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 # those are the only keys a resume command may change (kasa.runs.folder.resume_config). The second part is just as
 # neutral but has always been hashed: leaving it out now would rename every finished run folder, so it stays in the
 # hash and only kasa-report's pooling (with the seed) ignores it.
-HASH_EXCLUDE = ("resume", "sweep_dir", "trainer.enable_progress_bar", "logger", "hparams_search")
+# ``checkpoint`` (how often last.ckpt is written) is one: a resume continues at the next batch exactly.
+HASH_EXCLUDE = ("resume", "sweep_dir", "trainer.enable_progress_bar", "logger", "hparams_search", "checkpoint")
 NEUTRAL_KEYS = (*HASH_EXCLUDE, "run_name", "analysis", "trainer.log_every_n_steps", "study.seeds")
 
 
@@ -19,11 +20,13 @@ def drop_neutral(c: dict) -> dict:
     """Remove settings that were added later with a value that changes nothing, so runs made before they existed
     keep their hash (and pool with new ones): ``model.quantization: null`` and then its backend;
     ``benchmark.optim.loraplus_lr_ratio: null`` (LoRA+ off); ``benchmark.early_stopping`` with ``patience: null``
-    (off: the whole section, ``min_delta`` included)."""
+    (off: the whole section, ``min_delta`` included); ``trainer.val_check_interval: null``."""
     model = c.get("model")
     if isinstance(model, dict) and model.get("quantization", None) is None:
         model.pop("quantization", None)
         model.pop("quantization_backend", None)
+    if isinstance(c.get("trainer"), dict) and c["trainer"].get("val_check_interval", False) is None:
+        c["trainer"].pop("val_check_interval")  # null: Lightning's default, once per epoch
     bench = c.get("benchmark")
     if isinstance(bench, dict):
         optim = bench.get("optim")

@@ -30,7 +30,7 @@ from kasa.runs.files import write_jsonl
 from kasa.training.base import PeftModule
 from kasa.training.optim import OptimConfig
 from kasa.training.packing import collate_packed, pack_rows, packed_row
-from kasa.training.samplers import EpochSampler, LengthGroupedSampler, ShardSampler
+from kasa.training.samplers import EpochSampler, LengthGroupedSampler, ShardSampler, TrainLoader
 
 IGNORE_INDEX = -100
 
@@ -230,8 +230,8 @@ class CompletionDataModule(L.LightningDataModule):
         return EpochSampler(len(self._train), self.seed)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self._train, batch_size=self.batch_size, sampler=self.train_sampler(),
-                          collate_fn=self.collate_train, num_workers=self.num_workers)
+        return TrainLoader(self._train, batch_size=self.batch_size, sampler=self.train_sampler(),
+                           collate_fn=self.collate_train, num_workers=self.num_workers, trainer=self.trainer)
 
     def val_dataloader(self) -> DataLoader:
         # ShardSampler: under data parallelism each rank generates for its own share, none twice; the module

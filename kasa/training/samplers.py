@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 
 def _world(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
@@ -35,6 +35,9 @@ class EpochSampler(DistributedSampler):
     ``W`` takes positions ``r, r + W, ...`` of the SAME permutation, padded by repeating its start as
     ``DistributedSampler`` does, so the k-th batches of all ranks together hold exactly the k-th batch of a
     one-process run with batch ``W * b``: the global data order does not depend on the number of processes.
+
+    A run resumed in the middle of an epoch (:class:`TrainLoader`, :meth:`resume_at`) continues at the first
+    position no step has trained on: the rest of the same order.
     """
 
     def __init__(self, n: int, seed: int, shuffle: bool = True, num_replicas: int | None = None,
@@ -42,6 +45,13 @@ class EpochSampler(DistributedSampler):
         num_replicas, rank = _world(num_replicas, rank)
         super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
         self.n = n
+        self._resume: tuple[int, int] | None = None  # (epoch, first position of this rank's share) to resume at
+
+    def resume_at(self, epoch: int, start: int) -> None:
+        """The next iteration is of ``epoch`` and starts at position ``start`` of this rank's share (the positions
+        before it were trained on before the checkpoint); later epochs start at 0 again."""
+        self._resume = (int(epoch), int(start))
+        self.set_epoch(int(epoch))  # Lightning sets it again; a loader with workers draws indices before that
 
     def generator(self) -> torch.Generator:
         """The epoch's random generator: seeded by the seed and the epoch only."""
@@ -54,12 +64,20 @@ class EpochSampler(DistributedSampler):
         return torch.randperm(self.n, generator=self.generator()).tolist()
 
     def __iter__(self):
+        positions = self.positions()
+        resume, self._resume = self._resume, None
+        if resume is not None and resume[0] == self.epoch:
+            positions = positions[resume[1]:]
+        return iter(positions)
+
+    def positions(self) -> list[int]:
+        """This rank's share of the epoch's order, in order (``__iter__`` without a mid-epoch resume)."""
         order = self.global_order()
         if self.num_replicas == 1:
-            return iter(order)
+            return order
         pad = self.total_size - self.n
         order += (order * math.ceil(pad / max(1, self.n)))[:pad]
-        return iter(order[self.rank::self.num_replicas])
+        return order[self.rank::self.num_replicas]
 
 
 class LengthGroupedSampler(EpochSampler):
@@ -106,3 +124,29 @@ class ShardSampler(UnrepeatedDistributedSampler):
         # Lightning's sizes, without its assert that every rank holds an example: a dev set smaller than the
         # world is scored by the ranks that have one (the metric states still sync on every rank).
         self.num_samples, self.total_size, self.n = len(range(rank, n, num_replicas)), n, n
+
+
+class TrainLoader(DataLoader):
+    """The training ``DataLoader`` of every family: resumable in the middle of an epoch.
+
+    Lightning saves the state of a loader that has ``state_dict``/``load_state_dict`` in every checkpoint (the fit
+    loop's ``combined_loader``); :class:`kasa.training.callbacks.ResumeBatches` loads it back before a resumed run
+    draws its first batch. The state is the epoch and the batches of it already trained (``trainer``'s batch
+    progress at the save: a checkpoint is written after a batch's optimiser step, or after the validation that
+    follows it); on load, the sampler
+    (:meth:`EpochSampler.resume_at`) starts at the next batch, so the resumed run trains on the batches the
+    uninterrupted one would. ``StepSeed`` seeds each of them from (epoch, batch index) as before.
+    """
+
+    def __init__(self, dataset, *, batch_size: int, sampler: EpochSampler, trainer=None, **kwargs):
+        super().__init__(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+        self._trainer = trainer
+
+    def state_dict(self) -> dict[str, int]:
+        done = 0
+        if self._trainer is not None:
+            done = int(self._trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+        return {"epoch": int(self.sampler.epoch), "batches": done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.resume_at(state["epoch"], state["batches"] * self.batch_size)

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from kasa.errors import DatasetError  # noqa: F401  (re-exported)
-from kasa.training.samplers import EpochSampler, ShardSampler
+from kasa.training.samplers import EpochSampler, ShardSampler, TrainLoader
 
 
 @dataclass
@@ -192,8 +192,8 @@ class ClassificationDataModule(L.LightningDataModule):
         return dict(out)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self._train, batch_size=self.batch_size, sampler=EpochSampler(len(self._train), self.seed),
-                          collate_fn=self._collate, num_workers=self.num_workers)
+        return TrainLoader(self._train, batch_size=self.batch_size, sampler=EpochSampler(len(self._train), self.seed),
+                           collate_fn=self._collate, num_workers=self.num_workers, trainer=self.trainer)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """One loader per dev set; a plain loader (not a list of one) when there is a single dev set."""
