@@ -192,3 +192,31 @@ def test_planned_quantised_weights_match_what_quantize_model_holds(scheme):
         quantize_for_method(model, method, scheme, "torchao", stage="after")
         held = sum(storage(p) for p in model.parameters() if not p.requires_grad)
         assert abs(planned / held - 1) < 0.10, (name, scheme, planned, held)
+
+
+def test_shallow_table_equals_whole_model_table():
+    """issue 21: the planner's fast path (2 and 3 blocks, extended to the model's depth) gives the same table as the
+    whole-model measurement; adapter_d (layer-indexed drop_layers) falls back to the whole model."""
+    from kasa.perf.memory_plan import plan_table
+
+    models, methods = ["roberta-base", "llama-2-7b"], ["kasa", "lora", "adapter_d", "vera", "bitfit"]
+    fast = plan_table(models, methods, quantization=None, shallow=True)
+    slow = plan_table(models, methods, quantization=None, shallow=False)
+    assert fast == slow
+    assert plan_table(["llama-2-7b"], ["dora"], quantization="nf4", shallow=True) == \
+        plan_table(["llama-2-7b"], ["dora"], quantization="nf4", shallow=False)
+
+
+def test_method_settings_without_hydra_equal_composed():
+    """kasa.config.presets: a registry name's settings come from its schema without Hydra, as compose gives them."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from kasa.config import CONF_DIR, register
+    from kasa.config.presets import _composed
+
+    register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="t"):
+        for name in ("kasa", "lora", "adalora", "vera", "adapter_d"):
+            composed = OmegaConf.to_container(compose("train", overrides=[f"method={name}"]).method, resolve=True)
+            assert _composed(name) == composed, name

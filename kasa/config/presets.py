@@ -32,10 +32,19 @@ def presets() -> list[str]:
 
 @functools.cache
 def _composed(name: str) -> dict[str, Any]:
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from kasa.config import CONF_DIR, register
+    from kasa.config import CONF_DIR
+
+    if name in REGISTRY and not (CONF_DIR / "method" / f"{name}.yaml").exists():
+        # the node `method=<name>` composes is the method's stored schema: its values without Hydra (seconds of
+        # imports and a composition per name saved; tests/test_memory_plan.py checks they are the same)
+        from kasa.config.schemas import schema
+
+        return OmegaConf.to_container(OmegaConf.structured(schema(name)), resolve=True)
+    from hydra import compose, initialize_config_dir
+
+    from kasa.config import register
 
     register()  # the methods' structured configs
 

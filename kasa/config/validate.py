@@ -65,8 +65,51 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"benchmark.optim.loraplus_lr_ratio={o.loraplus_lr_ratio}: method {cfg.method.name} has no "
                           f"B-like up-projection for LoRA+ to speed up; methods that have one: {with_b}")
     check_early_stopping(cfg.benchmark.get("early_stopping"))
+    check_compile(OmegaConf.select(cfg, "trainer.compile", default=False))
+    check_attn_implementation(OmegaConf.select(cfg, "model.attn_implementation", default=None))
     if task.causal_lm:
         check_generation(cfg.benchmark.get("generation"))
+
+
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flex_attention")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
+
+
+def check_compile(value: Any) -> None:
+    """``trainer.compile``: false/null, true (inductor) or a torch.compile backend name."""
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, str) and value in COMPILE_BACKENDS:
+        return
+    raise ConfigError(f"trainer.compile={value!r}: use false, true (inductor) or a torch.compile backend: "
+                      f"{' '.join(COMPILE_BACKENDS)}")
+
+
+def attn_implementation_problem(name: Any) -> str | None:
+    """Why ``model.attn_implementation=name`` cannot run here (``None``: it can, or it is unset)."""
+    import importlib.util
+
+    import torch
+
+    if name is None:
+        return None
+    if name not in ATTN_IMPLEMENTATIONS:
+        return f"is unknown; use null (transformers' default) or one of {' '.join(ATTN_IMPLEMENTATIONS)}"
+    if name == "flash_attention_2":
+        if importlib.util.find_spec("flash_attn") is None:
+            return "needs the flash_attn package (pip install flash-attn), which is not installed"
+        if not torch.cuda.is_available():
+            return "needs a CUDA GPU, and none is visible"
+    if name == "flex_attention" and importlib.util.find_spec("torch.nn.attention.flex_attention") is None:
+        return f"needs torch's flex attention (torch >= 2.5); this torch is {torch.__version__}"
+    return None
+
+
+def check_attn_implementation(name: Any) -> None:
+    """``model.attn_implementation`` against what is installed here (one line)."""
+    problem = attn_implementation_problem(name)
+    if problem:
+        raise ConfigError(f"model.attn_implementation={name}: {problem}")
 
 
 def check_packing(cfg: DictConfig, causal_lm: bool) -> None:

@@ -46,15 +46,18 @@ def arch_config(name: str):
     return AutoConfig.for_model(values.pop("model_type"), **values)
 
 
-def meta_model(name: str, task: str | None = None, num_labels: int = 2) -> nn.Module:
+def meta_model(name: str, task: str | None = None, num_labels: int = 2, layers: int | None = None) -> nn.Module:
     """Build ``name`` on the meta device with a task head: ``seq_cls`` (sequence classification) or
-    ``causal_lm``; ``None`` takes the task the paper uses the model for."""
+    ``causal_lm``; ``None`` takes the task the paper uses the model for. ``layers``: only that many transformer
+    blocks (the memory planner measures a shallow copy and extrapolates)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     task = task or arch_info(name)["task"]
     if task not in TASKS:
         raise ValueError(f"task='{task}' is unknown; choose one of {list(TASKS)}")
     cfg = arch_config(name)
+    if layers is not None:
+        cfg.num_hidden_layers = layers  # GPT-2's n_layer through its attribute map
     if task == "seq_cls":
         cfg.num_labels = num_labels
         if getattr(cfg, "pad_token_id", None) is None:  # decoder classifiers need one to find the last token

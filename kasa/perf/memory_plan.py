@@ -381,9 +381,10 @@ def perf_method(method_name: str, layers: int, r: int = 8):
     return build_method(method_name, **kw)
 
 
-def build_meta(name: str, dtype: torch.dtype | None = None) -> nn.Module:
+def build_meta(name: str, dtype: torch.dtype | None = None, layers: int | None = None) -> nn.Module:
     """``name`` (a paper model or ``perf:<profile>``, the latter with attention/MLP biases as the benchmark's
-    every-method table) on the meta device in ``dtype`` (default: :func:`default_dtype`)."""
+    every-method table) on the meta device in ``dtype`` (default: :func:`default_dtype`); ``layers``: a paper
+    model with only that many transformer blocks (:func:`estimate_shallow`)."""
     dtype = dtype or default_dtype(name)
     if name.startswith(PERF_PREFIX):
         from kasa.perf.core import build_llama
@@ -395,14 +396,16 @@ def build_meta(name: str, dtype: torch.dtype | None = None) -> nn.Module:
 
     if name not in arch_names():
         raise MemoryPlanError(f"unknown model '{name}'; choose one of {' '.join(model_names())}")
-    return meta_model(name).to(dtype)
+    return meta_model(name, layers=layers).to(dtype)
 
 
 def estimate_named(model_name: str, method_name: str, batch: int, seq: int, dtype: str | torch.dtype | None = None,
-                   quantization: str | None = None, sets: dict[str, Any] | None = None) -> MemoryEstimate:
+                   quantization: str | None = None, sets: dict[str, Any] | None = None,
+                   layers: int | None = None) -> MemoryEstimate:
     """:func:`estimate` for a paper model (the method's defaults, or a ``conf/method/`` preset, + ``sets``) or for
-    ``perf:<profile>`` (the benchmark's Llama and method settings; ``sets`` ignored)."""
-    model = build_meta(model_name, parse_dtype(dtype))
+    ``perf:<profile>`` (the benchmark's Llama and method settings; ``sets`` ignored); ``layers``: a paper model
+    cut to that many blocks."""
+    model = build_meta(model_name, parse_dtype(dtype), layers=None if model_name.startswith(PERF_PREFIX) else layers)
     if model_name.startswith(PERF_PREFIX):
         method = perf_method(method_name, _perf_profile(model_name).layers)
         task = "causal_lm"
@@ -418,6 +421,50 @@ def estimate_named(model_name: str, method_name: str, batch: int, seq: int, dtyp
         method = build_method(registered, **{**settings, **method_kwargs(registered, sets or {})})
         task = arch_info(model_name)["task"]
     return estimate(model, method, batch, seq, quantization, name=model_name, task=task)
+
+
+SHALLOW = (2, 3)  # the block counts estimate_shallow measures
+
+
+def _block_count(model_name: str) -> int | None:
+    if model_name.startswith(PERF_PREFIX):
+        return None
+    from kasa.models.architectures import arch_config, arch_names
+
+    return arch_config(model_name).num_hidden_layers if model_name in arch_names() else None
+
+
+def _layer_dependent(method_name: str, sets: dict[str, Any] | None) -> bool:
+    """The method's settings name layers by index (AdapterDrop's ``drop_layers``, ``layers_to_transform``, ...):
+    its blocks are not all alike, so :func:`estimate_shallow` measures the whole model."""
+    from kasa.config.presets import resolve
+
+    try:
+        _, settings = resolve(method_name)
+    except ValueError:
+        return True
+    return any("layers" in k and v not in (None, 0, [], ()) for k, v in {**settings, **(sets or {})}.items())
+
+
+def estimate_shallow(model_name: str, method_name: str, batch: int, seq: int,
+                     dtype: str | torch.dtype | None = None, quantization: str | None = None,
+                     sets: dict[str, Any] | None = None) -> MemoryEstimate:
+    """:func:`estimate_named` in a fraction of its time, with the same numbers: a paper model's blocks are all alike,
+    and every component is an affine function of the block count L for L >= 2 (weights, trainable parameters,
+    their gradients and AdamW state, the method's buffers and the saved activations grow by one block's worth per
+    block; what lies outside the blocks, the largest dequantised weight and the checkpointed model's one
+    recomputed block (the largest block past the first) stay). So the model is measured at 2 and 3 blocks and the
+    line extended to L. ``perf:`` models and models of 3 blocks or fewer are measured whole."""
+    blocks = _block_count(model_name)
+    if blocks is None or blocks <= SHALLOW[-1] or _layer_dependent(method_name, sets):
+        return estimate_named(model_name, method_name, batch, seq, dtype, quantization, sets)
+    a, b = (estimate_named(model_name, method_name, batch, seq, dtype, quantization, sets, layers=n)
+            for n in SHALLOW)
+    steps = blocks - SHALLOW[0]
+    ints = {f.name: getattr(a, f.name) + steps * (getattr(b, f.name) - getattr(a, f.name))
+            for f in dataclasses.fields(MemoryEstimate) if f.name not in ("batch", "seq")
+            and isinstance(getattr(a, f.name), int) and not isinstance(getattr(a, f.name), bool)}
+    return dataclasses.replace(a, **ints)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -598,12 +645,16 @@ def _gib(n: float) -> str:
     return f"{n / GIB:.2f}"
 
 
+
 def plan_table(models: Sequence[str], methods: Sequence[str], batch: int | None = None, seq: int | None = None,
                dtype: str | None = None, quantization: str | None = None, checkpointing_only: bool = False,
-               gpu_gib: float | None = None, sets: dict[str, Any] | None = None) -> tuple[str, list[str]]:
+               gpu_gib: float | None = None, sets: dict[str, Any] | None = None,
+               shallow: bool = True) -> tuple[str, list[str]]:
     """``(markdown, notes)``: one table per model, one row per method, sizes in GiB. ``batch``/``seq``
     ``None``: 4 x 512 (a ``perf:`` model: its profile's); ``dtype`` ``None``: each model's conf/model dtype.
-    ``gpu_gib``: a "fits" column (``yes``, ``ckpt`` when only the checkpointed total fits, ``no``)."""
+    ``gpu_gib``: a "fits" column (``yes``, ``ckpt`` when only the checkpointed total fits, ``no``). ``shallow``:
+    each cell from :func:`estimate_shallow` (the same numbers, seconds for the default table), else from
+    :func:`estimate_named` on the whole model."""
     from kasa.config.presets import na_footnote
 
     notes: list[str] = []
@@ -626,7 +677,8 @@ def plan_table(models: Sequence[str], methods: Sequence[str], batch: int | None 
         out += ["| " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1)]
         for meth in methods:
             try:
-                e = estimate_named(mod, meth, b, s, dtype=dt, quantization=quantization, sets=sets)
+                e = (estimate_shallow if shallow else estimate_named)(mod, meth, b, s, dtype=dt,
+                                                                      quantization=quantization, sets=sets)
             except Exception as exc:  # noqa: BLE001  (a table cell, not a crash: say why)
                 out.append(f"| {meth} | n/a [{na_footnote(notes, note_ids, meth, exc)}] |" + " |" * (len(cols) - 2))
                 continue
@@ -646,5 +698,6 @@ def plan_table(models: Sequence[str], methods: Sequence[str], batch: int | None 
 
 __all__ = ["MemoryEstimate", "MemoryPlanError", "QUANTIZATIONS", "DTYPES", "GIB", "estimate", "estimate_named",
            "measure_saved", "frozen_weight_bytes", "quantized_bytes", "parse_dtype", "model_names", "build_meta",
-           "default_dtype", "conf_model_defaults", "perf_method", "compare_with_bench", "cpu_peak_check", "cuda_check",
+           "default_dtype", "conf_model_defaults", "perf_method",
+           "estimate_shallow", "compare_with_bench", "cpu_peak_check", "cuda_check",
            "plan_table", "COMPONENTS"]

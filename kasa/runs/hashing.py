@@ -20,11 +20,17 @@ def drop_neutral(c: dict) -> dict:
     """Remove settings that were added later with a value that changes nothing, so runs made before they existed
     keep their hash (and pool with new ones): ``model.quantization: null`` and then its backend;
     ``benchmark.optim.loraplus_lr_ratio: null`` (LoRA+ off); ``benchmark.early_stopping`` with ``patience: null``
-    (off: the whole section, ``min_delta`` included); ``trainer.val_check_interval: null``."""
+    (off: the whole section, ``min_delta`` included); ``model.attn_implementation: null`` (transformers' default);
+    ``trainer.compile: false``; ``benchmark.generation.backend: hf``; ``trainer.val_check_interval: null``."""
     model = c.get("model")
     if isinstance(model, dict) and model.get("quantization", None) is None:
         model.pop("quantization", None)
         model.pop("quantization_backend", None)
+    if isinstance(model, dict) and model.get("attn_implementation", False) is None:
+        model.pop("attn_implementation")
+    trainer = c.get("trainer")
+    if isinstance(trainer, dict) and trainer.get("compile", None) in (False, None):
+        trainer.pop("compile", None)
     if isinstance(c.get("trainer"), dict) and c["trainer"].get("val_check_interval", False) is None:
         c["trainer"].pop("val_check_interval")  # null: Lightning's default, once per epoch
     bench = c.get("benchmark")
@@ -38,6 +44,9 @@ def drop_neutral(c: dict) -> dict:
         es = bench.get("early_stopping", False)
         if es is None or (isinstance(es, dict) and es.get("patience", None) is None):
             bench.pop("early_stopping")
+        gen = bench.get("generation")
+        if isinstance(gen, dict) and gen.get("backend", None) == "hf":
+            gen.pop("backend")
     return c
 
 

@@ -34,6 +34,7 @@ class PeftModule(L.LightningModule):
         # what results.json records beside the metrics (generation settings, metric backend, lm_eval scores)
         self.results_extra: dict[str, Any] = {}
         self._last_step_seen = -1
+        self._train_forward: Any = None  # compile_model: the compiled model, used by the training step only
         # Checkpoints carry the adapter only; the frozen base is rebuilt by `method.apply` on resume.
         self.strict_loading = False
         self.model.train()  # transformers loads in eval mode; dropout belongs to training
@@ -51,9 +52,15 @@ class PeftModule(L.LightningModule):
     def forward(self, **batch: Any) -> Any:
         return self.model(**batch)
 
+    def compile_model(self, backend: str = "inductor", **options: Any) -> None:
+        """``trainer.compile``: the training forward goes through ``torch.compile(self.model)``. The compiled
+        wrapper is kept off the module tree (no ``_orig_mod.`` keys: checkpoints, the method's hooks and validation's
+        ``generate`` see the plain model, whose parameters the wrapper shares)."""
+        object.__setattr__(self, "_train_forward", torch.compile(self.model, backend=backend, **options))
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         self.method.on_before_forward(self.model, self.global_step)
-        out = self.model(**batch)
+        out = (self.model if self._train_forward is None else self._train_forward)(**batch)
         task_loss = self.task_loss(out, batch)
         reg = self.method.regularization_loss(self.model)
         loss = task_loss + reg

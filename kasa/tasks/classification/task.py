@@ -82,7 +82,8 @@ def build(cfg: DictConfig, method: PeftMethod) -> TaskBundle:
     sets = splits.validation_sets
     val_names = list(sets) if len(sets) > 1 or splits.validation_name else None
     model = load_model(m.name_or_path, task="seq_cls", num_labels=splits.num_labels, dtype=m.get("dtype"),
-                       revision=m.get("revision"), gradient_checkpointing=m.get("gradient_checkpointing", False))
+                       revision=m.get("revision"), gradient_checkpointing=m.get("gradient_checkpointing", False),
+                       attn_implementation=m.get("attn_implementation"))
     module = ClassificationModule(model, method, splits.num_labels, list(d.metrics), OptimConfig(**as_dict(b.optim)),
                                   val_names=val_names, monitor=d.monitor)
     return TaskBundle(model, td.datamodule, module, td.split_sizes)
@@ -117,7 +118,7 @@ class ClassificationTask(Task):
         m = cfg.model
         heads = list(cfg.method.get("modules_to_save") or []) or sorted({h for hs in HEAD_PRESETS.values() for h in hs})
         model = load_model(m.name_or_path, task="seq_cls", num_labels=num_labels(state, heads), dtype=m.get("dtype"),
-                           revision=m.get("revision"))
+                           revision=m.get("revision"), attn_implementation=m.get("attn_implementation"))
         return model, load_tokenizer(m.name_or_path, revision=m.get("revision"))
 
 
