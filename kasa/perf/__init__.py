@@ -17,9 +17,11 @@ config on the device, bf16), ``--tiny`` (seconds; what the tests run). Prints Ma
 6. every registry method (and HF PEFT's DoRA, PiSSA, AdaLoRA, VeRA) over the frozen floor, with its
    counted memory, one method at a time (``--skip-methods`` leaves it out);
 7. Lightning's training step (``kasa.tasks.classification.module.ClassificationModule``) against a bare PyTorch loop.
+8. ``--throughput`` (alone): non-padding tokens per second and padding share of padded, length-grouped and packed
+   causal-LM batches of SmolLM2-135M on the commonsense training mix (``throughput``).
 
-Modules: ``core`` (profiles, runner, timing), ``steps``, ``memory``, ``methods``, ``truncation``, ``report``
-(``run``: the whole report) and ``__main__`` (the command line).
+Modules: ``core`` (profiles, runner, timing), ``steps``, ``memory``, ``methods``, ``truncation``, ``throughput``,
+``report`` (``run``: the whole report) and ``__main__`` (the command line).
 """
 
 from kasa.perf.report import run

@@ -1,4 +1,4 @@
-"""``python -m kasa.perf [--tiny|--quick|--full]``: the command line of the speed and memory benchmark."""
+"""``python -m kasa.perf [--tiny|--quick|--full] [--throughput]``: the command line of the speed benchmarks."""
 
 from __future__ import annotations
 
@@ -19,7 +19,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip-methods", action="store_true", help="skip the every-method table")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="also write the Markdown report here")
+    ap.add_argument("--throughput", action="store_true",
+                    help="only the training-throughput table: padded, length-grouped and packed batches of "
+                         "SmolLM2-135M on the commonsense mix (CPU: a few minutes; --full: on the GPU)")
+    ap.add_argument("--tp-examples", type=int, default=None, help="throughput: examples per mode and repetition "
+                    "(default 16 on the CPU, 512 with --full)")
+    ap.add_argument("--tp-reps", type=int, default=None, help="throughput: repetitions (default 2; 5 with --full)")
+    ap.add_argument("--tp-mix", type=int, default=2000, help="throughput: records of the mix for the epoch statistics")
     a = ap.parse_args(argv)
+    if a.throughput:
+        from kasa.perf.throughput import throughput_section
+
+        full = a.full
+        report = "\n".join(throughput_section(examples=a.tp_examples or (512 if full else 16),
+                                              reps=a.tp_reps or (5 if full else 2), mix=a.tp_mix, r=a.r,
+                                              threads=a.threads, device="cuda" if full else "cpu"))
+        print(report)
+        if a.out:
+            with open(a.out, "w") as f:
+                f.write(report + "\n")
+        return
     profile = "full" if a.full else "tiny" if a.tiny else "quick"
     report = run(profile, r=a.r, layers=a.layers, skip_truncation=a.skip_truncation, threads=a.threads,
                  skip_methods=a.skip_methods)
