@@ -83,16 +83,3 @@ def test_attn_implementation_reaches_the_model(tiny_bert_dir, tmp_path):
     assert bundle.model.config._attn_implementation == "eager"
 
 
-def test_vllm_generation_backend_is_refused_without_vllm_or_cuda():
-    import importlib.util
-
-    from kasa.config.validate import check_generation
-
-    if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available():
-        pytest.skip("vllm and CUDA are both here")
-    check_generation({"backend": "hf"})
-    with pytest.raises(ConfigError, match=r"backend=vllm needs .*use benchmark.generation.backend=hf") as exc:
-        check_generation({"backend": "vllm"})
-    assert "\n" not in str(exc.value)
-    with pytest.raises(ConfigError, match="backend=tgi: use hf"):
-        check_generation({"backend": "tgi"})

@@ -144,27 +144,9 @@ def check_generation(node: Any) -> None:
 
     try:
         values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-        g = GenerationSettings(**(values or {}))
+        GenerationSettings(**(values or {}))
     except TypeError as exc:
         raise ConfigError(f"benchmark.generation: {exc}".replace("GenerationSettings.__init__() ", "")) from None
-    check_generation_backend(g.backend)
-
-
-def check_generation_backend(backend: Any) -> None:
-    """``benchmark.generation.backend``: ``hf`` anywhere; ``vllm`` only where the vllm package and CUDA are."""
-    import importlib.util
-
-    import torch
-
-    if backend == "hf":
-        return
-    if backend != "vllm":
-        raise ConfigError(f"benchmark.generation.backend={backend}: use hf (transformers' generate) or vllm")
-    missing = [what for what, ok in (("the vllm package (pip install vllm)", importlib.util.find_spec("vllm")),
-                                     ("a CUDA GPU", torch.cuda.is_available())) if not ok]
-    if missing:
-        raise ConfigError(f"benchmark.generation.backend=vllm needs {' and '.join(missing)}, which this machine "
-                          "lacks; use benchmark.generation.backend=hf")
 
 
 def check_early_stopping(node: Any) -> None:

@@ -21,7 +21,7 @@ def drop_neutral(c: dict) -> dict:
     keep their hash (and pool with new ones): ``model.quantization: null`` and then its backend;
     ``benchmark.optim.loraplus_lr_ratio: null`` (LoRA+ off); ``benchmark.early_stopping`` with ``patience: null``
     (off: the whole section, ``min_delta`` included); ``model.attn_implementation: null`` (transformers' default);
-    ``trainer.compile: false``; ``benchmark.generation.backend: hf``; ``trainer.val_check_interval: null``."""
+    ``trainer.compile: false``; ``trainer.val_check_interval: null``."""
     model = c.get("model")
     if isinstance(model, dict) and model.get("quantization", None) is None:
         model.pop("quantization", None)
@@ -44,9 +44,6 @@ def drop_neutral(c: dict) -> dict:
         es = bench.get("early_stopping", False)
         if es is None or (isinstance(es, dict) and es.get("patience", None) is None):
             bench.pop("early_stopping")
-        gen = bench.get("generation")
-        if isinstance(gen, dict) and gen.get("backend", None) == "hf":
-            gen.pop("backend")
     return c
 
 

@@ -62,7 +62,6 @@ class GenerationSettings:
     repetition_penalty: float = 1.0
     max_prompt_length: int | None = None  # prompts longer than this keep their END (the response marker)
     early_stopping: bool = True  # beam search stops once num_beams hypotheses end (LLM-Adapters: HF's False)
-    backend: str = "hf"  # hf: model.generate | vllm: kasa.runs.vllm_generate from the exported weights (CUDA)
 
     def generate_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams,
