@@ -105,8 +105,11 @@ class LengthGroupedSampler(EpochSampler):
         for s in range(0, self.n, step * self.mega):
             chunk = sorted(perm[s:s + step * self.mega], key=lambda i: -self.lengths[i])
             batches = [chunk[b:b + step] for b in range(0, len(chunk), step)]
+            # only the last mega-batch can end in a short batch: it stays last, so every batch keeps its boundaries
+            tail = batches.pop() if len(batches[-1]) < step else []
             for b in torch.randperm(len(batches), generator=g).tolist():
                 out += batches[b]
+            out += tail
         return out
 
 

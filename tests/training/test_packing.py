@@ -180,6 +180,8 @@ def test_length_grouped_sampler_seeded_resumable_and_grouped():
     s = LengthGroupedSampler(lengths, b, seed=3, mega=4)
     e0 = list(s)
     assert sorted(e0) == list(range(len(lengths)))  # every example once
+    for k in range(0, len(e0), b):  # each batch is a run of one mega-batch sorted longest first
+        assert [lengths[i] for i in e0[k:k + b]] == sorted((lengths[i] for i in e0[k:k + b]), reverse=True)
     assert e0 == list(LengthGroupedSampler(lengths, b, seed=3, mega=4))  # seeded
     assert e0 != list(LengthGroupedSampler(lengths, b, seed=4, mega=4))
     s.set_epoch(1)
