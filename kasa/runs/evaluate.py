@@ -106,7 +106,7 @@ def _dev_metrics(run, name: str) -> tuple[dict[str, float], dict[str, Any]]:
     from kasa.training.strategy import build_strategy
 
     t = OmegaConf.to_container(run.cfg.trainer, resolve=True)
-    for k in ("logger", "callbacks", "enable_checkpointing", "default_root_dir"):
+    for k in ("logger", "callbacks", "enable_checkpointing", "default_root_dir", "compile"):  # compile: kasa's key
         t.pop(k, None)
     if "strategy" in t:
         t["strategy"] = build_strategy(t["strategy"], run.model)
