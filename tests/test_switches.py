@@ -26,7 +26,9 @@ def _cfg(tiny_bert_dir: Path, *overrides: str):
 
 # aot_eager: torch.compile's graph capture and autograd tracing without inductor's C++ code generation, which takes
 # minutes per graph on the 2-core CI machines; trainer.compile=true (inductor) runs the same path on a GPU.
-@pytest.mark.parametrize("method", ["kasa", "lora", "dora"])
+# KaSA in the default suite; LoRA and DoRA (about 8-10 s each of dynamo tracing on 2 cores) in `make test-slow`
+@pytest.mark.parametrize("method", ["kasa", pytest.param("lora", marks=pytest.mark.slow),
+                                    pytest.param("dora", marks=pytest.mark.slow)])
 def test_methods_train_under_compile(tiny_bert_dir, tmp_path, method):
     import torch._dynamo
     from torch._dynamo.utils import counters
