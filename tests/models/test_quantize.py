@@ -277,6 +277,7 @@ def test_null_quantization_keeps_the_hash_of_runs_made_before_the_key_existed():
     assert nf4[0] != nf4[1]  # with a quantised base the backend is part of the computation
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch, transformers and torchao: ~7 s (8 min CI budget)
 def test_importing_torchao_through_kasa_logs_none_of_its_cpu_noise():
     import subprocess
     import sys
