@@ -315,6 +315,11 @@ def load_correctness(rec: Record) -> dict[Any, tuple[bool, Any]] | None:
     d = rec.run_dir
     if d is None or rec.epoch is None:
         return None
+    epochs = [r.get("epoch") for r in rec.history]
+    if len(epochs) != len(set(epochs)):
+        # several validations an epoch (trainer.val_check_interval): the per-epoch file holds the epoch's last
+        # one, not necessarily the reported one, so no paired test is drawn from it
+        return None
     pred_file = d / PREDICTIONS_DIR / f"epoch{rec.epoch}.jsonl"
     if pred_file.exists():
         rows = [json.loads(ln) for ln in pred_file.read_text().splitlines() if ln.strip()]
