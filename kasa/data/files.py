@@ -79,9 +79,7 @@ def _load_rows(path: str, split: str, name: str | None, **kwargs: Any) -> list[d
         try:
             ds = datasets.load_dataset(_FILE_BUILDERS[suffix], data_files=str(p), split="train", **extra, **kwargs)
         except Exception as exc:  # noqa: BLE001 -- a malformed file: one line naming it
-            root = exc
-            while root.__cause__ is not None:
-                root = root.__cause__
+            root = root_cause(exc)
             raise DatasetError(f"data file '{path}' does not read as {suffix[1:]}: "
                                f"{' '.join(str(root).split())[:200] or type(root).__name__}") from None
     else:
@@ -96,3 +94,36 @@ def _load_rows(path: str, split: str, name: str | None, **kwargs: Any) -> list[d
                                f"dataset.source_args at a local copy (a data file, or a folder in the hub's "
                                f"layout).") from exc
     return [dict(r) for r in ds]
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of a ``raise ... from`` / ``during handling`` chain."""
+    seen = {id(exc)}
+    while (nxt := exc.__cause__ or exc.__context__) is not None and id(nxt) not in seen:
+        seen.add(id(nxt))
+        exc = nxt
+    return exc
+
+
+def require_rows(path: str, split: str = "train", what: str = "") -> list[dict[str, Any]]:
+    """:func:`load_rows`, refusing an empty split in one line naming the file."""
+    rows = load_rows(str(path), split=split)
+    if not rows:
+        raise DatasetError(f"{what + ' ' if what else ''}data '{path}' has no rows (an empty split)")
+    return rows
+
+
+def require_column(rows: list[dict[str, Any]], path: str, column: str, key: str) -> None:
+    """``column`` (mapped by ``dataset.<key>``) is a column of ``rows``, else one line naming file and columns."""
+    if column not in rows[0]:
+        raise DatasetError(f"data '{path}' has no column '{column}' (dataset.{key}); its columns: "
+                           f"{', '.join(map(str, rows[0]))}")
+
+
+def require_text(rows: list[dict[str, Any]], path: str, column: str, hint: str = "") -> None:
+    """Every value of ``column`` is a string, else one line naming file, column, row and value (plus ``hint``)."""
+    for i, r in enumerate(rows):
+        value = r.get(column)
+        if not isinstance(value, str):
+            raise DatasetError(f"data '{path}' column '{column}' is not text: row {i} holds "
+                               f"{type(value).__name__} {value!r}{'; ' + hint if hint else ''}")

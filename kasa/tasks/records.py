@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from kasa.data.files import load_rows
+from kasa.data.files import require_column, require_rows, require_text
 from kasa.errors import DatasetError
 
 
@@ -37,31 +37,16 @@ def chat_record(messages: Sequence[Mapping[str, Any]]) -> dict[str, str] | None:
     return None
 
 
-def _need(rows: list[dict[str, Any]], path: str, column: str, key: str) -> None:
-    if column not in rows[0]:
-        raise DatasetError(f"data '{path}' has no column '{column}' (dataset.{key}); its columns: "
-                           f"{', '.join(map(str, rows[0]))}")
-
-
-def _text(rows: list[dict[str, Any]], path: str, column: str) -> None:
-    for i, r in enumerate(rows):
-        if not isinstance(r.get(column), str):
-            raise DatasetError(f"data '{path}' column '{column}' is not text: row {i} holds "
-                               f"{type(r.get(column)).__name__} {r.get(column)!r}")
-
-
 def generation_records(path: str, split: str = "train", prompt: str = "prompt", completion: str | None = "completion",
                        input: str | None = None, messages: str | None = None,
                        keep: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """Records of one file (see the module docstring). ``completion=None``: evaluation rows that need no reference
     output; ``keep``: more record fields from columns (``{"answer": "label"}``), each required."""
-    rows = load_rows(str(path), split=split)
-    if not rows:
-        raise DatasetError(f"data '{path}' has no rows (an empty split)")
+    rows = require_rows(path, split)
     for field, column in (keep or {}).items():
-        _need(rows, path, column, field)
+        require_column(rows, path, column, field)
     if messages:
-        _need(rows, path, messages, "messages")
+        require_column(rows, path, messages, "messages")
         out = []
         for r in rows:
             rec = chat_record(r[messages] or [])
@@ -73,8 +58,8 @@ def generation_records(path: str, split: str = "train", prompt: str = "prompt", 
     columns = [("prompt", prompt), ("completion", completion), ("input", input)]
     for key, column in columns:
         if column:
-            _need(rows, path, column, key)
-            _text(rows, path, column)
+            require_column(rows, path, column, key)
+            require_text(rows, path, column)
     return [{"instruction": r[prompt], "input": r[input] if input else "",
              **({"output": r[completion]} if completion else {}), **{f: r[c] for f, c in (keep or {}).items()}}
             for r in rows]

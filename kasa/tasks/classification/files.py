@@ -16,31 +16,11 @@ from __future__ import annotations
 import random
 from typing import Any, Sequence
 
-from kasa.data.files import load_rows
+from kasa.data.files import require_column, require_rows, require_text
 from kasa.errors import DatasetError
 from kasa.tasks.classification.data import Example, Splits, source, stratified_split
 
-
-def _rows(path: str, split: str, what: str) -> list[dict[str, Any]]:
-    rows = load_rows(str(path), split=split)
-    if not rows:
-        raise DatasetError(f"{what} data '{path}' has no rows (an empty split)")
-    return rows
-
-
-def _column(rows: list[dict[str, Any]], path: str, column: str, key: str) -> None:
-    if column not in rows[0]:
-        raise DatasetError(f"data '{path}' has no column '{column}' (dataset.{key}); its columns: "
-                           f"{', '.join(map(str, rows[0]))}")
-
-
-def _texts(rows: list[dict[str, Any]], path: str, column: str) -> None:
-    for i, r in enumerate(rows):
-        if not isinstance(r.get(column), str):
-            value = r.get(column)
-            raise DatasetError(f"data '{path}' column '{column}' is not text: row {i} holds "
-                               f"{type(value).__name__} {value!r}; map dataset.text / dataset.text_pair to a column "
-                               "of strings")
+TEXT_HINT = "map dataset.text / dataset.text_pair to a column of strings"
 
 
 def _kind(value: Any) -> str:
@@ -84,16 +64,16 @@ def files(train: str | None = None, validation: str | None = None, text: str = "
     if not train:
         raise DatasetError("dataset.train is not set: give a data file (csv, tsv, json, jsonl, parquet), a "
                            "save_to_disk folder or a hub id")
-    parts = {"train": (train, _rows(train, train_split, "training"))}
+    parts = {"train": (train, require_rows(train, train_split, "training"))}
     if validation:
-        parts["validation"] = (validation, _rows(validation, validation_split, "validation"))
+        parts["validation"] = (validation, require_rows(validation, validation_split, "validation"))
     for path, rows in parts.values():
         for key, column in (("text", text), ("text_pair", text_pair), ("label", label)):
             if column is not None:
-                _column(rows, path, column, key)
-        _texts(rows, path, text)
+                require_column(rows, path, column, key)
+        require_text(rows, path, text, TEXT_HINT)
         if text_pair:
-            _texts(rows, path, text_pair)
+            require_text(rows, path, text_pair, TEXT_HINT)
     kinds = {part: _label_kind(rows, path, label) for part, (path, rows) in parts.items()}
     numeric = {part: "number" if k in ("int", "float") else k for part, k in kinds.items()}
     if len(set(numeric.values())) > 1:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kasa.data.files import quiet_datasets
+from kasa.data.files import quiet_datasets, root_cause
 from kasa.errors import DatasetError
 from kasa.tasks.classification.data import Example, Splits, source
 
@@ -130,7 +130,7 @@ def _load(task: str, splits: list[str], path: str | None, data_files: dict[str, 
     except Exception as exc:  # hub unreachable, missing file, bad format: one clear line for the CLI
         where = files if files is not None else f"'{hub}' (config '{task}')"
         # datasets wraps the parser's error ("An error occurred while generating the dataset"): name the root
-        root = _root_cause(exc)
+        root = root_cause(exc)
         reason = " ".join(f"{type(root).__name__}: {root}".split())
         hint = "" if files is not None else (". Offline, point dataset.source_args.path at a local copy in the "
                                              "hub's format")
@@ -139,15 +139,6 @@ def _load(task: str, splits: list[str], path: str | None, data_files: dict[str, 
     if missing:
         raise DatasetError(f"GLUE '{task}' has no split(s) {missing}; found {sorted(dd)}")
     return {s: dd[s] for s in splits}
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """The innermost exception of a ``raise ... from`` / ``during handling`` chain."""
-    seen = {id(exc)}
-    while (nxt := exc.__cause__ or exc.__context__) is not None and id(nxt) not in seen:
-        seen.add(id(nxt))
-        exc = nxt
-    return exc
 
 
 def _label_names(ds: Any, spec: GlueTask) -> list[str]:
