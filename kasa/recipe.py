@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
-from kasa.config.validate import validate
+from kasa.config.validate import compile_backend_of, validate
 from kasa.errors import ConfigError, JudgingFailed, LmEvalError, RunError
 from kasa.runs.files import RESULTS_FILE, write_json
 from kasa.runs.hashing import HASH_EXCLUDE, config_hash  # noqa: F401  (HASH_EXCLUDE: named in run's docstring)
@@ -163,7 +163,7 @@ def _fit(cfg: DictConfig, run_dir: Path, key: str, start: Any, callbacks: list |
     if stop_cb is not None:  # benchmark.early_stopping.patience: stop when val/<monitor> stops rising
         callbacks.append(stop_cb)
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
-    compile_backend = compile_setting(t.pop("compile", False))  # kasa's, not a Lightning Trainer argument
+    compile_backend = compile_backend_of(t.pop("compile", False))  # kasa's, not a Lightning Trainer argument
     if compile_backend is not None:  # after prepare_model: the method's layers are part of the compiled graph
         module.compile_model(backend=compile_backend)
     try:
@@ -208,19 +208,6 @@ def _fit(cfg: DictConfig, run_dir: Path, key: str, start: Any, callbacks: list |
           f"of {total:,}")
     print(f"[kasa] results: {run_dir / RESULTS_FILE}\n[kasa] logs: {run_dir / 'logs'}")
     return results
-
-
-def compile_setting(value: Any) -> str | None:
-    """``trainer.compile`` -> the torch.compile backend, or ``None`` (off): ``false``/``null`` off, ``true``
-    inductor, a string names the backend (``aot_eager``, ``eager``, ...)."""
-    if value is None or value is False:
-        return None
-    if value is True:
-        return "inductor"
-    if isinstance(value, str) and value:
-        return value
-    raise ConfigError(f"trainer.compile={value!r}: use false, true (inductor) or a torch.compile backend name "
-                      "(aot_eager, eager, inductor)")
 
 
 def _lm_eval_callback(cfg: DictConfig):

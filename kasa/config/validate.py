@@ -65,7 +65,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"benchmark.optim.loraplus_lr_ratio={o.loraplus_lr_ratio}: method {cfg.method.name} has no "
                           f"B-like up-projection for LoRA+ to speed up; methods that have one: {with_b}")
     check_early_stopping(cfg.benchmark.get("early_stopping"))
-    check_compile(OmegaConf.select(cfg, "trainer.compile", default=False))
+    compile_backend_of(OmegaConf.select(cfg, "trainer.compile", default=False))
     check_attn_implementation(OmegaConf.select(cfg, "model.attn_implementation", default=None))
     if task.causal_lm:
         check_generation(cfg.benchmark.get("generation"))
@@ -75,12 +75,15 @@ ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flex_attention")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
 
 
-def check_compile(value: Any) -> None:
-    """``trainer.compile``: false/null, true (inductor) or a torch.compile backend name."""
-    if value is None or isinstance(value, bool):
-        return
+def compile_backend_of(value: Any) -> str | None:
+    """``trainer.compile`` -> the torch.compile backend, ``None`` when off: false/null off, true inductor, or a
+    backend name of :data:`COMPILE_BACKENDS`; anything else is one line (validation and the recipe both ask here)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "inductor"
     if isinstance(value, str) and value in COMPILE_BACKENDS:
-        return
+        return value
     raise ConfigError(f"trainer.compile={value!r}: use false, true (inductor) or a torch.compile backend: "
                       f"{' '.join(COMPILE_BACKENDS)}")
 
