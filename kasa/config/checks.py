@@ -28,7 +28,7 @@ import typing
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -104,6 +104,16 @@ RULES: tuple[Rule, ...] = (
 
 def _fmt(value: Any) -> str:
     return repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def first_problem(obj: Any, section: str, rules: Sequence[tuple[str, str, Callable[[Any], bool]]]) -> str | None:
+    """The first of ``rules`` (attribute, what is allowed, predicate) that ``obj`` fails, as ``<section>.<key>=<value>
+    is not allowed; use <allowed>``: how the section dataclasses (optim, early_stopping, judge) check themselves."""
+    for key, allowed, ok in rules:
+        value = getattr(obj, key)
+        if not ok(value):
+            return f"{section}.{key}={_fmt(value)} is not allowed; use {allowed}"
+    return None
 
 
 def check_rules(cfg: DictConfig, rules: tuple[Rule, ...] = RULES) -> None:

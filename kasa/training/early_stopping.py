@@ -6,7 +6,6 @@ Off by default (``patience: null``); a section left at that default is not part 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,12 +31,9 @@ class EarlyStoppingConfig:
         rules = (("patience", "null (off) or an integer >= 1",
                   lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)),
                  ("min_delta", "a number >= 0", _number))
-        for key, allowed, ok in rules:
-            value = getattr(self, key)
-            if not ok(value):
-                shown = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
-                return f"early_stopping.{key}={shown} is not allowed; use {allowed}"
-        return None
+        from kasa.config.checks import first_problem
+
+        return first_problem(self, "early_stopping", rules)
 
     @property
     def enabled(self) -> bool:

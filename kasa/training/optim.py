@@ -8,7 +8,6 @@ docs/protocols.md, the optional settings in its section "Optimiser options".
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -77,12 +76,9 @@ class OptimConfig:
     def problem(self) -> str | None:
         """The first setting that is not allowed, as ``optim.<key>=<value> is not allowed; use <what is>``; the one
         place ``benchmark.optim`` is validated (conf/ holds its keys through this class's structured config)."""
-        for key, allowed, ok in _RULES:
-            value = getattr(self, key)
-            if not ok(value):
-                shown = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
-                return f"optim.{key}={shown} is not allowed; use {allowed}"
-        return None
+        from kasa.config.checks import first_problem
+
+        return first_problem(self, "optim", _RULES)
 
     def num_warmup_steps(self, total_steps: int) -> float:
         """The warmup length for ``total_steps`` optimiser steps. Not rounded: the reference passes

@@ -118,11 +118,9 @@ class JudgeSettings:
                  ("parallel", "an integer >= 1", positive_int),
                  ("temperature", "a number >= 0",
                   lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0))
-        for key, allowed, ok in rules:
-            value = getattr(self, key)
-            if not ok(value):
-                return f"judge.{key}={value!r} is not allowed; use {allowed}"
-        return None
+        from kasa.config.checks import first_problem
+
+        return first_problem(self, "judge", rules)
 
 
 @dataclass(frozen=True)
