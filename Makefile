@@ -9,7 +9,7 @@ space  := $(empty) $(empty)
 # Pinned first: an unpinned torch pulled in by lightning would be a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: install assets train test test-slow clean mini mini-powered notebooks gpu-check
+.PHONY: install assets train test test-slow clean mini mini-powered table1 table5 notebooks gpu-check
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,15 @@ mini: assets
 # SWEEP/report (docs/mini.md quotes it); reruns skip finished runs.
 mini-powered: assets
 	experiments/mini/powered.sh $(or $(SWEEP),outputs/mini_powered)
+
+# The paper's comparisons on real data, CPU (docs/reproduction.md; reruns skip finished runs, interrupted ones resume):
+# Table 1-style: 12 methods x 3 tasks on MiniLM (KaSA and LoRA 6 seeds, the rest 3; ~185 s a single-thread run, two
+# workers); Table 5-style: zero-shot + 5 methods x 3 seeds on SmolLM2-135M over the commonsense suite.
+table1: assets
+	experiments/reproduction/table1.sh $(or $(SWEEP),outputs/table1)
+
+table5: assets
+	experiments/reproduction/table5.sh $(or $(SWEEP),outputs/table5)
 
 # The notebooks with outputs from real offline runs: the `make train` default (KaSA on MiniLM, vader_movie5, 3
 # epochs) with the spectra callback, plus truncation=activation_aware and none for the heatmap notebook. Runs

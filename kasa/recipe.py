@@ -178,7 +178,11 @@ def _fit(cfg: DictConfig, run_dir: Path, key: str, start: Any, callbacks: list |
     check_launch(trainer)
     start.begin(cfg)  # config.yaml: from here on the folder is this config's run
     try:
-        trainer.fit(module, datamodule=bundle.datamodule, ckpt_path=start.checkpoint, weights_only=True)
+        if t.get("max_epochs") == 0 and t.get("max_steps") in (None, -1):
+            # a zero-shot row: one scored validation of the model as built (method=fft: the untouched base)
+            trainer.validate(module, datamodule=bundle.datamodule)
+        else:
+            trainer.fit(module, datamodule=bundle.datamodule, ckpt_path=start.checkpoint, weights_only=True)
         failure = module.evaluation_failure()
         if failure:  # after the last checkpoint: the adapter and the generations are on disk
             raise JudgingFailed(f"the LLM judge failed at {failure}; the trained adapter "

@@ -246,6 +246,28 @@ def test_big_run_switches_bf16_accumulation_checkpointing(tiny_causal_dir, tmp_p
 # ------------------------------------------------------------------------------------------ hub-format loaders
 
 
+def test_zero_shot_row_scores_the_untouched_base(tiny_causal_dir, tmp_path, commonsense_data):
+    """trainer.max_epochs=0 scores the model as built, once: FFT's (the bare base) and LoRA's (B = 0) generations
+    are the same, nothing trains, and kasa-report labels the row zero-shot."""
+    from kasa.analysis.report.collect import collect
+
+    rows = {}
+    for method in ("fft", "lora"):
+        extra = ("method.r=4",) if method == "lora" else ()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=["benchmark=commonsense", "trainer.max_epochs=0", f"method={method}",
+                                              f"model.name_or_path={tiny_causal_dir}", *extra, *commonsense_data,
+                                              *(c for c in COMMON if not c.startswith("method."))])
+        res = run(cfg, run_dir=tmp_path / method)
+        assert [(h["epoch"], h["step"]) for h in res["history"]] == [(0, 0)]
+        assert not list((tmp_path / method).glob("checkpoints/*.ckpt"))
+        rows[method] = (tmp_path / method / "generations" / "epoch0.jsonl").read_text()
+    assert rows["fft"] == rows["lora"] and rows["fft"]
+    records, _ = collect([tmp_path])
+    assert {r.method for r in records} == {"zero-shot"}
+    assert {r.task for r in records} == {"boolq", "siqa"}  # the tasks the evaluator counted
+
+
 def test_hub_format_loaders_on_local_files(tmp_path):
     from kasa.tasks.commonsense.task import commonsense_splits
     from kasa.tasks.e2e.data import e2e_splits

@@ -84,8 +84,9 @@ def _finite_steps(cfg: DictConfig) -> bool:
 
 RULES: tuple[Rule, ...] = (
     Rule("seed", "an integer >= 0", _int_at_least(0)),
-    Rule("trainer.max_epochs", "an integer >= 1 (the learning-rate schedule needs a finite run; Lightning's -1, "
-         "no limit, works only with trainer.max_steps > 0)", _int_at_least(1), when=_finite_steps),
+    Rule("trainer.max_epochs", "an integer >= 0 (0: no training, the model as built is scored once, e.g. the "
+         "base model's zero-shot row with method=fft; the learning-rate schedule needs a finite run: Lightning's -1, "
+         "no limit, works only with trainer.max_steps > 0)", _int_at_least(0), when=_finite_steps),
     Rule("trainer.max_steps", "-1 (no step limit) or an integer >= 1", lambda v: v == -1 or _int_at_least(1)(v),
          optional=True),
     Rule("trainer.accumulate_grad_batches", "an integer >= 1", _int_at_least(1), optional=True),

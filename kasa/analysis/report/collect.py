@@ -139,6 +139,8 @@ def records_from_results(res: dict[str, Any], source: str = "", paper: dict[str,
     selection = selection_
     table = table_key(cfg, paper)
     method = str(res.get("method") or _get(cfg, "method.name"))
+    if _get(cfg, "trainer.max_epochs") == 0 and _get(cfg, "trainer.max_steps") in (None, -1):
+        method = "zero-shot"  # scored without training (kasa.recipe): the model as the method built it
     seed = int(res.get("seed", _get(cfg, "seed") or 0))
     history = [h for h in (res.get("history") or []) if isinstance(h, dict)]
     epoch = m.get("best_epoch") if selection == "best" else (history[-1].get("epoch") if history else None)
@@ -150,7 +152,9 @@ def records_from_results(res: dict[str, Any], source: str = "", paper: dict[str,
                   params=dict(res.get("params") or {}),
                   wall_time_s=float(wall) if isinstance(wall, (int, float)) else None,
                   memory=res.get("memory") if isinstance(res.get("memory"), dict) else None, history=history)
-    tasks = ((paper or {}).get(table) or {}).get("tasks") or {}
+    # the tasks of one run that scores several: the paper table's, else those the run's evaluator counted
+    tasks = (((paper or {}).get(table) or {}).get("tasks")
+             or [TASK_ALIASES.get(t, t) for t in (res.get("evaluation") or {}).get("n_per_task") or ()])
     by_task = {TASK_ALIASES.get(k, k): v for k, v in reported.items()}
     multi = [t for t in tasks if isinstance(by_task.get(t), (int, float))]
     if multi:  # one run, several evaluated tasks (metric names are the task names)
