@@ -35,3 +35,21 @@ def test_measure_on_a_tiny_llama(tiny_causal_dir):
     assert rows["packed"]["whole"][3] < rows["padded"]["whole"][3]  # fewer steps per epoch
     text = "\n".join(format_section(res, 2, 4, 64, 2, 1.0))
     assert "| packed | off |" in text and "What the length distribution allows" in text
+
+
+def test_generation_table_on_a_tiny_llama(tiny_causal_dir):
+    """``python -m kasa.perf --generation``'s rows: every variant over the same prompts, the same new tokens."""
+    from kasa.perf.generation import format_section as format_generation
+    from kasa.perf.generation import measure as measure_generation
+
+    tok = T.AutoTokenizer.from_pretrained(tiny_causal_dir, padding_side="left")
+    model = T.AutoModelForCausalLM.from_pretrained(tiny_causal_dir)
+    prompts = [f"Below is a question.\n\n### Instruction:\n{' '.join(WORDS[: 2 + i % 9])}?\n\n### Response:\n"
+               for i in range(10)]
+    res = measure_generation(model, tok, prompts, batch_sizes=(4, 8), reps=1, max_new_tokens=3)
+    rows = {(row["variant"], row["batch"]): row for row in res["rows"]}
+    assert set(rows) == {("plain", 4), ("prefix", 4), ("plain", 8), ("prefix", 8)}
+    assert rows[("plain", 4)]["ratio"] == 1.0 and all(r["per_s"] > 0 for r in rows.values())
+    assert rows[("prefix", 4)]["same"] >= 9  # the same tokens (a near-tie may flip one on some CPU)
+    text = "\n".join(format_generation(res, 2, 1, 1.0))
+    assert "| prefix | 8 |" in text and "same tokens as plain" in text

@@ -26,7 +26,25 @@ def main(argv: list[str] | None = None) -> None:
                     "(default 16 on the CPU, 512 with --full)")
     ap.add_argument("--tp-reps", type=int, default=None, help="throughput: repetitions (default 2; 5 with --full)")
     ap.add_argument("--tp-mix", type=int, default=2000, help="throughput: records of the mix for the epoch statistics")
+    ap.add_argument("--generation", action="store_true",
+                    help="only the evaluation-generation table: plain and shared-prefix greedy generation of "
+                         "SmolLM2-135M for commonsense prompts at two eval batch sizes (CPU: minutes; --full: GPU)")
+    ap.add_argument("--gen-prompts", type=int, default=None, help="generation: prompts (default 64; 512 with --full)")
+    ap.add_argument("--gen-reps", type=int, default=None, help="generation: repetitions (default 2; 3 with --full)")
+    ap.add_argument("--gen-batches", default=None, help="generation: eval batch sizes (default 16,32; 16,64 --full)")
     a = ap.parse_args(argv)
+    if a.generation:
+        from kasa.perf.generation import generation_section
+
+        batches = [int(b) for b in (a.gen_batches or ("16,64" if a.full else "16,32")).split(",")]
+        report = "\n".join(generation_section(prompts=a.gen_prompts or (512 if a.full else 64),
+                                               reps=a.gen_reps or (3 if a.full else 2), batch_sizes=batches, r=a.r,
+                                               threads=a.threads, device="cuda" if a.full else "cpu"))
+        print(report)
+        if a.out:
+            with open(a.out, "w") as f:
+                f.write(report + "\n")
+        return
     if a.throughput:
         from kasa.perf.throughput import throughput_section
 

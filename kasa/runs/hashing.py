@@ -21,7 +21,8 @@ def drop_neutral(c: dict) -> dict:
     keep their hash (and pool with new ones): ``model.quantization: null`` and then its backend;
     ``benchmark.optim.loraplus_lr_ratio: null`` (LoRA+ off); ``benchmark.early_stopping`` with ``patience: null``
     (off: the whole section, ``min_delta`` included); ``model.attn_implementation: null`` (transformers' default);
-    ``trainer.compile: false``; ``trainer.val_check_interval: null``."""
+    ``trainer.compile: false``; ``trainer.val_check_interval: null``; ``benchmark.generation.shared_prefix: true`` (the
+    batch's common prompt prefix computed once: the same math as before, so runs made before it keep their hash)."""
     model = c.get("model")
     if isinstance(model, dict) and model.get("quantization", None) is None:
         model.pop("quantization", None)
@@ -38,6 +39,9 @@ def drop_neutral(c: dict) -> dict:
         optim = bench.get("optim")
         if isinstance(optim, dict) and optim.get("loraplus_lr_ratio", None) is None:
             optim.pop("loraplus_lr_ratio", None)
+        gen = bench.get("generation")
+        if isinstance(gen, dict) and gen.get("shared_prefix", None) is True:
+            gen.pop("shared_prefix")  # the same generation as before it existed, up to float round-off
         for key in ("packing", "group_by_length"):  # off: padded batches in random order, as before they existed
             if bench.get(key, None) is False:
                 bench.pop(key)

@@ -30,6 +30,7 @@ from kasa.runs.files import write_jsonl
 from kasa.training.base import PeftModule
 from kasa.training.optim import OptimConfig
 from kasa.training.packing import collate_packed, pack_rows, packed_row
+from kasa.training.prefix_cache import generate_with_shared_prefix
 from kasa.training.samplers import EpochSampler, LengthGroupedSampler, ShardSampler, TrainLoader
 
 IGNORE_INDEX = -100
@@ -62,6 +63,9 @@ class GenerationSettings:
     repetition_penalty: float = 1.0
     max_prompt_length: int | None = None  # prompts longer than this keep their END (the response marker)
     early_stopping: bool = True  # beam search stops once num_beams hypotheses end (LLM-Adapters: HF's False)
+    # greedy: the batch's common prompt prefix is computed once (kasa.training.prefix_cache); the same tokens up to
+    # float round-off, faster where the prompt forward dominates (the CPU). False: plain ``generate``.
+    shared_prefix: bool = True
 
     def generate_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams,
@@ -281,8 +285,12 @@ class CausalLMModule(PeftModule):
         continuation when the evaluator says ``decode_prompt`` (it then segments the response itself)."""
         kw = {**self.generation.generate_kwargs(), **overrides}
         # The loader turns the KV cache off for gradient checkpointing; generation needs it back.
-        out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, use_cache=True,
-                                  pad_token_id=self._pad_id, eos_token_id=self.tokenizer.eos_token_id, **kw)
+        kw.update(use_cache=True, eos_token_id=self.tokenizer.eos_token_id)
+        if self.generation.shared_prefix:
+            out = generate_with_shared_prefix(self.model, input_ids, attention_mask, self._pad_id, **kw)
+        else:
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, pad_token_id=self._pad_id,
+                                      **kw)
         if self.evaluator.decode_prompt:
             return self.tokenizer.batch_decode(out, skip_special_tokens=True)
         return [t.strip() for t in self.tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)]
