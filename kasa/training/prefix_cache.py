@@ -46,6 +46,9 @@ def generate_with_shared_prefix(model: nn.Module, input_ids: torch.Tensor, atten
     kw = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     with torch.no_grad():
         cache = model(input_ids=rows[0][:p][None], use_cache=True, **kw).past_key_values
+    if not hasattr(cache, "batch_repeat_interleave"):  # a model without transformers' Cache objects
+        return model.generate(input_ids=input_ids, attention_mask=attention_mask, pad_token_id=pad_token_id,
+                              **generate_kwargs)
     cache.batch_repeat_interleave(b)
     ids = torch.full((b, p + rest), pad_token_id, dtype=input_ids.dtype, device=input_ids.device)
     mask = torch.zeros_like(ids, dtype=attention_mask.dtype)
