@@ -196,10 +196,12 @@ def test_planned_quantised_weights_match_what_quantize_model_holds(scheme):
 
 def test_shallow_table_equals_whole_model_table():
     """issue 21: the planner's fast path (2 and 3 blocks, extended to the model's depth) gives the same table as the
-    whole-model measurement; adapter_d (layer-indexed drop_layers) falls back to the whole model."""
+    whole-model measurement; adapter_d (static drop_layers=5) is measured at 7 and 8 blocks, its random-drop preset
+    (whose range depends on the depth) on the whole model."""
     from kasa.perf.memory_plan import plan_table
 
-    models, methods = ["roberta-base", "llama-2-7b"], ["kasa", "lora", "adapter_d", "vera", "bitfit"]
+    models = ["roberta-base", "llama-2-7b"]
+    methods = ["kasa", "lora", "adapter_d", "adapter_d_roberta_base_0p3m", "vera", "bitfit"]
     fast = plan_table(models, methods, quantization=None, shallow=True)
     slow = plan_table(models, methods, quantization=None, shallow=False)
     assert fast == slow
@@ -220,3 +222,31 @@ def test_method_settings_without_hydra_equal_composed():
         for name in ("kasa", "lora", "adalora", "vera", "adapter_d"):
             composed = OmegaConf.to_container(compose("train", overrides=[f"method={name}"]).method, resolve=True)
             assert _composed(name) == composed, name
+
+
+@pytest.mark.parametrize("model", ["roberta-base", "llama-2-7b"])
+def test_one_forward_gives_the_model_one_block_shallower(model):
+    """issue 21: the estimate of a 2-block model read from the forward of the 3-block one (its last block taken
+    away) equals the 2-block model measured; adapter_l wraps whole blocks, KaSA and AdaLoRA add a regulariser,
+    adapter_d (drop_layers=5) at 8 blocks."""
+    for method, layers in [("lora", 3), ("kasa", 3), ("adalora", 3), ("adapter_l", 3), ("fft", 3), ("adapter_d", 8)]:
+        full, fewer = mp._estimate_named(model, method, 2, 64, layers=layers, without_last=True)
+        assert fewer is not None, (model, method)
+        assert fewer == mp.estimate_named(model, method, 2, 64, layers=layers - 1), (model, method)
+        assert full == mp.estimate_named(model, method, 2, 64, layers=layers), (model, method)
+        assert fewer.activations < full.activations and fewer.total() < full.total()
+
+
+def test_caches_give_the_uncached_plan():
+    """issue 21: the planner's caches (one meta build per model and depth, copied per method; the output shapes of
+    meta operations replayed) change no number: the same estimates as every model built anew and every meta
+    operation run, and no cached model is changed by the methods applied to its copies."""
+    cells = [("roberta-base", "vera", None), ("llama-2-7b", "kasa", "nf4"), ("llama-2-7b", "dora", None),
+             ("deberta-v3-base", "adapter_h", None), ("gpt2-medium", "lora", "int8")]
+    cached = [mp.estimate_shallow(m, meth, 2, 64, quantization=q) for m, meth, q in cells]
+    with mp.uncached():
+        uncached = [mp.estimate_shallow(m, meth, 2, 64, quantization=q) for m, meth, q in cells]
+    assert cached == uncached
+    assert [mp.estimate_shallow(m, meth, 2, 64, quantization=q) for m, meth, q in cells] == cached
+    model = mp.build_meta("llama-2-7b", layers=3)
+    assert all(p.requires_grad for p in model.parameters())  # no method left its freeze on the cached build

@@ -8,7 +8,10 @@
 
 Nothing is downloaded or allocated: the model is built from its shipped config on the ``meta`` device
 (:func:`kasa.models.architectures.meta_model`), the method is applied to it (as ``kasa.cli.params`` counts parameters)
-and one training forward runs on meta tensors. The components, in bytes:
+and one training forward runs on meta tensors. The table (:func:`plan_table`) measures a 3-block copy of each model
+once per method and extends the line to its depth (:func:`estimate_shallow`), and caches what repeats across its
+cells: one meta build per model and depth, copied per method, and the output shapes of meta operations
+(:class:`_MetaOpCache`); :func:`uncached` turns the caches off. The components, in bytes:
 
 - ``weights``: the frozen parameters in their dtype, or quantised (``nf4``: 4-bit codes, one int8 scale per block
   of 64 and one float32 factor per 256 scales, as torchao's ``to_nf4`` and bitsandbytes' double quantisation;
@@ -50,10 +53,11 @@ import functools
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from kasa.errors import MemoryPlanError  # noqa: F401  (re-exported)
 from kasa.models.quantize import NF4_BLOCK_SIZE as NF4_BLOCK
@@ -175,6 +179,92 @@ def _meta_forward() -> Iterator[None]:
         PreTrainedModel.warn_if_padding_and_no_attention_mask = warn
 
 
+# What repeats across methods and models: every cell of the planner's table runs the same aten operations on the
+# same shapes (the base model's, block after block and method after method), and on the meta device each one
+# costs a Python meta function (torch._refs / decompositions: 0.1-1 ms). An operation's output shapes, strides
+# and dtypes follow from its inputs' and its arguments, so they are computed once and replayed.
+_OP_OUTPUTS: dict[Any, Any] = {}
+_FUNCTIONAL: dict[Any, bool] = {}
+_CACHING = [True]  # off inside uncached()
+
+
+def _functional(func: Any) -> bool:
+    """``func`` returns fresh tensors only (no view, no in-place or out= argument, no other return type)."""
+    ok = _FUNCTIONAL.get(func)
+    if ok is None:
+        s = func._schema
+        ok = bool(s.returns) and all(a.alias_info is None for a in s.arguments) \
+            and all(r.alias_info is None and str(r.type) == "Tensor" for r in s.returns)
+        _FUNCTIONAL[func] = ok
+    return ok
+
+
+class _Uncacheable(Exception):
+    pass
+
+
+def _op_key(a: Any, storages: list[int]) -> Any:
+    # a tensor by its metadata (its storage noted, to refuse an output that is an input); a tensor elsewhere
+    # than on meta makes the call uncacheable
+    if isinstance(a, torch.Tensor):
+        if a.device.type != "meta":
+            raise _Uncacheable
+        storages.append(_key(a))
+        return a.shape, a.stride(), a.dtype, a.storage_offset()
+    if isinstance(a, (list, tuple)):
+        return tuple(_op_key(x, storages) for x in a)
+    return a
+
+
+class _MetaOpCache(TorchDispatchMode):
+    """Replays the output metadata of functional aten operations on meta tensors (see ``_OP_OUTPUTS``): a hit
+    returns new empty meta tensors of the recorded shapes, strides and dtypes, which is all a meta kernel's output
+    is. Recorded only where the output is exactly that (a storage of its own, as large as its strides need);
+    everything else runs as it is."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not _functional(func):
+            return func(*args, **kwargs)
+        storages: list[int] = []
+        try:
+            key = (func, _op_key(args, storages), _op_key(tuple(kwargs.items()), storages),
+                   torch.get_default_dtype())
+            hit = _OP_OUTPUTS.get(key)
+        except (_Uncacheable, TypeError):  # TypeError: an unhashable argument
+            return func(*args, **kwargs)
+        if hit is not None:
+            outs = tuple(torch.empty_strided(shape, stride, dtype=dtype, device="meta") for shape, stride, dtype in hit)
+            return outs if len(func._schema.returns) > 1 else outs[0]
+        out = func(*args, **kwargs)
+        outs = out if isinstance(out, tuple) else (out,)
+        seen = set(storages)
+        for o in outs:
+            if not isinstance(o, torch.Tensor) or o.device.type != "meta" or o.storage_offset() or _key(o) in seen \
+                    or o.untyped_storage().nbytes() != torch.empty_strided(
+                        o.shape, o.stride(), dtype=o.dtype, device="meta").untyped_storage().nbytes():
+                return out
+            seen.add(_key(o))
+        _OP_OUTPUTS[key] = tuple((o.shape, o.stride(), o.dtype) for o in outs)
+        return out
+
+
+def _op_cache() -> contextlib.AbstractContextManager:
+    """:class:`_MetaOpCache` (nothing inside :func:`uncached`)."""
+    return _MetaOpCache() if _CACHING[0] else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def uncached() -> Iterator[None]:
+    """The planner without its caches (each model built anew, every meta operation run): the reference the
+    cached path is tested against."""
+    _CACHING[0] = False
+    try:
+        yield
+    finally:
+        _CACHING[0] = True
+
+
 def _blocks(model: nn.Module) -> list[nn.Module]:
     """The transformer blocks gradient checkpointing wraps (transformers' ``GradientCheckpointingLayer``;
     else the longest ``nn.ModuleList`` of one module class)."""
@@ -201,62 +291,204 @@ def _key(t: torch.Tensor) -> int:
     return t.untyped_storage()._cdata
 
 
-def measure_saved(model: nn.Module, forward) -> _Saved:
-    """Bytes autograd saves in ``forward()`` (a closure returning the loss) on the meta-device ``model``, without
-    and with gradient checkpointing per block (see the module docstring)."""
+Phase = Any  # "pre" (before the first block), a block's index, ("between", i) (after block i), "tail", "reg"
+
+
+@dataclass
+class _Trace:
+    """The storages one training forward saved for backward, by where: before the blocks (``pre``), in each
+    block (a method may wrap a block: its adapter then runs around the checkpointed block, in the same phase
+    but outside ``per_block``), between two blocks, after the last one (``tail``: final norm, head, loss) and in
+    the method's regulariser (``reg``)."""
+
+    sizes: dict[int, int]  # storage -> bytes, every saved storage once
+    first: dict[int, Phase]  # storage -> the phase that saved it first
+    outside: dict[Phase, set[int]]  # storages each phase saved outside the checkpointed blocks
+    per_block: list[set[int]]  # storages each checkpointed block saved
+    inputs: list[tuple[int, int] | None]  # each checkpointed block's input hidden state: (storage, bytes)
+    unit_in: list[int | None]  # each block's (its wrapper's, if any) input hidden state's storage
+    unit_out: list[int | None]  # ... and its output's
+
+    def saved(self) -> _Saved:
+        """Bytes without and with gradient checkpointing (see the module docstring)."""
+        total = sum(self.sizes.values())
+        if not self.per_block:
+            return _Saved(total, total)
+        outside = set().union(*self.outside.values())
+        return _Saved(total, self._checkpointed(outside, self.per_block, self.inputs, self.sizes))
+
+    @staticmethod
+    def _checkpointed(outside: set[int], per_block: list[set[int]], inputs: list[tuple[int, int] | None],
+                      sizes: dict[int, int]) -> int:
+        # kept: what is saved outside the checkpointed blocks + every block's input; recomputed: the largest block
+        ins = dict(i for i in inputs if i is not None)
+        kept = outside | set(ins)
+        kept_bytes = sum(sizes.get(k, ins.get(k, 0)) for k in kept)
+        return kept_bytes + max(sum(sizes[k] for k in s - kept) for s in per_block)
+
+    def without_last(self, reg_bytes: int) -> _Saved | None:
+        """What the same forward saves on the model without its last block, whose regulariser saves ``reg_bytes``
+        (measured on it); None where this trace cannot tell (then measure that model). Its blocks run the same
+        operations on the same inputs, so they save what they saved here; its tail saves the same tensors, with
+        the previous block's output in place of the last one's. This holds when the last two blocks are alike
+        (they saved as many bytes), the regulariser saved no tensor of the forward, nothing was saved
+        between blocks and the tail saved nothing else of the last block."""
+        n = len(self.per_block)
+        if n < 3 or any(isinstance(p, tuple) for p in self.outside):
+            return None
+        last, out, prev = n - 1, self.unit_out[n - 1], self.unit_out[n - 2]
+        if out is None or prev is None or self.unit_in[last] != prev:
+            return None
+        in_unit = [self.per_block[i] | self.outside.get(i, set()) for i in (last - 1, last)]
+        reg, tail = self.outside.get("reg", set()), self.outside.get("tail", set())
+        if sum(map(self.sizes.get, in_unit[0])) != sum(map(self.sizes.get, in_unit[1])) \
+                or any(self.first[k] != "reg" for k in reg) or (tail & in_unit[1]) - {out}:
+            return None
+        total = sum(s for k, s in self.sizes.items() if self.first[k] not in (last, "reg")) + reg_bytes
+        sizes = dict(self.sizes)
+        if out in sizes:  # prev is as large as out; its own size where it was saved too
+            sizes.setdefault(prev, sizes[out])
+        outside = self.outside.get("pre", set()).union(*(self.outside.get(i, set()) for i in range(last)))
+        outside |= {prev if k == out else k for k in tail}
+        ckpt = self._checkpointed(outside, self.per_block[:last], self.inputs[:last], sizes) + reg_bytes
+        return _Saved(total, ckpt)
+
+
+def _first_tensor(output: Any) -> torch.Tensor | None:
+    """A block's output hidden state: the output itself, or the first tensor of its tuple or ModelOutput."""
+    if isinstance(output, torch.Tensor):
+        return output
+    items = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else ()
+    return next((o for o in items if isinstance(o, torch.Tensor)), None)
+
+
+def _hidden_input(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    h = next((a for a in args if isinstance(a, torch.Tensor)), kwargs.get("hidden_states"))
+    return h if isinstance(h, torch.Tensor) else None
+
+
+def _trace_saved(model: nn.Module, forward: Callable[[], torch.Tensor],
+                 regularizer: Callable[[], torch.Tensor] | None = None,
+                 units: Sequence[nn.Module] | None = None) -> _Trace:
+    """Run ``forward()`` (then ``regularizer()``, the method's loss term) on the meta-device ``model`` and record
+    what autograd saves for backward (see :class:`_Trace`). ``units``: the entries of the model's block list
+    (a block, or a method's wrapper around one), default the checkpointed blocks."""
     # parameters (trainable ones too: they are counted as such) and buffers are not activations
     owned = {_key(p) for p in model.parameters()} | {_key(b) for b in model.buffers()}
-    sizes: dict[int, int] = {}
-    outside: set[int] = set()
-    per_block: list[set[int]] = []
-    inputs: dict[int, int] = {}
-    current: list[int | None] = [None]
+    blocks = _blocks(model)
+    units = list(units) if units is not None else blocks
+    n = len(units)
+    trace = _Trace({}, {}, {}, [set() for _ in blocks], [None] * len(blocks), [None] * n, [None] * n)
+    phase: list[Phase] = ["pre"]
+    inside: list[int | None] = [None]  # the checkpointed block running
     keep: list[torch.Tensor] = []  # saved tensors stay alive until the end: no storage is freed and its id reused
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         k = _key(t)
         if k not in owned:
-            if k not in sizes:
-                sizes[k] = t.untyped_storage().nbytes()
+            if k not in trace.sizes:
+                trace.sizes[k] = t.untyped_storage().nbytes()
+                trace.first[k] = phase[0]
                 keep.append(t)
-            (outside if current[0] is None else per_block[current[0]]).add(k)
+            if inside[0] is not None:
+                trace.per_block[inside[0]].add(k)
+            else:
+                trace.outside.setdefault(phase[0], set()).add(k)
         return t
 
-    def pre(i: int):
+    def block_pre(i: int):
         def hook(module, args, kwargs):
-            h = next((a for a in args if isinstance(a, torch.Tensor)), kwargs.get("hidden_states"))
-            if isinstance(h, torch.Tensor):
-                inputs[_key(h)] = h.untyped_storage().nbytes()
+            h = _hidden_input(args, kwargs)
+            if h is not None:
+                trace.inputs[i] = (_key(h), h.untyped_storage().nbytes())
                 keep.append(h)
-            current[0] = i
+            inside[0] = i
         return hook
 
-    def post(module, args, output):
-        current[0] = None
+    def block_post(module, args, output):
+        inside[0] = None
+
+    def unit_pre(i: int):
+        def hook(module, args, kwargs):
+            h = _hidden_input(args, kwargs)
+            if h is not None:
+                trace.unit_in[i] = _key(h)
+                keep.append(h)
+            phase[0] = i
+        return hook
+
+    def unit_post(i: int):
+        def hook(module, args, output):
+            h = _first_tensor(output)
+            if h is not None:
+                trace.unit_out[i] = _key(h)
+                keep.append(h)
+            phase[0] = "tail" if i == n - 1 else ("between", i)
+        return hook
 
     handles = []
-    for i, block in enumerate(_blocks(model)):
-        per_block.append(set())
-        handles.append(block.register_forward_pre_hook(pre(i), with_kwargs=True))
-        handles.append(block.register_forward_hook(post))
+    for i, unit in enumerate(units):  # registered first: a unit that is its block enters the phase first
+        handles.append(unit.register_forward_pre_hook(unit_pre(i), with_kwargs=True))
+        handles.append(unit.register_forward_hook(unit_post(i)))
+    for i, block in enumerate(blocks):
+        handles.append(block.register_forward_pre_hook(block_pre(i), with_kwargs=True))
+        handles.append(block.register_forward_hook(block_post))
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _meta_forward():
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _meta_forward(), _op_cache():
             loss = forward()
+            if regularizer is not None:
+                phase[0] = "reg"
+                loss = loss + regularizer()
     finally:
         for h in handles:
             h.remove()
     del loss
-    total = sum(sizes.values())
-    if not per_block:
-        return _Saved(total, total)
-    kept = outside | set(inputs)
-    kept_bytes = sum(sizes.get(k, inputs.get(k, 0)) for k in kept)
-    recompute = max(sum(sizes[k] for k in s - kept) for s in per_block)
-    return _Saved(total, kept_bytes + recompute)
+    return trace
+
+
+def measure_saved(model: nn.Module, forward: Callable[[], torch.Tensor]) -> _Saved:
+    """Bytes autograd saves in ``forward()`` (a closure returning the loss) on the meta-device ``model``, without
+    and with gradient checkpointing per block (see the module docstring)."""
+    return _trace_saved(model, forward).saved()
+
+
+def _regularizer_bytes(model: nn.Module, method: Any) -> int:
+    """Bytes autograd saves in ``method.regularization_loss(model)`` (parameters and buffers excluded)."""
+    return _trace_saved(model, lambda: method.regularization_loss(model)).saved().total
 
 
 def _buffer_bytes(model: nn.Module) -> int:
     return sum(b.numel() * b.element_size() for b in model.buffers())
+
+
+def _block_list(model: nn.Module) -> nn.ModuleList | None:
+    """The ``nn.ModuleList`` that holds exactly the model's blocks (:func:`_blocks`), if one does."""
+    blocks = _blocks(model)
+    for m in model.modules():
+        if isinstance(m, nn.ModuleList) and len(m) == len(blocks) and all(a is b for a, b in zip(m, blocks)):
+            return m
+    return None
+
+
+@contextlib.contextmanager
+def _last_block_removed(blocks: nn.ModuleList) -> Iterator[None]:
+    """``blocks`` without its last block inside the context (the block is put back after)."""
+    last = blocks[-1]
+    del blocks[-1]
+    try:
+        yield
+    finally:
+        blocks.append(last)
+
+
+def _static_parts(model: nn.Module, method: Any, quantization: str | None, base_buffers: int) -> dict[str, int]:
+    """The components of :class:`MemoryEstimate` that the applied ``model``'s parameters and buffers give."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    trainable = sum(p.numel() * p.element_size() for p in params)
+    weights, largest = frozen_weight_bytes(model, method, quantization)
+    return dict(trainable_params=sum(p.numel() for p in params), weights=weights, trainable=trainable,
+                grads=trainable, adamw=2 * trainable + 4 * len(params),
+                buffers=max(0, _buffer_bytes(model) - base_buffers), transient=largest if quantization else 0)
 
 
 def estimate(model: nn.Module, method: Any, batch: int, seq: int, quantization: str | None = None,
@@ -265,6 +497,14 @@ def estimate(model: nn.Module, method: Any, batch: int, seq: int, quantization: 
     on the meta-device ``model`` (changed in place: the method is applied to it) for ``batch`` x ``seq`` tokens;
     ``task``: ``causal_lm`` (labels = inputs) or ``seq_cls`` (one label per sequence), ``None``: ``causal_lm``
     for a model with output embeddings."""
+    return _estimate(model, method, batch, seq, quantization, name, task)[0]
+
+
+def _estimate(model: nn.Module, method: Any, batch: int, seq: int, quantization: str | None = None,
+              name: str = "", task: str | None = None,
+              without_last: bool = False) -> tuple[MemoryEstimate, MemoryEstimate | None]:
+    """:func:`estimate`, and with ``without_last`` the estimate of the same model with one block fewer, read from
+    the same forward (:meth:`_Trace.without_last`; None where it cannot be read)."""
     first = next(model.parameters(), None)
     if first is None or first.device.type != "meta":
         raise MemoryPlanError("estimate() needs a model on the meta device (build it under torch.device('meta'))")
@@ -278,41 +518,49 @@ def estimate(model: nn.Module, method: Any, batch: int, seq: int, quantization: 
     if quantization and getattr(method, "trains_base_weights", False):
         raise MemoryPlanError("fft trains every base weight; a quantised base needs a method that freezes them")
     dtype = first.dtype
+    blocks = _block_list(model) if without_last else None
     base_buffers = _buffer_bytes(model)
-    with warnings.catch_warnings(), method.counting_only():
+    if blocks is not None:
+        with _last_block_removed(blocks):
+            fewer_base_buffers = _buffer_bytes(model)
+    with warnings.catch_warnings(), method.counting_only(), _op_cache():  # meta SVDs and the like repeat too
         warnings.simplefilter("ignore")
         method.apply(model)
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    trainable = sum(p.numel() * p.element_size() for p in params)
-    weights, largest = frozen_weight_bytes(model, method, quantization)
+    static = _static_parts(model, method, quantization, base_buffers)
     if task is None:  # a language-model head (GPT-2's LMHeadModel too) means next-token labels
         task = "causal_lm" if getattr(model, "get_output_embeddings", lambda: None)() is not None else "seq_cls"
     ids = torch.zeros(batch, seq, dtype=torch.long, device="meta")
     labels = ids if task == "causal_lm" else torch.zeros(batch, dtype=torch.long, device="meta")
-    if not params:
+    if not static["trainable_params"]:
         model.enable_input_require_grads()  # as the benchmark's frozen floor: backward to the embeddings
 
     def forward() -> torch.Tensor:
         method.on_before_forward(model, 0)
-        loss = model(input_ids=ids, labels=labels).loss
-        return loss + method.regularization_loss(model)
+        return model(input_ids=ids, labels=labels).loss
 
     cfg = getattr(model, "config", None)
     guessed = task == "seq_cls" and cfg is not None and getattr(cfg, "problem_type", "") is None
     if guessed:  # DeBERTa's unset problem type selects the labelled rows by value (nonzero): name it instead
         cfg.problem_type = "single_label_classification" if getattr(cfg, "num_labels", 2) > 1 else "regression"
     try:
-        saved = measure_saved(model, forward)
+        trace = _trace_saved(model, forward, lambda: method.regularization_loss(model),
+                             units=list(blocks) if blocks is not None else None)
     finally:
         if guessed:
             cfg.problem_type = None
-    return MemoryEstimate(
-        model=name, method=method.name, dtype=str(dtype).removeprefix("torch."), quantization=quantization,
-        batch=batch, seq=seq, trainable_params=sum(p.numel() for p in params), weights=weights,
-        trainable=trainable, grads=trainable, adamw=2 * trainable + 4 * len(params),
-        buffers=max(0, _buffer_bytes(model) - base_buffers), activations=saved.total,
-        activations_ckpt=saved.checkpointed, transient=largest if quantization else 0)
+    saved = trace.saved()
+    common = dict(model=name, method=method.name, dtype=str(dtype).removeprefix("torch."), quantization=quantization,
+                  batch=batch, seq=seq)
+    full = MemoryEstimate(**common, **static, activations=saved.total, activations_ckpt=saved.checkpointed)
+    if blocks is None:
+        return full, None
+    with _last_block_removed(blocks):
+        fewer = trace.without_last(_regularizer_bytes(model, method))
+        if fewer is None:
+            return full, None
+        static = _static_parts(model, method, quantization, fewer_base_buffers)
+    return full, MemoryEstimate(**common, **static, activations=fewer.total, activations_ckpt=fewer.checkpointed)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -384,8 +632,20 @@ def perf_method(method_name: str, layers: int, r: int = 8):
 def build_meta(name: str, dtype: torch.dtype | None = None, layers: int | None = None) -> nn.Module:
     """``name`` (a paper model or ``perf:<profile>``, the latter with attention/MLP biases as the benchmark's
     every-method table) on the meta device in ``dtype`` (default: :func:`default_dtype`); ``layers``: a paper
-    model with only that many transformer blocks (:func:`estimate_shallow`)."""
+    model with only that many transformer blocks (:func:`estimate_shallow`). Each call returns a fresh copy of
+    one cached build (a method applied to it changes only the copy)."""
     dtype = dtype or default_dtype(name)
+    return copy.deepcopy(_meta_template(name, dtype, layers)) if _CACHING[0] else _build_meta(name, dtype, layers)
+
+
+@functools.lru_cache(maxsize=64)
+def _meta_template(name: str, dtype: torch.dtype, layers: int | None) -> nn.Module:
+    # The default table builds every model once per method; a deepcopy of a meta model costs about half of
+    # transformers' from_config (config checks, module init).
+    return _build_meta(name, dtype, layers)
+
+
+def _build_meta(name: str, dtype: torch.dtype, layers: int | None) -> nn.Module:
     if name.startswith(PERF_PREFIX):
         from kasa.perf.core import build_llama
 
@@ -405,6 +665,13 @@ def estimate_named(model_name: str, method_name: str, batch: int, seq: int, dtyp
     """:func:`estimate` for a paper model (the method's defaults, or a ``conf/method/`` preset, + ``sets``) or for
     ``perf:<profile>`` (the benchmark's Llama and method settings; ``sets`` ignored); ``layers``: a paper model
     cut to that many blocks."""
+    return _estimate_named(model_name, method_name, batch, seq, dtype, quantization, sets, layers)[0]
+
+
+def _estimate_named(model_name: str, method_name: str, batch: int, seq: int, dtype: str | torch.dtype | None = None,
+                    quantization: str | None = None, sets: dict[str, Any] | None = None, layers: int | None = None,
+                    without_last: bool = False) -> tuple[MemoryEstimate, MemoryEstimate | None]:
+    """:func:`estimate_named`, and with ``without_last`` the estimate with one block fewer (see :func:`_estimate`)."""
     model = build_meta(model_name, parse_dtype(dtype), layers=None if model_name.startswith(PERF_PREFIX) else layers)
     if model_name.startswith(PERF_PREFIX):
         method = perf_method(method_name, _perf_profile(model_name).layers)
@@ -420,12 +687,13 @@ def estimate_named(model_name: str, method_name: str, batch: int, seq: int, dtyp
             raise MemoryPlanError(str(exc)) from None
         method = build_method(registered, **{**settings, **method_kwargs(registered, sets or {})})
         task = arch_info(model_name)["task"]
-    return estimate(model, method, batch, seq, quantization, name=model_name, task=task)
+    return _estimate(model, method, batch, seq, quantization, name=model_name, task=task, without_last=without_last)
 
 
-SHALLOW = (2, 3)  # the block counts estimate_shallow measures
+SHALLOW = (2, 3)  # the block counts estimate_shallow measures (past the blocks a method sets apart)
 
 
+@functools.cache
 def _block_count(model_name: str) -> int | None:
     if model_name.startswith(PERF_PREFIX):
         return None
@@ -434,16 +702,26 @@ def _block_count(model_name: str) -> int | None:
     return arch_config(model_name).num_hidden_layers if model_name in arch_names() else None
 
 
-def _layer_dependent(method_name: str, sets: dict[str, Any] | None) -> bool:
-    """The method's settings name layers by index (AdapterDrop's ``drop_layers``, ``layers_to_transform``, ...):
-    its blocks are not all alike, so :func:`estimate_shallow` measures the whole model."""
+def _alike_from(method_name: str, sets: dict[str, Any] | None) -> int | None:
+    """The block index from which the method treats every block alike: 0 unless its settings name layers;
+    AdapterDrop's static ``drop_layers=k``: k (no adapter below block k, one in every block from k). None where
+    other settings name layers by index (``layers_to_transform``, AdapterDrop's random drops, whose range
+    depends on the depth, ...): :func:`estimate_shallow` then measures the whole model."""
     from kasa.config.presets import resolve
 
     try:
-        _, settings = resolve(method_name)
+        registered, settings = resolve(method_name)
     except ValueError:
-        return True
-    return any("layers" in k and v not in (None, 0, [], ()) for k, v in {**settings, **(sets or {})}.items())
+        return None
+    merged = {**settings, **(sets or {})}
+    named = {k for k, v in merged.items() if "layers" in k and v not in (None, 0, [], ())}
+    if not named:
+        return 0
+    drop = merged.get("drop_layers")
+    if registered == "adapter_d" and named == {"drop_layers"} and merged.get("drop_mode") == "static" \
+            and isinstance(drop, int) and not isinstance(drop, bool):
+        return drop
+    return None
 
 
 def estimate_shallow(model_name: str, method_name: str, batch: int, seq: int,
@@ -453,14 +731,20 @@ def estimate_shallow(model_name: str, method_name: str, batch: int, seq: int,
     and every component is an affine function of the block count L for L >= 2 (weights, trainable parameters,
     their gradients and AdamW state, the method's buffers and the saved activations grow by one block's worth per
     block; what lies outside the blocks, the largest dequantised weight and the checkpointed model's one
-    recomputed block (the largest block past the first) stay). So the model is measured at 2 and 3 blocks and the
-    line extended to L. ``perf:`` models and models of 3 blocks or fewer are measured whole."""
+    recomputed block (the largest block past the first) stay). So the model is measured at 2 and 3 blocks (both
+    from one forward of 3 blocks, :meth:`_Trace.without_last`) and the line extended to L; a method that sets the
+    lowest k blocks apart (:func:`_alike_from`) at k + 2 and k + 3. ``perf:`` models, models too shallow for
+    that and layer-indexed settings are measured whole."""
     blocks = _block_count(model_name)
-    if blocks is None or blocks <= SHALLOW[-1] or _layer_dependent(method_name, sets):
+    start = _alike_from(method_name, sets)
+    if blocks is None or start is None or blocks <= start + SHALLOW[-1]:
         return estimate_named(model_name, method_name, batch, seq, dtype, quantization, sets)
-    a, b = (estimate_named(model_name, method_name, batch, seq, dtype, quantization, sets, layers=n)
-            for n in SHALLOW)
-    steps = blocks - SHALLOW[0]
+    lo, hi = (start + n for n in SHALLOW)
+    b, a = _estimate_named(model_name, method_name, batch, seq, dtype, quantization, sets, layers=hi,
+                           without_last=hi == lo + 1)
+    if a is None:  # the forward of hi blocks could not tell the lo-block model's: measure it
+        a = estimate_named(model_name, method_name, batch, seq, dtype, quantization, sets, layers=lo)
+    steps = blocks - lo
     ints = {f.name: getattr(a, f.name) + steps * (getattr(b, f.name) - getattr(a, f.name))
             for f in dataclasses.fields(MemoryEstimate) if f.name not in ("batch", "seq")
             and isinstance(getattr(a, f.name), int) and not isinstance(getattr(a, f.name), bool)}
