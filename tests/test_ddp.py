@@ -6,32 +6,19 @@ unrepeated split of the dev set for validation (every example scored once, none 
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_cls
-from hydra import compose, initialize_config_dir
+from conftest import DP_COMMON, PER_RANK_BATCH, WORLD, last_adapter, tiny_cls, val_losses
 
-from kasa.config import CONF_DIR
-from kasa.recipe import run
 from kasa.training.samplers import EpochSampler, ShardSampler
 
 REPO = Path(__file__).resolve().parents[1]
-PER_RANK_BATCH, WORLD = 4, 2
-COMMON = [
-    "method=kasa", "method.r=4", "method.dropout=0", "trainer.accelerator=cpu", "trainer.max_epochs=2",
-    "trainer.limit_train_batches=4", "trainer.enable_progress_bar=false", "benchmark.optim.lr=5e-3",
-    # the tiny ratings' 200 train / 50 dev, the dev set cut to 49 (odd: ranks score 25 and 24, with partial last
-    # batches)
-    "dataset.source_args.max_validation=49", "benchmark.eval_batch_size=16",
-]
 
 
 # -- samplers ------------------------------------------------------------------------------------------
@@ -65,37 +52,15 @@ def test_shard_sampler_scores_every_dev_example_once(n, world):
 
 
 # -- 2-process DDP vs 1 process --------------------------------------------------------------------------
-def _no_dropout_copy(src: Path, dst: Path) -> Path:
-    """Dropout off: DDP splits each batch across ranks, so dropout masks could never match one process."""
-    shutil.copytree(src, dst)
-    cfg = json.loads((dst / "config.json").read_text())
-    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
-    (dst / "config.json").write_text(json.dumps(cfg))
-    return dst
-
-
-def _val_losses(run_dir: Path) -> list[float]:
-    with open(run_dir / "logs" / "metrics.csv") as f:
-        return [float(r["val/loss"]) for r in csv.DictReader(f) if r.get("val/loss")]
-
-
-def _adapter(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-
-
-def test_ddp_two_processes_equal_one_process_same_global_batch(tiny_bert_dir, tmp_path):
-    model = _no_dropout_copy(tiny_bert_dir, tmp_path / "bert")
-    ddp_dir, one_dir = tmp_path / "ddp", tmp_path / "one"
+def test_ddp_two_processes_equal_one_process_same_global_batch(dp_model_dir, dp_one_process, tmp_path):
+    model, (one_dir, one) = dp_model_dir, dp_one_process  # one process at batch WORLD x PER_RANK_BATCH (conftest)
+    ddp_dir = tmp_path / "ddp"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     # Through the CLI: Lightning's DDP launcher re-runs this command line for rank 1 (hydra.run.dir shared).
-    cmd = [sys.executable, "-m", "kasa.train", *COMMON, *tiny_cls(model), "trainer=ddp",
+    cmd = [sys.executable, "-m", "kasa.train", *DP_COMMON, *tiny_cls(model), "trainer=ddp",
            f"trainer.devices={WORLD}", f"benchmark.batch_size={PER_RANK_BATCH}", f"hydra.run.dir={ddp_dir}"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[*COMMON, *tiny_cls(model),
-                                          f"benchmark.batch_size={WORLD * PER_RANK_BATCH}"])
-    one = run(cfg, run_dir=one_dir)
 
     ddp = json.loads((ddp_dir / "results.json").read_text())
     assert ddp["config"]["trainer"]["strategy"] == "ddp" and ddp["config"]["trainer"]["devices"] == WORLD
@@ -106,9 +71,9 @@ def test_ddp_two_processes_equal_one_process_same_global_batch(tiny_bert_dir, tm
     for hd, h1 in zip(ddp["history"], one["history"]):
         for k in ("accuracy", "f1"):
             assert hd[k] == pytest.approx(h1[k], abs=1e-6), (k, hd, h1)
-    assert _val_losses(ddp_dir) == pytest.approx(_val_losses(one_dir), abs=1e-5)
+    assert val_losses(ddp_dir) == pytest.approx(val_losses(one_dir), abs=1e-5)
     # the trained adapter (and head) agree to float32 round-off
-    a, b = _adapter(ddp_dir), _adapter(one_dir)
+    a, b = last_adapter(ddp_dir), last_adapter(one_dir)
     assert a.keys() == b.keys() and any(k.endswith("lora_diag") for k in a)
     diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     moved = max(a[k].abs().max().item() for k in a if k.endswith("lora_B"))  # lora_B starts at zero
