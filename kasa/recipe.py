@@ -168,7 +168,7 @@ def _fit(cfg: DictConfig, run_dir: Path, key: str, start: Any, callbacks: list |
         module.compile_model(backend=compile_backend)
     try:
         if "strategy" in t:
-            t["strategy"] = build_strategy(t["strategy"], model)
+            t["strategy"] = build_strategy(t["strategy"], model, t.get("accelerator", "auto"))
         plugins = [*(t.pop("plugins", None) or []), AtomicCheckpointIO()]  # last.ckpt and best-*.ckpt
         trainer = L.Trainer(default_root_dir=str(run_dir), logger=build_loggers(cfg, run_dir), callbacks=callbacks,
                             plugins=plugins, **t)

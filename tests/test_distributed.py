@@ -59,9 +59,27 @@ def test_deepspeed_missing_is_one_clear_error_before_loading(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("accelerator", ["auto", "cpu"])
+def test_deepspeed_without_cuda_is_one_clear_error_before_loading(tmp_path, monkeypatch, accelerator):
+    """DeepSpeed importable, no CUDA: kasa does not take DeepSpeed's CPU path; one line, before anything loads."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: importlib.machinery.ModuleSpec(
+        "deepspeed", None) if name == "deepspeed" else real(name, *a, **k))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = _compose("trainer=deepspeed", f"trainer.accelerator={accelerator}", "model.name_or_path=/no/such/model")
+    with pytest.raises(ConfigError, match="needs CUDA GPUs .*kasa does not support DeepSpeed's CPU path") as info:
+        run(cfg, run_dir=tmp_path)
+    assert "\n" not in str(info.value)
+    assert not any(tmp_path.iterdir())
+
+
 def test_lightning_refusal_becomes_one_line_config_error(tiny_bert_dir, tmp_path):
-    cfg = _compose("trainer=fsdp", "trainer.accelerator=cpu", *tiny_cls(tiny_bert_dir), "method.r=4")
-    with pytest.raises(ConfigError, match="requires a GPU accelerator") as info:
+    # (trainer=fsdp on CPU, the refusal this used to show, now runs: tests/test_fsdp.py)
+    cfg = _compose("trainer=ddp", "trainer.strategy=no_such_strategy", "trainer.accelerator=cpu",
+                   *tiny_cls(tiny_bert_dir), "method.r=4")
+    with pytest.raises(ConfigError, match="invalid strategy name") as info:
         run(cfg, run_dir=tmp_path)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "checkpoints").exists()

@@ -109,7 +109,7 @@ def _dev_metrics(run, name: str) -> tuple[dict[str, float], dict[str, Any]]:
     for k in ("logger", "callbacks", "enable_checkpointing", "default_root_dir", "compile"):  # compile: kasa's key
         t.pop(k, None)
     if "strategy" in t:
-        t["strategy"] = build_strategy(t["strategy"], run.model)
+        t["strategy"] = build_strategy(t["strategy"], run.model, t.get("accelerator", "auto"))
     try:
         trainer = L.Trainer(logger=False, enable_checkpointing=False,
                             default_root_dir=str(run.run_dir / f"eval-{name}"), **t)

@@ -83,20 +83,59 @@ class PeftModule(L.LightningModule):
             self.method.on_train_step(self.model, self.global_step, int(total) if total else None)
 
     # -- optimisation ----------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        from kasa.errors import ConfigError
+        from kasa.training.strategy import place_replicated_parameters
+
+        if self._trainer is None or not isinstance(self.trainer.strategy, FSDPStrategy):
+            return
+        if type(self.method).adapter_state_dict is not PeftMethod.adapter_state_dict:
+            raise ConfigError(f"method={self.method.name} under FSDP: its checkpoint holds tensors besides the "
+                              "model's (VeRA: the projections' key), which kasa does not gather from FSDP's state "
+                              "dict; use trainer=ddp")
+        place_replicated_parameters(self.trainer.strategy)  # the adapters FSDP leaves whole, to the device (CUDA)
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        from kasa.training.strategy import average_replicated_gradients
+
+        average_replicated_gradients(self.trainer.strategy)  # FSDP: the adapters' gradients, as DDP syncs them
+
     def configure_optimizers(self):
         return build_optimizer(self.model, self.method.head_parameters(self.model), self.optim,
                                self.trainer.estimated_stepping_batches, self.method.loraplus_b_params)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        sd = self.method.adapter_state_dict(self.model)
+        sd = self._adapter_state(checkpoint)
         checkpoint["state_dict"] = {f"model.{k}": v for k, v in sd.items()}
         checkpoint["kasa_history"] = list(self.history)
         checkpoint["kasa_last_step_seen"] = self._last_step_seen
 
+    def _adapter_state(self, checkpoint: dict) -> dict[str, torch.Tensor]:
+        """``method.adapter_state_dict``; under FSDP, the same keys taken from the full state dict Lightning gathered
+        into ``checkpoint`` (rank 0; ``state_dict_type: full``): the parameters themselves are shards there."""
+        from lightning.pytorch.strategies import FSDPStrategy
+        from torch.distributed.fsdp._common_utils import clean_tensor_name
+
+        if not (self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy)):
+            return self.method.adapter_state_dict(self.model)
+        if not self.trainer.is_global_zero:  # rank0_only: the others hold the replicated tensors only, save nothing
+            return {}
+        full = checkpoint.get("state_dict") or {}
+        # FSDP's and activation checkpointing's wrapper prefixes out of the names the method knows
+        keys = sorted({clean_tensor_name(k) for k in self.method.adapter_state_dict_keys(self.model)})
+        missing = [k for k in keys if f"model.{k}" not in full]
+        if missing:
+            raise RuntimeError(f"FSDP's full state dict lacks {len(missing)} adapter tensors, e.g. {missing[0]}")
+        return {k: full[f"model.{k}"].detach().clone() for k in keys}
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("kasa_history", []))
         self._last_step_seen = checkpoint.get("kasa_last_step_seen", -1)
+        if "state_dict" not in checkpoint:  # FSDP: Lightning's loader put the tensors into the sharded model (and
+            return                          # popped them); the method's hook cannot load into shards
         sd = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
         self.method.load_adapter_state_dict(self.model, sd)
         checkpoint["state_dict"] = {}  # already loaded, through the method's own hook
