@@ -203,17 +203,24 @@ class _Uncacheable(Exception):
     pass
 
 
-def _op_key(a: Any, storages: list[int]) -> Any:
-    # a tensor by its metadata (its storage noted, to refuse an output that is an input); a tensor elsewhere
-    # than on meta makes the call uncacheable
+def _op_key(a: Any) -> Any:
+    # a tensor by its metadata; a tensor elsewhere than on meta makes the call uncacheable
     if isinstance(a, torch.Tensor):
-        if a.device.type != "meta":
+        if not a.is_meta:
             raise _Uncacheable
-        storages.append(_key(a))
         return a.shape, a.stride(), a.dtype, a.storage_offset()
     if isinstance(a, (list, tuple)):
-        return tuple(_op_key(x, storages) for x in a)
+        return tuple([_op_key(x) for x in a])
     return a
+
+
+def _storages(a: Any) -> Iterator[int]:
+    """The storages of the tensors in ``a`` (nested lists and tuples)."""
+    if isinstance(a, torch.Tensor):
+        yield _key(a)
+    elif isinstance(a, (list, tuple)):
+        for x in a:
+            yield from _storages(x)
 
 
 class _MetaOpCache(TorchDispatchMode):
@@ -226,10 +233,8 @@ class _MetaOpCache(TorchDispatchMode):
         kwargs = kwargs or {}
         if not _functional(func):
             return func(*args, **kwargs)
-        storages: list[int] = []
         try:
-            key = (func, _op_key(args, storages), _op_key(tuple(kwargs.items()), storages),
-                   torch.get_default_dtype())
+            key = (func, _op_key(args), _op_key(tuple(kwargs.items())), torch.get_default_dtype())
             hit = _OP_OUTPUTS.get(key)
         except (_Uncacheable, TypeError):  # TypeError: an unhashable argument
             return func(*args, **kwargs)
@@ -238,7 +243,7 @@ class _MetaOpCache(TorchDispatchMode):
             return outs if len(func._schema.returns) > 1 else outs[0]
         out = func(*args, **kwargs)
         outs = out if isinstance(out, tuple) else (out,)
-        seen = set(storages)
+        seen = set(_storages((args, tuple(kwargs.values()))))  # an output that is an input is not replayed
         for o in outs:
             if not isinstance(o, torch.Tensor) or o.device.type != "meta" or o.storage_offset() or _key(o) in seen \
                     or o.untyped_storage().nbytes() != torch.empty_strided(
