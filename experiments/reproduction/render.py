@@ -1,0 +1,179 @@
+"""Render docs/reproduction.md from the two reproduction sweeps (experiments/reproduction/table{1,5}.sh).
+
+    .venv/bin/python experiments/reproduction/render.py --table1 outputs/table1 --table5 outputs/table5 \
+        --out docs/reproduction.md
+
+Every number comes from the runs' results.json (kasa.analysis.report.collect) and, for McNemar, their saved dev-set
+predictions / generations; the statistics are kasa.analysis.stats'. Missing runs show as missing: the sweeps resume
+across sessions, and the status line says how far they got. The reading (experiments/reproduction/reading.md) is
+written by hand against these numbers and is included as it stands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from kasa.analysis.report import collect
+from kasa.analysis.stats import mcnemar_from_correct, paired, summarise
+
+HERE = Path(__file__).parent
+T1_METHODS = ["fft", "bitfit", "adapter_h", "adapter_p", "adapter_l", "adapter_d", "lora", "adalora", "dylora",
+              "pissa", "milora", "kasa"]
+T1_TASKS = ["vader_movie5", "vader_tweets3", "vader_sst2"]
+T1_SEEDS = {m: range(6) if m in ("kasa", "lora") else range(3) for m in T1_METHODS}
+T5_METHODS = ["zero-shot", "lora", "pissa", "milora", "dora", "kasa"]
+T5_TASKS = ["boolq", "piqa", "siqa", "hellaswag", "winogrande", "arc_e", "arc_c", "obqa"]
+T5_SEEDS = {m: range(1) if m == "zero-shot" else range(3) for m in T5_METHODS}
+
+
+def _values(records, method: str, task: str) -> dict[int, float]:
+    return {r.seed: r.value for r in records if r.method == method and r.task == task}
+
+
+def _cell(by_seed: dict[int, float]) -> str:
+    if not by_seed:
+        return "—"
+    s = summarise(by_seed)
+    return f"{s.mean:.1f} ± {s.sd:.1f} (n={s.n})" if s.n > 1 else f"{s.mean:.1f} (n=1)"
+
+
+def _avg(records, method: str, tasks: list[str]) -> dict[int, float]:
+    """Per-seed average over the tasks, for seeds that have every task."""
+    per = [_values(records, method, t) for t in tasks]
+    seeds = set.intersection(*(set(p) for p in per)) if per else set()
+    return {s: sum(p[s] for p in per) / len(per) for s in seeds}
+
+
+def table(records, methods: list[str], tasks: list[str], title: str) -> list[str]:
+    """Rows = methods with their trainable adapter parameters (results.json params.adapter), cells = mean ± SD."""
+    out = [f"| {title} | adapter params | " + " | ".join(tasks) + " | Avg. |", "|---" * (len(tasks) + 3) + "|"]
+    for m in methods:
+        params = {r.params.get("adapter") for r in records if r.method == m} - {None}
+        cells = [_cell(_values(records, m, t)) for t in tasks] + [_cell(_avg(records, m, tasks))]
+        out.append(f"| {m} | {', '.join(f'{p:,}' for p in sorted(params)) or '—'} | " + " | ".join(cells) + " |")
+    return out
+
+
+def per_seed(records, methods: list[str], tasks: list[str]) -> list[str]:
+    out = ["| method | task | values by seed |", "|---|---|---|"]
+    for m in methods:
+        for t in tasks:
+            v = _values(records, m, t)
+            if v:
+                out.append(f"| {m} | {t} | " + " ".join(f"s{s}:{v[s]:.1f}" for s in sorted(v)) + " |")
+    return out
+
+
+def _correct_t1(rec) -> dict[int, bool] | None:
+    f = rec.run_dir / "predictions" / f"epoch{rec.epoch}.jsonl" if rec.run_dir and rec.epoch is not None else None
+    if f is None or not f.exists():
+        return None
+    rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    return {(r.get("set", ""), int(r["idx"])): r["pred"] == r["label"] for r in rows}
+
+
+def _correct_t5(rec) -> dict[int, bool] | None:
+    from kasa.tasks.commonsense.prompts import TASKS, extract_answer, response_from_generation
+
+    f = rec.run_dir / "generations" / f"epoch{rec.epoch}.jsonl" if rec.run_dir and rec.epoch is not None else None
+    if f is None or not f.exists():
+        return None
+    rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    aliases = {"social_i_qa": "siqa", "ARC-Easy": "arc_e", "ARC-Challenge": "arc_c", "openbookqa": "obqa"}
+    assert all(r["task"] in TASKS for r in rows)
+    return {i: extract_answer(r["task"], response_from_generation(r["generation"])) == r["answer"]
+            for i, r in enumerate(rows) if aliases.get(r["task"], r["task"]) == rec.task}
+
+
+def _g(x: float | None) -> str:
+    return "—" if x is None or math.isnan(x) else f"{x:.3g}"
+
+
+def _ci(ci: tuple[float, float]) -> str:
+    return "—" if any(math.isnan(v) for v in ci) else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
+
+
+def comparisons(records, methods: list[str], tasks: list[str], correct, against: str = "kasa") -> list[str]:
+    """``against`` - each other method, paired over shared seeds, per task and on the average."""
+    out = ["| kasa − | task | n | mean diff | 95% CI (t) | 95% CI (bootstrap) | p (t) | p (Wilcoxon) | MDE | "
+           "McNemar b/c, p | reading |", "|---|---|---:|---:|---|---|---:|---:|---:|---|---|"]
+    for m in methods:
+        if m == against:
+            continue
+        for t in [*tasks, "Avg."]:
+            a = _avg(records, against, tasks) if t == "Avg." else _values(records, against, t)
+            b = _avg(records, m, tasks) if t == "Avg." else _values(records, m, t)
+            p = paired(a, b)
+            if p is None:
+                continue
+            mc = ""
+            if t != "Avg.":
+                ra = {r.seed: r for r in records if r.method == against and r.task == t}
+                rb = {r.seed: r for r in records if r.method == m and r.task == t}
+                xa, xb = [], []
+                for s in p.seeds:
+                    ca, cb = correct(ra[s]), correct(rb[s])
+                    if ca and cb and ca.keys() == cb.keys():
+                        xa += [ca[k] for k in sorted(ca)]
+                        xb += [cb[k] for k in sorted(cb)]
+                if xa:
+                    res = mcnemar_from_correct(xa, xb)
+                    mc = f"{res.b}/{res.c}, {res.p:.3g}"
+            lo, hi = p.t_ci
+            if p.n < 2 or math.isnan(lo):
+                reading = "one seed: no interval"
+            else:
+                reading = "KaSA higher" if lo > 0 else "KaSA lower" if hi < 0 else "no difference shown"
+            out.append(f"| {m} | {t} | {p.n} | {p.mean:+.2f} | {_ci(p.t_ci)} | {_ci(p.bootstrap_ci)} | {_g(p.t_p)} | "
+                       f"{_g(p.wilcoxon_p)} | {_g(p.mde)} | {mc or '—'} | {reading} |")
+    return out
+
+
+def status(records, methods, tasks, seeds, sweep: Path) -> str:
+    done = {(r.method, r.task, r.seed) for r in records}
+    planned = {(m, t, s) for m in methods for t in tasks for s in seeds[m]}
+    runs = {r.source for r in records}
+    wall = sum(r.wall_time_s or 0 for r in {r.source: r for r in records}.values())
+    return (f"{len(done & planned)} of {len(planned)} planned (method, task, seed) cells finished in {len(runs)} "
+            f"runs; the runs' wall_time_s sum to {wall / 3600:.2f} h (sweep folder `{sweep}`)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--table1", type=Path, default=Path("outputs/table1"))
+    ap.add_argument("--table5", type=Path, default=Path("outputs/table5"))
+    ap.add_argument("--out", type=Path, default=Path("docs/reproduction.md"))
+    a = ap.parse_args()
+    head = (HERE / "head.md").read_text()
+    parts = [head.rstrip() + "\n"]
+    for name, sweep, methods, tasks, seeds, correct in (
+            ("Table 1-style: MiniLM, three sentiment tasks", a.table1, T1_METHODS, T1_TASKS, T1_SEEDS, _correct_t1),
+            ("Table 5-style: SmolLM2-135M-Instruct, commonsense suite", a.table5, T5_METHODS, T5_TASKS, T5_SEEDS,
+             _correct_t5)):
+        last, _ = collect([sweep]) if sweep.exists() else ([], [])
+        best, _ = collect([sweep], selection="best") if sweep.exists() else ([], [])
+        parts += [f"## {name}\n", f"Status: {status(last, methods, tasks, seeds, sweep)}.\n",
+                  "### Last epoch (reported): mean ± SD over seeds (n), accuracy %\n",
+                  *table(last, methods, tasks, "method"), "",
+                  "### Best epoch (labelled: picked on the same split that scores it, optimistic)\n",
+                  *table(best, methods, tasks, "method (best epoch)"), "",
+                  "### KaSA against each method, paired by seed (last epoch)\n",
+                  "Mean of per-seed differences in points; t and percentile-bootstrap 95% intervals; paired t and "
+                  "Wilcoxon p; MDE: the smallest true difference the paired t-test detects with power 0.8 at alpha "
+                  "0.05 given the observed SD of the differences; McNemar on the examples pooled over the shared "
+                  "seeds (b: only KaSA right, c: only the other method right; pooling repeats each example once per "
+                  "seed, so its p is optimistic). Reading: \"KaSA higher/lower\" when the t interval excludes 0.\n",
+                  *comparisons(last, methods, tasks, correct), "",
+                  "### Per-seed values (last epoch)\n", *per_seed(last, methods, tasks), ""]
+    reading = HERE / "reading.md"
+    if reading.exists():
+        parts.append(reading.read_text().rstrip() + "\n")
+    a.out.write_text("\n".join(parts))
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
