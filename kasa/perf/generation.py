@@ -8,8 +8,10 @@ template), batched as validation batches them (sorted by length, left-padded). V
 - ``prefix``: the batch's common prompt prefix computed once (:mod:`kasa.training.prefix_cache`), the default;
 
 each at evaluation batch sizes from ``batch_sizes``. Every repetition runs every variant over the same prompts in a
-rotated order; generations per second is prompts / the median time, the ratio the median of per-repetition ratios to
-``plain`` at the first batch size. The generated tokens of every variant are compared with ``plain``'s.
+rotated order; generations per second is prompts / the median wall time, the ratio the median of per-repetition
+ratios to ``plain`` at the first batch size; the same for this process's CPU seconds (the steadier figure on a CPU
+shared with other jobs: they stretch the wall time, not the work). The generated tokens of every variant are
+compared with ``plain``'s.
 """
 
 from __future__ import annotations
@@ -68,9 +70,13 @@ def measure(model: nn.Module, tokenizer, prompts: Sequence[str], batch_sizes: Se
     variants = [(v, bs) for bs in batch_sizes for v in ("plain", "prefix")]
     tokens: dict[str, list[list[int]]] = {}
 
+    cpu: dict[str, list[float]] = {}
+
     def fn(v: str, bs: int):
         def run() -> None:
+            t0 = time.process_time()  # this process's CPU seconds: other jobs on a shared CPU hardly move them
             tokens[f"{v}/{bs}"] = generate_all(model, tokenizer, prompts, bs, v == "prefix", max_new_tokens)
+            cpu.setdefault(f"{v}/{bs}", []).append(time.process_time() - t0)
         return run
 
     device = "cuda" if next(model.parameters()).is_cuda else "cpu"
@@ -82,7 +88,8 @@ def measure(model: nn.Module, tokenizer, prompts: Sequence[str], batch_sizes: Se
         same = sum(a == b for a, b in zip(tokens[key], tokens[base]))
         rows.append({"variant": v, "batch": int(bs), "per_s": len(prompts) / statistics.median(times),
                      "ratio": statistics.median(t0 / t for t, t0 in zip(times, raw[base])),
-                     "seconds": statistics.median(times), "same": same})
+                     "seconds": statistics.median(times), "same": same, "cpu_seconds": statistics.median(cpu[key]),
+                     "cpu_ratio": statistics.median(c0 / c for c, c0 in zip(cpu[key], cpu[base]))})
     return {"rows": rows, "prompts": len(prompts), "new_tokens": max_new_tokens}
 
 
@@ -110,10 +117,12 @@ def format_section(res: dict, r: int, reps: int, wall: float, device: str = "cpu
            f"SmolLM2-135M + LoRA r={r} (float32, {dev}), greedy, {res['new_tokens']} new tokens, {res['prompts']} "
            "commonsense evaluation prompts (LLM-Adapters' template, the eight tasks alike), batched longest first; "
            f"{reps} interleaved repetitions ({wall:.0f} s); ratios are medians of per-repetition ratios to plain at "
-           f"batch {rows[0]['batch']}.\n",
-           "| generation | eval batch | generations/s | / plain | seconds | same tokens as plain |",
-           "|---|---:|---:|---:|---:|---:|"]
+           f"batch {rows[0]['batch']}, of wall and of this process's CPU seconds.\n",
+           "| generation | eval batch | generations/s | / plain | seconds | CPU seconds | / plain (CPU) | "
+           "same tokens as plain |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         out.append(f"| {row['variant']} | {row['batch']} | {row['per_s']:.2f} | {row['ratio']:.2f} | "
-                   f"{row['seconds']:.1f} | {row['same']}/{res['prompts']} |")
+                   f"{row['seconds']:.1f} | {row['cpu_seconds']:.1f} | {row['cpu_ratio']:.2f} | "
+                   f"{row['same']}/{res['prompts']} |")
     return out
