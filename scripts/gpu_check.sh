@@ -17,8 +17,11 @@
 #                      torch.cuda.max_memory_allocated (the bench's 7B-shaped Llama: 8 layers, bf16)
 #   planner_test       the CUDA test of tests/test_memory_plan.py
 #   perf_methods       python -m kasa.perf --full --skip-truncation: adds the every-method table
-#   perf_throughput    python -m kasa.perf --throughput --full: non-padding tokens/s and padding share of padded,
-#                      length-grouped and packed batches (SmolLM2-135M + LoRA r=8, commonsense mix, cutoff 256)
+#   perf_throughput    python -m kasa.perf --throughput --full --tp-compile inductor: non-padding tokens/s and
+#                      padding share of padded, length-grouped and packed batches, compile off and on
+#                      (SmolLM2-135M + LoRA r=8, commonsense mix, cutoff 256)
+#   perf_generation    python -m kasa.perf --generation --full: greedy evaluation generations/s, plain and
+#                      shared-prefix, eval batch 16 and 64 (SmolLM2-135M, commonsense prompts)
 # GPU_CHECK_BUDGET (seconds, default 480) caps the whole run: a part gets min(its timeout, what is left), and
 # parts left with under 20 s are marked skipped. GPU_CHECK_PYTHON: the interpreter (default .venv/bin/python,
 # else python3).
@@ -95,8 +98,10 @@ part planner_test planner 60 "tests/test_memory_plan.py on the GPU (its CUDA bou
     "$py" -m pytest -q tests/test_memory_plan.py -k cuda -p no:cacheprovider
 part perf_methods perf 180 "kasa.perf --full --skip-truncation: adds the every-method table (bf16, 7B-shaped)" \
     "$py" -m kasa.perf --full --skip-truncation --out "$out/perf_methods.md"
-part perf_throughput perf 150 "kasa.perf --throughput --full: padded / length-grouped / packed tokens/s (SmolLM2-135M, commonsense mix)" \
-    "$py" -m kasa.perf --throughput --full --out "$out/perf_throughput.md"
+part perf_throughput perf 240 "kasa.perf --throughput --full --tp-compile inductor: padded / length-grouped / packed tokens/s, compile off and on (SmolLM2-135M, commonsense mix)" \
+    "$py" -m kasa.perf --throughput --full --tp-compile inductor --out "$out/perf_throughput.md"
+part perf_generation perf 120 "kasa.perf --generation --full: plain vs shared-prefix greedy generations/s, eval batch 16 and 64 (SmolLM2-135M, commonsense prompts)" \
+    "$py" -m kasa.perf --generation --full --out "$out/perf_generation.md"
 
 declare -A compose_status compose_reason
 if [ "$dry" = 1 ]; then

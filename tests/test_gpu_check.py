@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
 TRAIN_PARTS = ["train_classification", "train_e2e", "train_commonsense", "train_instruction"]
 QUANT_PARTS = ["quant_lora", "quant_kasa"]
-OTHER_PARTS = ["perf_steps", "planner_cuda", "planner_test", "perf_methods", "perf_throughput"]
+OTHER_PARTS = ["perf_steps", "planner_cuda", "planner_test", "perf_methods", "perf_throughput", "perf_generation"]
 
 
 def _run(*args: str, **env: str) -> subprocess.CompletedProcess:
@@ -41,7 +41,7 @@ def test_dry_mode_lists_every_part_and_composes_the_training_commands(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     rows = _rows((out / "summary.md").read_text())
     assert list(rows) == ["perf_steps", *TRAIN_PARTS, *QUANT_PARTS, "planner_cuda", "planner_test", "perf_methods",
-                          "perf_throughput"]
+                          "perf_throughput", "perf_generation"]
     for name in TRAIN_PARTS:
         assert rows[name][4] == "dry: composes", rows[name]
     for name in QUANT_PARTS:
@@ -54,7 +54,8 @@ def test_dry_mode_lists_every_part_and_composes_the_training_commands(tmp_path):
         assert f"== {name}: {logged.strip()}" in res.stdout  # the command printed is the one logged
     assert "--full --skip-methods" in (out / "perf_steps.log").read_text()
     assert "--full --skip-truncation" in (out / "perf_methods.log").read_text()
-    assert "--throughput --full" in (out / "perf_throughput.log").read_text()
+    assert "--throughput --full --tp-compile inductor" in (out / "perf_throughput.log").read_text()
+    assert "--generation --full" in (out / "perf_generation.log").read_text()
     for name in TRAIN_PARTS + QUANT_PARTS:
         cmd = (out / f"{name}.log").read_text()
         assert "trainer.max_epochs=1" in cmd and "trainer.limit_train_batches=2" in cmd

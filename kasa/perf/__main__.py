@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> None:
                     "(default 16 on the CPU, 512 with --full)")
     ap.add_argument("--tp-reps", type=int, default=None, help="throughput: repetitions (default 2; 5 with --full)")
     ap.add_argument("--tp-mix", type=int, default=2000, help="throughput: records of the mix for the epoch statistics")
+    ap.add_argument("--tp-compile", default=None, metavar="BACKEND",
+                    help="throughput: also time every batching mode under torch.compile(backend=BACKEND), e.g. "
+                         "inductor (the compile column: off / on)")
     ap.add_argument("--generation", action="store_true",
                     help="only the evaluation-generation table: plain and shared-prefix greedy generation of "
                          "SmolLM2-135M for commonsense prompts at two eval batch sizes (CPU: minutes; --full: GPU)")
@@ -51,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
         full = a.full
         report = "\n".join(throughput_section(examples=a.tp_examples or (512 if full else 16),
                                               reps=a.tp_reps or (5 if full else 2), mix=a.tp_mix, r=a.r,
-                                              threads=a.threads, device="cuda" if full else "cpu"))
+                                              threads=a.threads, device="cuda" if full else "cpu",
+                                              compile_backend=a.tp_compile))
         print(report)
         if a.out:
             with open(a.out, "w") as f:

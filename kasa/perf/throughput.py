@@ -122,7 +122,8 @@ def measure(model: nn.Module, tokenizer, examples: Sequence, mix: Sequence | Non
 
 
 def throughput_section(examples: int = 16, reps: int = 2, mix: int = 2000, max_length: int = 256, batch_size: int = 8,
-                       r: int = 8, threads: int | None = None, device: str = "cpu") -> list[str]:
+                       r: int = 8, threads: int | None = None, device: str = "cpu",
+                       compile_backend: str | None = None) -> list[str]:
     """The Markdown section of ``python -m kasa.perf --throughput`` on SmolLM2-135M over the commonsense mix."""
     import random
 
@@ -138,7 +139,11 @@ def throughput_section(examples: int = 16, reps: int = 2, mix: int = 2000, max_l
     build_method("lora", r=r).apply(model)
     t0 = time.perf_counter()
     # no warm-up round on the CPU (a round is minutes there; the rotated order spreads the first call's cost)
-    res = measure(model, tok, subset, pool, max_length, batch_size, reps, warmup=int(device.startswith("cuda")))
+    variants = {"off": None}
+    if compile_backend:  # trainer.compile's call (PeftModule.compile_model), lengths vary per batch: dynamic shapes
+        variants["on"] = lambda m: torch.compile(m, backend=compile_backend, dynamic=True)
+    res = measure(model, tok, subset, pool, max_length, batch_size, reps, warmup=int(device.startswith("cuda")),
+                  variants=variants)
     wall = time.perf_counter() - t0
     return format_section(res, r, batch_size, max_length, reps, wall, device)
 
