@@ -141,11 +141,30 @@ def status(records, methods, tasks, seeds, sweep: Path) -> str:
             f"runs; the runs' wall_time_s sum to {wall / 3600:.2f} h (sweep folder `{sweep}`)")
 
 
+def figures(sweep: Path, dest: Path, doc_dir: Path) -> list[str]:
+    """Copy the sweep's kasa-report figures (PNG) beside the docs and link them."""
+    import os
+    import shutil
+
+    pngs = sorted((sweep / "report" / "plots").glob("*.png"))
+    if not pngs:
+        return []
+    dest.mkdir(parents=True, exist_ok=True)
+    out = [f"### Figures (`kasa-report {sweep} --plots`: learning curves, accuracy against trainable parameters "
+           "with the Pareto front, forest plot of the paired differences against LoRA)\n"]
+    for png in pngs:
+        shutil.copyfile(png, dest / png.name)
+        out.append(f"![{png.stem}]({os.path.relpath(dest / png.name, doc_dir)})")
+    return [*out, ""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--table1", type=Path, default=Path("outputs/table1"))
     ap.add_argument("--table5", type=Path, default=Path("outputs/table5"))
     ap.add_argument("--out", type=Path, default=Path("docs/reproduction.md"))
+    ap.add_argument("--figures", type=Path, default=Path("docs/figures"),
+                    help="where the PNGs of each sweep's `kasa-report --plots` (SWEEP/report/plots) are copied")
     a = ap.parse_args()
     head = (HERE / "head.md").read_text()
     parts = [head.rstrip() + "\n"]
@@ -167,7 +186,8 @@ def main() -> None:
                   "seeds (b: only KaSA right, c: only the other method right; pooling repeats each example once per "
                   "seed, so its p is optimistic). Reading: \"KaSA higher/lower\" when the t interval excludes 0.\n",
                   *comparisons(last, methods, tasks, correct), "",
-                  "### Per-seed values (last epoch)\n", *per_seed(last, methods, tasks), ""]
+                  "### Per-seed values (last epoch)\n", *per_seed(last, methods, tasks), "",
+                  *figures(sweep, a.figures, a.out.parent)]
     reading = HERE / "reading.md"
     if reading.exists():
         parts.append(reading.read_text().rstrip() + "\n")
