@@ -126,10 +126,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, checkpoint: str |
     ``checkpoint``: ``best`` | ``last`` | None (the one ``benchmark.selection`` reports, best by default). The
     format is checked against the method before any model loads.
     """
-    from kasa.models import resolve_path
     from kasa.runs.checkpoints import default_checkpoint, find_checkpoint
     from kasa.runs.load import load_run, run_config
-    from kasa.tasks import get_task
 
     cfg, cfg_file = run_config(run_dir)
     check_format(cfg.method.name, fmt, cfg.method)
@@ -140,8 +138,18 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, checkpoint: str |
     which = checkpoint or default_checkpoint(cfg)
     find_checkpoint(run_dir, which)  # a missing checkpoint fails before the model loads
     run = load_run(run_dir, which, cfg=cfg, keep_removed=fmt == "lora")
-    m = cfg.model
-    source = {"run_dir": str(Path(run_dir).resolve()), "config_file": cfg_file, "checkpoint": which,
+    return export_loaded_run(run, fmt, out, config_file=cfg_file, overwrite=overwrite, dequantize=dequantize)
+
+
+def export_loaded_run(run: Any, fmt: str, out: str | Path, *, config_file: str | None = None,
+                      overwrite: bool = False, dequantize: bool = False) -> Path:
+    """:func:`export_model` of a run already in memory (a :class:`~kasa.runs.load.LoadedRun`); the manifest names
+    the run folder and checkpoint. ``merged`` merges ``run.model`` in place."""
+    from kasa.models import resolve_path
+    from kasa.tasks import get_task
+
+    cfg, m = run.cfg, run.cfg.model
+    source = {"run_dir": str(Path(run.run_dir).resolve()), "config_file": config_file, "checkpoint": run.checkpoint,
               "checkpoint_file": str(run.checkpoint_path.name), "epoch": run.epoch}
     return export_model(run.model, run.method, fmt, out, base_model=resolve_path(m.name_or_path),
                         revision=m.get("revision"), task_type=get_task(cfg.benchmark.get("family")).peft_task_type,

@@ -366,4 +366,9 @@ class CausalLMModule(PeftModule):
     def _write_generations(self, path: Path, items: Sequence[EvalItem], gens: Sequence[str]) -> None:
         if self.trainer.global_rank != 0:
             return
-        write_jsonl(path, ({"prompt": it.prompt, "generation": g, **it.meta} for it, g in zip(items, gens)))
+        write_generations(path, items, gens)
+
+
+def write_generations(path: Path, items: Sequence[EvalItem], gens: Sequence[str]) -> None:
+    """``generations/epoch<N>.jsonl``: one row per prompt (prompt, generation, the item's meta)."""
+    write_jsonl(path, ({"prompt": it.prompt, "generation": g, **it.meta} for it, g in zip(items, gens)))
