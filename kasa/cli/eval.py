@@ -29,12 +29,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--num-fewshot", type=int, default=None)
     ap.add_argument("--limit", type=float, default=None, help="examples per lm_eval task (a fraction if < 1)")
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--generation-backend", choices=("hf", "vllm"), default="hf",
+                    help="dev-set generation of causal-LM runs: hf (generate) or vllm (CUDA; the merged export)")
     args = ap.parse_intermixed_args(argv)
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     try:
         res = evaluate_run(args.run_dir, args.overrides, checkpoint=args.checkpoint, name=args.name,
                            lm_eval_tasks=args.lm_eval, lm_eval_include=args.lm_eval_include,
-                           num_fewshot=args.num_fewshot, limit=limit, batch_size=args.batch_size)
+                           num_fewshot=args.num_fewshot, limit=limit, batch_size=args.batch_size,
+                           generation_backend=args.generation_backend)
     except KasaError as exc:
         return report_error("kasa-eval", exc)
     shown = res.get("metrics") or lm_eval_summary(res.get("lm_eval") or {})

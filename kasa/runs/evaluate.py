@@ -10,6 +10,9 @@
 - ``kasa-eval RUN_DIR --lm-eval hellaswag,arc_easy`` runs lm-evaluation-harness (extra ``lm_eval``) on the
   in-memory merged model through its ``HFLM`` wrapper; ``--lm-eval-include DIR`` adds your own task YAMLs.
   ``benchmark.lm_eval.tasks=[...]`` does the same at the end of training (:class:`LmEvalCallback`).
+- ``kasa-eval RUN_DIR --generation-backend vllm`` (causal-LM families, CUDA, vLLM installed) generates the dev set's
+  answers with vLLM from the run's merged export instead of HF ``generate``
+  (:mod:`kasa.training.vllm_backend`; what it refuses is checked before anything loads).
 
 Each call writes ``eval-<name>.json`` beside ``results.json`` (``--name``; default ``<dataset>-<checkpoint>`` or
 ``lm_eval-<checkpoint>``); generation families write their generations under ``eval-<name>/``.
@@ -125,8 +128,8 @@ def _dev_metrics(run, name: str) -> tuple[dict[str, float], dict[str, Any]]:
 
 def evaluate_run(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint: str | None = None,
                  name: str | None = None, lm_eval_tasks: Any = None, lm_eval_include: str | None = None,
-                 num_fewshot: int | None = None, limit: int | float | None = None, batch_size: int = 8
-                 ) -> dict[str, Any]:
+                 num_fewshot: int | None = None, limit: int | float | None = None, batch_size: int = 8,
+                 generation_backend: str = "hf") -> dict[str, Any]:
     """Score a run folder's checkpoint again (see the module docstring); returns what ``eval-<name>.json`` holds."""
     import lightning
     import torch
@@ -135,6 +138,7 @@ def evaluate_run(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint:
     from kasa import __version__
     from kasa.runs.checkpoints import default_checkpoint, find_checkpoint
     from kasa.runs.load import load_run, run_config
+    from kasa.training.vllm_backend import BACKENDS, check_vllm, vllm_dev_metrics
 
     t0 = time.time()
     run_dir = Path(run_dir)
@@ -143,6 +147,13 @@ def evaluate_run(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint:
     which = checkpoint or default_checkpoint(cfg)
     find_checkpoint(run_dir, which)
     tasks = parse_tasks(lm_eval_tasks)
+    if generation_backend not in BACKENDS:
+        raise EvalError(f"--generation-backend {generation_backend}: choose one of {' '.join(BACKENDS)}")
+    if generation_backend == "vllm":
+        if tasks:
+            raise EvalError("--generation-backend vllm generates the dev set's answers; --lm-eval scores with "
+                            "lm-evaluation-harness's HF model (leave one of them out)")
+        check_vllm(cfg)
     if tasks:
         from kasa.tasks import get_task
 
@@ -162,7 +173,12 @@ def evaluate_run(run_dir: str | Path, overrides: Sequence[str] = (), checkpoint:
                                      seed=int(cfg.get("seed", 0)))
     else:
         run = load_run(run_dir, which, cfg=cfg, with_data=True)
-        out["metrics"], extra = _dev_metrics(run, name)
+        if generation_backend == "vllm":
+            out["metrics"], extra = vllm_dev_metrics(run, name, config_file=cfg_file)
+        else:
+            out["metrics"], extra = _dev_metrics(run, name)
+            if hasattr(run.bundle.module, "generate_ids"):  # a generation family
+                extra["generation_backend"] = "hf"
         out.update({k: v for k, v in extra.items() if k != "lm_eval"})
         out["dataset"] = cfg.dataset.name
     out.update(checkpoint_file=run.checkpoint_path.name, epoch=run.epoch, config=OmegaConf.to_container(cfg),
