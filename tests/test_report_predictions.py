@@ -98,20 +98,26 @@ def test_ddp_ranks_gather_every_dev_example_once(tmp_path):
     assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == ["epoch1.jsonl", "epoch3.jsonl"]
 
 
-def test_no_paired_test_from_a_run_that_validated_several_times_an_epoch(tmp_path):
-    """With trainer.val_check_interval the per-epoch predictions file holds the epoch's last validation, which need
-    not be the reported one: load_correctness gives None (no McNemar) instead of pairing the wrong predictions."""
+def test_several_validations_an_epoch_pair_the_reported_steps_file(tmp_path):
+    """With trainer.val_check_interval every validation has its own epoch<E>-step<S> file and the paired test reads
+    the reported step's; a run from before that naming (one per-epoch file, holding the epoch's last validation)
+    gives None (no McNemar) instead of pairing the wrong predictions."""
     from kasa.analysis.report.collect import Record, load_correctness
 
     (tmp_path / "predictions").mkdir()
     (tmp_path / "predictions" / "epoch0.jsonl").write_text(
         "".join(json.dumps({"set": "", "idx": i, "pred": i % 2, "label": 0}) + "\n" for i in range(4)))
+    (tmp_path / "predictions" / "epoch0-step2.jsonl").write_text(
+        "".join(json.dumps({"set": "", "idx": i, "pred": 0, "label": 0}) + "\n" for i in range(4)))
     (tmp_path / "results.json").write_text("{}")
 
-    def rec(history):
+    def rec(history, step=None):
         return Record("t", "kasa", "", "task", 0, 0.5, "accuracy", "best", str(tmp_path / "results.json"), epoch=0,
-                      history=history)
+                      step=step, history=history)
 
     assert load_correctness(rec([{"epoch": 0, "step": 4}])) == {0: (True, 0), 1: (False, 0), 2: (True, 0),
                                                                 3: (False, 0)}
-    assert load_correctness(rec([{"epoch": 0, "step": 2}, {"epoch": 0, "step": 4}])) is None
+    several = [{"epoch": 0, "step": 2}, {"epoch": 0, "step": 4}]
+    assert load_correctness(rec(several, step=2)) == {i: (True, 0) for i in range(4)}
+    assert load_correctness(rec(several, step=4)) is None  # no epoch0-step4 file: nothing to pair
+    assert load_correctness(rec(several)) is None  # a run from before the per-step names

@@ -88,6 +88,9 @@ def test_validation_every_n_batches_rows_and_mid_epoch_resume(tiny_bert_dir, tmp
     assert (m["best_epoch"], m["best_step"]) == (best["epoch"], best["step"])
     best_ckpt = next((tmp_path / "full" / "checkpoints").glob("best-*.ckpt"))
     assert torch.load(best_ckpt, weights_only=True)["global_step"] == best["step"]
+    # each validation's predictions under its own name; the best's and the last's are kept
+    kept = {p.name for p in (tmp_path / "full" / "predictions").glob("*.jsonl")}
+    assert kept == {f"epoch{best['epoch']}-step{best['step']}.jsonl", "epoch1-step8.jsonl"}
 
 
 def test_new_keys_at_their_defaults_keep_the_config_hash(tiny_bert_dir):

@@ -31,6 +31,13 @@ CONFIG_FILE = "config.yaml"  # written when training starts: an interrupted run 
 HYDRA_CONFIG_FILE = ".hydra/config.yaml"  # folders made before kasa wrote config.yaml
 
 
+def validation_file(epoch: int, step: int | None = None) -> str:
+    """Name of a per-validation file (predictions, generations, judgements): ``epoch<E>.jsonl``, or
+    ``epoch<E>-step<S>.jsonl`` for runs that validate several times an epoch (``trainer.val_check_interval``), so
+    no validation overwrites another's."""
+    return f"epoch{epoch}.jsonl" if step is None else f"epoch{epoch}-step{step}.jsonl"
+
+
 def _reason(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from kasa.methods import PeftMethod
+from kasa.runs.files import validation_file
 from kasa.training.optim import OptimConfig, build_optimizer
 
 
@@ -45,6 +46,14 @@ class PeftModule(L.LightningModule):
         return None
 
     # -- training --------------------------------------------------------------------------------
+    def validation_file(self, epoch: int | None = None, step: int | None = None) -> str:
+        """This validation's file name (:func:`kasa.runs.files.validation_file`): by epoch, or by epoch and step
+        when ``trainer.val_check_interval`` validates several times an epoch."""
+        interval = getattr(self.trainer, "val_check_interval", 1.0) if self._trainer is not None else 1.0
+        several = interval is not None and not (isinstance(interval, float) and interval == 1.0)
+        return validation_file(self.current_epoch if epoch is None else epoch,
+                               (self.global_step if step is None else step) if several else None)
+
     def on_train_epoch_start(self) -> None:
         # transformers returns models in eval mode; dropout must be active while training.
         self.model.train()

@@ -337,7 +337,7 @@ class CausalLMModule(PeftModule):
         gens = [generations[i] for i in done]
         out_dir = Path(self.trainer.default_root_dir) if self.trainer.default_root_dir else None
         if out_dir is not None:
-            self._write_generations(out_dir / "generations" / f"epoch{self.current_epoch}.jsonl", items, gens)
+            self._write_generations(out_dir / "generations" / self.validation_file(), items, gens)
         # Every rank runs the evaluator on all prompts (an evaluator that generates, like MT-Bench's turns, must
         # run its forwards on every rank under FSDP); rank 0's scores are the ones every rank logs.
         values = {k: float(v) for k, v in self.evaluator(items, gens, self, out_dir).items()}

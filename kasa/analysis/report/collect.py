@@ -12,6 +12,7 @@ from typing import Any, Iterable
 
 from kasa.analysis.stats import in_table_units as _scale
 from kasa.errors import ReportError  # noqa: F401  (re-exported)
+from kasa.runs.files import validation_file
 from kasa.runs.hashing import NEUTRAL_KEYS
 
 # paper_numbers.json sits beside the package (kasa/analysis/), where package-data ships it.
@@ -44,6 +45,7 @@ class Record:
     group: str = ""     # hash of the config without the seed (REPORT_IGNORE): runs pooled into one cell share it
     mtime: float = 0.0  # when the run finished (results.json mtime; W&B: last heartbeat): the newest repeat wins
     epoch: int | None = None  # the epoch the value was read at (best or last, as ``selection`` says)
+    step: int | None = None  # and its optimiser step (several validations an epoch: which file holds it)
     params: dict[str, Any] = field(default_factory=dict)  # results.json params (trainable, total, adapter)
     wall_time_s: float | None = None
     memory: dict[str, Any] | None = None  # results.json "memory" when a run recorded it (kasa-train does not yet)
@@ -144,11 +146,13 @@ def records_from_results(res: dict[str, Any], source: str = "", paper: dict[str,
     seed = int(res.get("seed", _get(cfg, "seed") or 0))
     history = [h for h in (res.get("history") or []) if isinstance(h, dict)]
     epoch = m.get("best_epoch") if selection == "best" else (history[-1].get("epoch") if history else None)
+    step = m.get("best_step") if selection == "best" else (history[-1].get("step") if history else None)
     wall = res.get("wall_time_s")
     common = dict(table=table, method=method, variant="", seed=seed, selection=selection, source=source,
                   not_comparable=tuple(sorted((res.get("evaluation") or {}).get("not_comparable") or ())),
                   group=pooling_hash(cfg), mtime=float(mtime),
                   epoch=int(epoch) if isinstance(epoch, (int, float)) else None,
+                  step=int(step) if isinstance(step, (int, float)) else None,
                   params=dict(res.get("params") or {}),
                   wall_time_s=float(wall) if isinstance(wall, (int, float)) else None,
                   memory=res.get("memory") if isinstance(res.get("memory"), dict) else None, history=history)
@@ -320,11 +324,14 @@ def load_correctness(rec: Record) -> dict[Any, tuple[bool, Any]] | None:
     if d is None or rec.epoch is None:
         return None
     epochs = [r.get("epoch") for r in rec.history]
+    name = validation_file(rec.epoch)
     if len(epochs) != len(set(epochs)):
-        # several validations an epoch (trainer.val_check_interval): the per-epoch file holds the epoch's last
-        # one, not necessarily the reported one, so no paired test is drawn from it
-        return None
-    pred_file = d / PREDICTIONS_DIR / f"epoch{rec.epoch}.jsonl"
+        # several validations an epoch (trainer.val_check_interval): each has its own epoch<E>-step<S> file; a run
+        # from before they were named by step has only the epoch's last one, so no paired test is drawn from it
+        if rec.step is None:
+            return None
+        name = validation_file(rec.epoch, rec.step)
+    pred_file = d / PREDICTIONS_DIR / name
     if pred_file.exists():
         rows = [json.loads(ln) for ln in pred_file.read_text().splitlines() if ln.strip()]
         chosen = _monitored_set({str(r.get("set", "")) for r in rows}, rec.metric)
@@ -333,7 +340,7 @@ def load_correctness(rec: Record) -> dict[Any, tuple[bool, Any]] | None:
                 or rec.metric in ("pearson", "spearman"):
             return None
         return {int(r["idx"]): (r["pred"] == r["label"], r["label"]) for r in rows}
-    gen_file = d / "generations" / f"epoch{rec.epoch}.jsonl"
+    gen_file = d / "generations" / name
     if gen_file.exists():
         from kasa.tasks.commonsense import prompts as cs
 

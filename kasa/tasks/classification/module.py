@@ -152,11 +152,11 @@ class ClassificationModule(PeftModule):
         if self.trainer.global_rank != 0 or not self.trainer.default_root_dir:
             return
         folder = Path(self.trainer.default_root_dir) / "predictions"
-        path = folder / f"epoch{self.current_epoch}.jsonl"
+        path = folder / self.validation_file()
         write_jsonl(path, ({"set": self.val_names[loader], "idx": i, "pred": p, "label": y}
                            for loader, i, p, y in rows))
-        best = max(self.history, key=lambda r: r.get(self.monitor, float("-inf")))["epoch"]
-        keep = {f"epoch{best}.jsonl", path.name}
+        best = max(self.history, key=lambda r: r.get(self.monitor, float("-inf")))
+        keep = {self.validation_file(best["epoch"], best["step"]), path.name}
         for old in folder.glob("epoch*.jsonl"):
             if old.name not in keep:
                 old.unlink()

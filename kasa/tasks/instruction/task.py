@@ -351,7 +351,7 @@ class JudgeEvaluator(BaseEvaluator):
             if scoring:
                 answers = {q["question_id"]: [a1, a2] for q, a1, a2 in zip(questions, first, second)}
                 if out_dir is not None:  # the answers are on disk before any judging: a judge failure keeps them
-                    write_jsonl(out_dir / "generations" / f"epoch{module.current_epoch}-mtbench.jsonl",
+                    write_jsonl(out_dir / "generations" / module.validation_file().replace(".jsonl", "-mtbench.jsonl"),
                                  [{"question_id": q["question_id"], "category": q.get("category"),
                                    "turns": list(q["turns"]), "answers": answers[q["question_id"]]}
                                   for q in questions])
@@ -371,7 +371,7 @@ class JudgeEvaluator(BaseEvaluator):
         if not scoring:
             return out
         if out_dir is not None:
-            path = out_dir / "judgements" / f"epoch{module.current_epoch}.jsonl"
+            path = out_dir / "judgements" / module.validation_file()
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("w", encoding="utf-8") as f:
                 for j in graded:
