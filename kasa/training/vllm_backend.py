@@ -70,8 +70,8 @@ def check_vllm(cfg: DictConfig) -> None:
     if limit is not None and not (isinstance(limit, float) and limit == 1.0):  # an int counts batches
         raise ConfigError(f"trainer.limit_val_batches={limit}: the vllm backend generates for every dev prompt; "
                           "use dataset.max_eval to score fewer")
-    mtbench = cfg.benchmark.get("mtbench") or {}
-    if family == "instruction" and mtbench.get("enabled", True):
+    mtbench = cfg.benchmark.get("mtbench")  # only a family whose evaluator generates MT-Bench turns has it
+    if mtbench is not None and mtbench.get("enabled", True):
         raise ConfigError("benchmark.mtbench.enabled=true: MT-Bench's turns are generated inside the evaluator by HF "
                           "generate, not by vLLM; pass benchmark.mtbench.enabled=false (or --generation-backend hf)")
 
