@@ -75,6 +75,17 @@ def test_learning_curves_mean_and_t_interval_over_seeds(runs):
     assert lb.mean == pytest.approx([v * (1 + (0 + 0.1 + 0.2) / 3) for v in LOSSES])
 
 
+def test_curves_use_the_step_when_runs_validate_several_times_an_epoch(tmp_path):
+    """trainer.val_check_interval: several history rows share an epoch, so the validation curve is drawn against the
+    optimiser step (by epoch, the rows of one epoch would fall on one x)."""
+    _write(tmp_path, "kasa", 0)
+    res = json.loads((tmp_path / "kasa-s0" / "results.json").read_text())
+    res["history"] = [{"epoch": e // 2, "step": 5 * (e + 1), "accuracy": a} for e, a in enumerate([0.5, 0.6, 0.7, 0.8])]
+    (tmp_path / "kasa-s0" / "results.json").write_text(json.dumps(res))
+    val = plots.learning_curves(_recs(tmp_path))[0]
+    assert val.x_label == "optimiser step" and val.bands[0].x == [5.0, 10.0, 15.0, 20.0]
+
+
 def test_pareto_front_on_cost_and_metric(runs):
     assert plots.pareto_front([(1, 5), (2, 4), (3, 6), (1, 5)]) == [True, False, True, True]
     panels = {p.cost: p for p in plots.tradeoffs(_recs(runs))}

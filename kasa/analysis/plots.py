@@ -111,9 +111,12 @@ def learning_curves(recs: list[Record]) -> list[CurvePanel]:
         key = metric if any(metric in h for r in rs for h in r.history) else task  # multi-task: per-task key
         val: dict[str, dict[int, tuple[list[float], list[float]]]] = {}
         loss: dict[str, dict[int, tuple[list[float], list[float]]]] = {}
+        # several validations an epoch (trainer.val_check_interval) in any run: the x axis is the optimiser step
+        by_step = any(len({h.get("epoch") for h in r.history}) < len(r.history) for r in rs)
+        x = "step" if by_step else "epoch"
         for r in rs:
-            pts = [(float(h["epoch"]), _scale(metric, float(h[key]))) for h in r.history
-                   if isinstance(h.get(key), (int, float)) and "epoch" in h]
+            pts = [(float(h[x]), _scale(metric, float(h[key]))) for h in r.history
+                   if isinstance(h.get(key), (int, float)) and x in h]
             if pts:
                 val.setdefault(r.row, {})[r.seed] = ([p[0] for p in pts], [p[1] for p in pts])
             tl = _train_loss(r)
@@ -121,7 +124,8 @@ def learning_curves(recs: list[Record]) -> list[CurvePanel]:
                 loss.setdefault(r.row, {})[r.seed] = tl
         pct = metric in FRACTION_METRICS
         if val:
-            panels.append(CurvePanel(table, task, f"validation {metric}" + (" (%)" if pct else ""), "epoch",
+            panels.append(CurvePanel(table, task, f"validation {metric}" + (" (%)" if pct else ""),
+                                     "optimiser step" if by_step else "epoch",
                                      "results.json history", [_band(k, v) for k, v in sorted(val.items())], pct))
         if loss:
             panels.append(CurvePanel(table, task, "training loss", "optimiser step", "logs/metrics.csv",
