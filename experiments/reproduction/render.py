@@ -23,14 +23,14 @@ HERE = Path(__file__).parent
 T1_METHODS = ["fft", "bitfit", "adapter_h", "adapter_p", "adapter_l", "adapter_d", "lora", "adalora", "dylora",
               "pissa", "milora", "kasa"]
 T1_TASKS = ["vader_movie5", "vader_tweets3", "vader_sst2"]
-T1_SEEDS = {m: range(6) if m in ("kasa", "lora") else range(3) for m in T1_METHODS}
+T1_PLANNED = 2 * 6 * 3 + 10 * 3 * 3  # KaSA and LoRA: 6 seeds x 3 tasks; the other ten rows: 3 x 3 (table1.sh)
 T5_METHODS = ["zero-shot", "lora", "pissa", "milora", "dora", "kasa"]
 T5_TASKS = ["boolq", "piqa", "siqa", "hellaswag", "winogrande", "arc_e", "arc_c", "obqa"]
-T5_SEEDS = {m: range(1) if m == "zero-shot" else range(3) for m in T5_METHODS}
+T5_PLANNED = 1 + 5 * 3 + 3  # zero-shot, five methods x 3 seeds, KaSA truncation=none x 3 (table5.sh)
 
 
-def _values(records, method: str, task: str) -> dict[int, float]:
-    return {r.seed: r.value for r in records if r.method == method and r.task == task}
+def _values(records, row: str, task: str) -> dict[int, float]:
+    return {r.seed: r.value for r in records if r.row == row and r.task == task}
 
 
 def _cell(by_seed: dict[int, float]) -> str:
@@ -51,7 +51,7 @@ def table(records, methods: list[str], tasks: list[str], title: str) -> list[str
     """Rows = methods with their trainable adapter parameters (results.json params.adapter), cells = mean ± SD."""
     out = [f"| {title} | adapter params | " + " | ".join(tasks) + " | Avg. |", "|---" * (len(tasks) + 3) + "|"]
     for m in methods:
-        params = {r.params.get("adapter") for r in records if r.method == m} - {None}
+        params = {r.params.get("adapter") for r in records if r.row == m and r.method != "zero-shot"} - {None}
         cells = [_cell(_values(records, m, t)) for t in tasks] + [_cell(_avg(records, m, tasks))]
         out.append(f"| {m} | {', '.join(f'{p:,}' for p in sorted(params)) or '—'} | " + " | ".join(cells) + " |")
     return out
@@ -96,8 +96,10 @@ def _ci(ci: tuple[float, float]) -> str:
     return "—" if any(math.isnan(v) for v in ci) else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
 
 
-def comparisons(records, methods: list[str], tasks: list[str], correct, against: str = "kasa") -> list[str]:
-    """``against`` - each other method, paired over shared seeds, per task and on the average."""
+def comparisons(records, methods: list[str], tasks: list[str], correct, against: str | None = None) -> list[str]:
+    """``against`` (default: the KaSA row) - each other row, paired over shared seeds, per task and on the average."""
+    methods = rows_of(records, methods)
+    against = against or kasa_row(methods)
     out = ["| kasa − | task | n | mean diff | 95% CI (t) | 95% CI (bootstrap) | p (t) | p (Wilcoxon) | MDE | "
            "McNemar b/c, p | reading |", "|---|---|---:|---:|---|---|---:|---:|---:|---|---|"]
     for m in methods:
@@ -111,8 +113,8 @@ def comparisons(records, methods: list[str], tasks: list[str], correct, against:
                 continue
             mc = ""
             if t != "Avg.":
-                ra = {r.seed: r for r in records if r.method == against and r.task == t}
-                rb = {r.seed: r for r in records if r.method == m and r.task == t}
+                ra = {r.seed: r for r in records if r.row == against and r.task == t}
+                rb = {r.seed: r for r in records if r.row == m and r.task == t}
                 xa, xb = [], []
                 for s in p.seeds:
                     ca, cb = correct(ra[s]), correct(rb[s])
@@ -132,13 +134,26 @@ def comparisons(records, methods: list[str], tasks: list[str], correct, against:
     return out
 
 
-def status(records, methods, tasks, seeds, sweep: Path) -> str:
-    done = {(r.method, r.task, r.seed) for r in records}
-    planned = {(m, t, s) for m in methods for t in tasks for s in seeds[m]}
-    runs = {r.source for r in records}
-    wall = sum(r.wall_time_s or 0 for r in {r.source: r for r in records}.values())
-    return (f"{len(done & planned)} of {len(planned)} planned (method, task, seed) cells finished in {len(runs)} "
-            f"runs; the runs' wall_time_s sum to {wall / 3600:.2f} h (sweep folder `{sweep}`)")
+def rows_of(records, methods: list[str]) -> list[str]:
+    """The table rows present (method, plus the knob that tells a method's configurations apart), in ``methods``'
+    order; every planned method appears, missing ones as empty rows."""
+    present = {r.row: r.method for r in records}
+    for m in methods:
+        if m not in present.values():
+            present[m] = m
+    return sorted(present, key=lambda row: (methods.index(present[row]) if present[row] in methods else 99, row))
+
+
+def kasa_row(rows: list[str]) -> str:
+    """The paper's KaSA row: ``kasa``, or ``kasa (truncation=paper)`` beside other KaSA variants."""
+    return next((r for r in rows if r in ("kasa", "kasa (truncation=paper)")), "kasa")
+
+
+def status(records, planned: int, sweep: Path) -> str:
+    by_run = {r.source: r for r in records}
+    wall = sum(r.wall_time_s or 0 for r in by_run.values())
+    return (f"{len(by_run)} of {planned} planned runs finished; their wall_time_s sum to {wall / 3600:.2f} h "
+            f"(sweep folder `{sweep}`)")
 
 
 def figures(sweep: Path, dest: Path, doc_dir: Path) -> list[str]:
@@ -168,17 +183,18 @@ def main() -> None:
     a = ap.parse_args()
     head = (HERE / "head.md").read_text()
     parts = [head.rstrip() + "\n"]
-    for name, sweep, methods, tasks, seeds, correct in (
-            ("Table 1-style: MiniLM, three sentiment tasks", a.table1, T1_METHODS, T1_TASKS, T1_SEEDS, _correct_t1),
-            ("Table 5-style: SmolLM2-135M-Instruct, commonsense suite", a.table5, T5_METHODS, T5_TASKS, T5_SEEDS,
+    for name, sweep, methods, tasks, planned, correct in (
+            ("Table 1-style: MiniLM, three sentiment tasks", a.table1, T1_METHODS, T1_TASKS, T1_PLANNED, _correct_t1),
+            ("Table 5-style: SmolLM2-135M-Instruct, commonsense suite", a.table5, T5_METHODS, T5_TASKS, T5_PLANNED,
              _correct_t5)):
         last, _ = collect([sweep]) if sweep.exists() else ([], [])
         best, _ = collect([sweep], selection="best") if sweep.exists() else ([], [])
-        parts += [f"## {name}\n", f"Status: {status(last, methods, tasks, seeds, sweep)}.\n",
+        rows = rows_of(last, methods)
+        parts += [f"## {name}\n", f"Status: {status(last, planned, sweep)}.\n",
                   "### Last epoch (reported): mean ± SD over seeds (n), accuracy %\n",
-                  *table(last, methods, tasks, "method"), "",
+                  *table(last, rows, tasks, "method"), "",
                   "### Best epoch (labelled: picked on the same split that scores it, optimistic)\n",
-                  *table(best, methods, tasks, "method (best epoch)"), "",
+                  *table(best, rows, tasks, "method (best epoch)"), "",
                   "### KaSA against each method, paired by seed (last epoch)\n",
                   "Mean of per-seed differences in points; t and percentile-bootstrap 95% intervals; paired t and "
                   "Wilcoxon p; MDE: the smallest true difference the paired t-test detects with power 0.8 at alpha "
@@ -186,7 +202,7 @@ def main() -> None:
                   "seeds (b: only KaSA right, c: only the other method right; pooling repeats each example once per "
                   "seed, so its p is optimistic). Reading: \"KaSA higher/lower\" when the t interval excludes 0.\n",
                   *comparisons(last, methods, tasks, correct), "",
-                  "### Per-seed values (last epoch)\n", *per_seed(last, methods, tasks), "",
+                  "### Per-seed values (last epoch)\n", *per_seed(last, rows, tasks), "",
                   *figures(sweep, a.figures, a.out.parent)]
     reading = HERE / "reading.md"
     if reading.exists():
