@@ -269,7 +269,7 @@ def test_module_decodes_prompt_and_generation_for_upstream_segmentation(tiny_cau
 
     evaluator = CommonsenseEvaluator("alpaca")
     module = SimpleNamespace(model=Scripted(), tokenizer=tok, evaluator=evaluator, _pad_id=tok.eos_token_id,
-                             generation=SimpleNamespace(generate_kwargs=lambda: {}))
+                             generation=SimpleNamespace(generate_kwargs=lambda: {}, shared_prefix=False))
     ids, mask = pad_left([encode_prompt(tok, p) for p in prompts], tok.eos_token_id)
     texts = CausalLMModule.generate_ids(module, ids, mask)
     items = [EvalItem(p, {"task": "boolq", "answer": "true"}) for p in prompts]
