@@ -142,8 +142,9 @@ def throughput_section(examples: int = 16, reps: int = 2, mix: int = 2000, max_l
     variants = {"off": None}
     if compile_backend:  # trainer.compile's call (PeftModule.compile_model), lengths vary per batch: dynamic shapes
         variants["on"] = lambda m: torch.compile(m, backend=compile_backend, dynamic=True)
-    res = measure(model, tok, subset, pool, max_length, batch_size, reps, warmup=int(device.startswith("cuda")),
-                  variants=variants)
+    # a warm-up round on the GPU, and wherever compile is on (else its first compilations are timed as steps)
+    res = measure(model, tok, subset, pool, max_length, batch_size, reps,
+                  warmup=int(device.startswith("cuda") or bool(compile_backend)), variants=variants)
     wall = time.perf_counter() - t0
     return format_section(res, r, batch_size, max_length, reps, wall, device)
 
