@@ -156,12 +156,13 @@ def status(records, planned: int, sweep: Path) -> str:
             f"(sweep folder `{sweep}`)")
 
 
-def figures(sweep: Path, dest: Path, doc_dir: Path) -> list[str]:
-    """Copy the sweep's kasa-report figures (PNG) beside the docs and link them."""
+def figures(sweep: Path, dest: Path, doc_dir: Path, kinds: tuple[str, ...]) -> list[str]:
+    """Copy the sweep's kasa-report figures (PNG) of ``kinds`` (forest, curves, tradeoff) beside the docs and link
+    them."""
     import os
     import shutil
 
-    pngs = sorted((sweep / "report" / "plots").glob("*.png"))
+    pngs = sorted(p for p in (sweep / "report" / "plots").glob("*.png") if p.stem.rsplit("_", 1)[-1] in kinds)
     if not pngs:
         return []
     dest.mkdir(parents=True, exist_ok=True)
@@ -183,10 +184,13 @@ def main() -> None:
     a = ap.parse_args()
     head = (HERE / "head.md").read_text()
     parts = [head.rstrip() + "\n"]
-    for name, sweep, methods, tasks, planned, correct in (
-            ("Table 1-style: MiniLM, three sentiment tasks", a.table1, T1_METHODS, T1_TASKS, T1_PLANNED, _correct_t1),
+    # Table 5 trains one epoch: its curves are single points, and eight per-task trade-off plots say what its
+    # table says; the forest plot carries the paired differences
+    for name, sweep, methods, tasks, planned, correct, kinds in (
+            ("Table 1-style: MiniLM, three sentiment tasks", a.table1, T1_METHODS, T1_TASKS, T1_PLANNED, _correct_t1,
+             ("forest", "curves", "tradeoff")),
             ("Table 5-style: SmolLM2-135M-Instruct, commonsense suite", a.table5, T5_METHODS, T5_TASKS, T5_PLANNED,
-             _correct_t5)):
+             _correct_t5, ("forest",))):
         last, _ = collect([sweep]) if sweep.exists() else ([], [])
         best, _ = collect([sweep], selection="best") if sweep.exists() else ([], [])
         rows = rows_of(last, methods)
@@ -203,7 +207,7 @@ def main() -> None:
                   "seed, so its p is optimistic). Reading: \"KaSA higher/lower\" when the t interval excludes 0.\n",
                   *comparisons(last, methods, tasks, correct), "",
                   "### Per-seed values (last epoch)\n", *per_seed(last, rows, tasks), "",
-                  *figures(sweep, a.figures, a.out.parent)]
+                  *figures(sweep, a.figures, a.out.parent, kinds)]
     reading = HERE / "reading.md"
     if reading.exists():
         parts.append(reading.read_text().rstrip() + "\n")
