@@ -78,6 +78,8 @@ def _assert_same_training(fsdp_dir: Path, fsdp: dict, one_dir: Path, one: dict) 
     return a
 
 
+@pytest.mark.slow  # two processes, ~23 s on 2 cores: over the default suite's 8-minute budget (make test-slow runs
+# it; the DDP test keeps a 2-process launch in the default suite, and the FSDP refusals below stay there too)
 def test_fsdp_kasa_two_cpu_processes_equal_one_process(dp_model_dir, dp_one_process, tmp_path):
     """KaSA with its default truncation (the r smallest singular triplets of W removed before FSDP wraps the
     model) and its L2/L3 regulariser, which reads the adapters in the training step, after the forward. The
@@ -89,7 +91,7 @@ def test_fsdp_kasa_two_cpu_processes_equal_one_process(dp_model_dir, dp_one_proc
     assert max(a[k].abs().max().item() for k in a if k.endswith("lora_B")) > 1e-3  # lora_B starts at zero
 
 
-@pytest.mark.slow  # two more FSDP/1-process pairs (26 s and 29 s on 2 busy cores); KaSA stays in the default suite
+@pytest.mark.slow  # two more FSDP/1-process pairs (26 s and 29 s on 2 busy cores)
 @pytest.mark.parametrize("method", ["lora", "pissa"])
 def test_fsdp_lora_and_pissa_two_cpu_processes_equal_one_process(tiny_bert_dir, tmp_path, method):
     """LoRA; PiSSA, initialised from the SVD of the whole weights (applied before FSDP shards them): its saved
