@@ -35,6 +35,7 @@ def _rows(summary: str) -> dict[str, list[str]]:
     return rows
 
 
+@pytest.mark.slow  # composes and validates every kasa-train command of the script (~14 s): make test-slow
 def test_dry_mode_lists_every_part_and_composes_the_training_commands(tmp_path):
     out = tmp_path / "gpu"
     res = _run("--dry", str(out))

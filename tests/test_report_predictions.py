@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
@@ -88,6 +89,7 @@ def test_predictions_can_be_switched_off(tmp_path):
     assert not (tmp_path / "predictions").exists()
 
 
+@pytest.mark.slow  # two gloo processes (~15 s on 2 cores); the default suite's 2-process run is tests/test_ddp.py
 def test_ddp_ranks_gather_every_dev_example_once(tmp_path):
     """2 CPU processes (gloo): rank r scores dev examples r, r + 2, ...; the file holds all 9, each once."""
     module = _module()
