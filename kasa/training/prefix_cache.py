@@ -35,11 +35,12 @@ def generate_with_shared_prefix(model: nn.Module, input_ids: torch.Tensor, atten
                                 pad_token_id: int, min_prefix: int = MIN_PREFIX, **generate_kwargs: Any
                                 ) -> torch.Tensor:
     """``model.generate`` on a left-padded batch, the common prompt prefix computed once; returns the input ids
-    followed by the new tokens, as ``generate`` does. Falls back to plain ``generate`` for beam search, a single
-    row or a prefix shorter than ``min_prefix``."""
+    followed by the new tokens, as ``generate`` does. Falls back to plain ``generate`` for beam search,
+    ``no_repeat_ngram_size``, a single row or a prefix shorter than ``min_prefix``."""
     rows = [ids[m.bool()] for ids, m in zip(input_ids, attention_mask)]
     p = common_prefix_length(rows) if len(rows) > 1 else 0
-    if p < min_prefix or generate_kwargs.get("num_beams", 1) != 1:
+    # no_repeat_ngram_size reads n-grams across the prompt, which the pads between prefix and rest would split
+    if p < min_prefix or generate_kwargs.get("num_beams", 1) != 1 or generate_kwargs.get("no_repeat_ngram_size"):
         return model.generate(input_ids=input_ids, attention_mask=attention_mask, pad_token_id=pad_token_id,
                               **generate_kwargs)
     b, rest = len(rows), max(len(r) - p for r in rows)

@@ -51,13 +51,16 @@ def test_same_tokens_as_plain_generate_and_the_prefix_runs_once(name):
     assert got.shape == ref.sequences.shape and torch.equal(got[:, :ids.shape[1]], ids)
 
 
-def test_beam_search_and_short_prefixes_use_plain_generate():
+def test_beam_search_ngram_bans_and_short_prefixes_use_plain_generate():
     model = TINY_MODELS["llama"]()
     shapes = _forward_shapes(model)
     ids, mask = _batch()
     with torch.no_grad():
         generate_with_shared_prefix(model, ids, mask, 0, max_new_tokens=2, num_beams=2, do_sample=False)
         assert shapes[0] == (6, 21)  # 3 rows x 2 beams, the whole prompts (12 + 9)
+        shapes.clear()
+        generate_with_shared_prefix(model, ids, mask, 0, max_new_tokens=2, do_sample=False, no_repeat_ngram_size=3)
+        assert shapes[0] == (3, 21)  # the pads between prefix and rest would split the prompt's n-grams
         shapes.clear()
         ids, mask = _batch(prefix_len=4)
         generate_with_shared_prefix(model, ids, mask, 0, max_new_tokens=2, do_sample=False)
