@@ -28,9 +28,9 @@ def test_tables_and_paired_reading(tmp_path):
     recs += [_rec(tmp_path, "lora", s, 60.0 + s + 0.1 * s, [True] * 6 + [False] * 4) for s in range(3)]
     rows = render.table(recs, ["lora", "kasa"], ["a"], "method")
     assert rows[2] == "| lora | 10 | 61.1 ± 1.1 (n=3) | 61.1 ± 1.1 (n=3) |" and "63.0 ± 1.0 (n=3)" in rows[3]
-    cmp = render.comparisons(recs, ["lora", "kasa"], ["a"], render._correct_t1)
+    cmp = render.comparisons(recs, ["lora", "kasa"], ["a"])
     line = next(r for r in cmp if r.startswith("| lora | a |"))
     assert "| 3 | +1.90 |" in line and "KaSA higher" in line
     assert "| 6/0, 0.0312 |" in line  # 2 examples x 3 seeds only KaSA gets right: exact binomial p = 2 / 2**6
-    assert render.comparisons(recs[:1] + recs[3:4], ["lora", "kasa"], ["a"], render._correct_t1)[2].endswith(
+    assert render.comparisons(recs[:1] + recs[3:4], ["lora", "kasa"], ["a"])[2].endswith(
         "one seed: no interval |")

@@ -12,11 +12,11 @@ written by hand against these numbers and is included as it stands.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
 from kasa.analysis.report import collect
+from kasa.analysis.report.collect import load_correctness
 from kasa.analysis.stats import mcnemar_from_correct, paired, summarise
 
 HERE = Path(__file__).parent
@@ -67,25 +67,11 @@ def per_seed(records, methods: list[str], tasks: list[str]) -> list[str]:
     return out
 
 
-def _correct_t1(rec) -> dict[int, bool] | None:
-    f = rec.run_dir / "predictions" / f"epoch{rec.epoch}.jsonl" if rec.run_dir and rec.epoch is not None else None
-    if f is None or not f.exists():
-        return None
-    rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-    return {(r.get("set", ""), int(r["idx"])): r["pred"] == r["label"] for r in rows}
-
-
-def _correct_t5(rec) -> dict[int, bool] | None:
-    from kasa.tasks.commonsense.prompts import TASKS, extract_answer, response_from_generation
-
-    f = rec.run_dir / "generations" / f"epoch{rec.epoch}.jsonl" if rec.run_dir and rec.epoch is not None else None
-    if f is None or not f.exists():
-        return None
-    rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-    aliases = {"social_i_qa": "siqa", "ARC-Easy": "arc_e", "ARC-Challenge": "arc_c", "openbookqa": "obqa"}
-    assert all(r["task"] in TASKS for r in rows)
-    return {i: extract_answer(r["task"], response_from_generation(r["generation"])) == r["answer"]
-            for i, r in enumerate(rows) if aliases.get(r["task"], r["task"]) == rec.task}
+def correct(rec) -> dict | None:
+    """``{example: right?}`` of a run at its reported epoch: kasa-report's reading of the saved dev-set predictions
+    (classification) or generations re-scored with the task's answer extraction (commonsense)."""
+    pairs = load_correctness(rec)
+    return None if pairs is None else {k: right for k, (right, _label) in pairs.items()}
 
 
 def _g(x: float | None) -> str:
@@ -96,7 +82,7 @@ def _ci(ci: tuple[float, float]) -> str:
     return "—" if any(math.isnan(v) for v in ci) else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
 
 
-def comparisons(records, methods: list[str], tasks: list[str], correct, against: str | None = None) -> list[str]:
+def comparisons(records, methods: list[str], tasks: list[str], against: str | None = None) -> list[str]:
     """``against`` (default: the KaSA row) - each other row, paired over shared seeds, per task and on the average."""
     methods = rows_of(records, methods)
     against = against or kasa_row(methods)
@@ -186,11 +172,11 @@ def main() -> None:
     parts = [head.rstrip() + "\n"]
     # Table 5 trains one epoch: its curves are single points, and eight per-task trade-off plots say what its
     # table says; the forest plot carries the paired differences
-    for name, sweep, methods, tasks, planned, correct, kinds in (
-            ("Table 1-style: MiniLM, three sentiment tasks", a.table1, T1_METHODS, T1_TASKS, T1_PLANNED, _correct_t1,
+    for name, sweep, methods, tasks, planned, kinds in (
+            ("Table 1-style: MiniLM, three sentiment tasks", a.table1, T1_METHODS, T1_TASKS, T1_PLANNED,
              ("forest", "curves", "tradeoff")),
             ("Table 5-style: SmolLM2-135M-Instruct, commonsense suite", a.table5, T5_METHODS, T5_TASKS, T5_PLANNED,
-             _correct_t5, ("forest",))):
+             ("forest",))):
         last, _ = collect([sweep]) if sweep.exists() else ([], [])
         best, _ = collect([sweep], selection="best") if sweep.exists() else ([], [])
         rows = rows_of(last, methods)
@@ -205,7 +191,7 @@ def main() -> None:
                   "0.05 given the observed SD of the differences; McNemar on the examples pooled over the shared "
                   "seeds (b: only KaSA right, c: only the other method right; pooling repeats each example once per "
                   "seed, so its p is optimistic). Reading: \"KaSA higher/lower\" when the t interval excludes 0.\n",
-                  *comparisons(last, methods, tasks, correct), "",
+                  *comparisons(last, methods, tasks), "",
                   "### Per-seed values (last epoch)\n", *per_seed(last, rows, tasks), "",
                   *figures(sweep, a.figures, a.out.parent, kinds)]
     reading = HERE / "reading.md"
