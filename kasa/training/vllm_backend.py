@@ -132,7 +132,7 @@ def vllm_dev_metrics(run: Any, name: str, config_file: str | None = None) -> tup
     sampling = sampling_kwargs(gen)
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], vllm.SamplingParams(**sampling))
     texts = texts_from_outputs(run.tokenizer, prompts, outputs, module.evaluator.decode_prompt)
-    write_generations(out_dir / "generations" / f"epoch{module.current_epoch}.jsonl", items, texts)
+    write_generations(out_dir / "generations" / module.validation_file(), items, texts)
     metrics = {k: float(v) for k, v in module.evaluator(items, texts, module, out_dir).items()}
     module.results_extra["evaluation"] = module.evaluator.info
     extra = {k: v for k, v in module.results_extra.items() if k != "lm_eval"}
