@@ -27,10 +27,13 @@ assets: $(STAMP)
 train: assets
 	$(VENV)/bin/kasa-train $(ARGS)
 
-# ruff first (lint and import order, pyproject.toml [tool.ruff]): a second, then the tests.
+# ruff first (lint and import order, pyproject.toml [tool.ruff]): a second, then the tests in TEST_WORKERS
+# pytest-xdist processes (default 2, CI's cores; a test file stays in one worker, so its module fixtures are built
+# once; TEST_WORKERS=0 runs them in this process).
+TEST_WORKERS ?= 2
 test: assets
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

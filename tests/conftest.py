@@ -7,17 +7,22 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-
-import kasa.config
-
-kasa.config.register()  # typed method nodes and resolvers, for the tests that compose conf/ themselves
-
+# before anything imports huggingface_hub, which reads HF_HUB_OFFLINE once (else test order decides whether the
+# offline checks run)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import kasa.config  # noqa: E402
+
+kasa.config.register()  # typed method nodes and resolvers, for the tests that compose conf/ themselves
+
+# under pytest-xdist (`make test` runs `-n 2`) the workers share the cores: one worker's extra threads only wait
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, torch.get_num_threads() // _workers)))
 
 
 def tiny_bert(num_labels: int = 3):
