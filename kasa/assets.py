@@ -24,6 +24,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from kasa.errors import MissingAssetError  # noqa: F401  (re-exported)
 
@@ -249,6 +250,26 @@ def asset_dir(name: str) -> Path:
     return fetch(name)
 
 
+def build_once(out: Path, ready: Callable[[Path], bool], build: Callable[[Path], None]) -> Path:
+    """``out``, made once by ``build(staging)`` under a file lock when ``ready(out)`` is false: test workers or
+    data-parallel ranks that ask at once wait for the first, and a half-built folder never passes for a built one
+    (``build`` writes a staging folder that is renamed into place)."""
+    out = Path(out)
+    if ready(out):
+        return out
+    from filelock import FileLock
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if not ready(out):
+            staging = out.with_name(out.name + ".partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            build(staging)
+            shutil.rmtree(out, ignore_errors=True)
+            staging.rename(out)
+    return out
+
+
 # Lists the files the configured index offers for a package, with the index's hashes, through pip's own finder (no
 # download, no URL of ours). pip's internals are not an API: where they differ, check() falls back to
 # `pip index versions`, which confirms the version without the hash.
@@ -317,9 +338,12 @@ def smollm2_path() -> Path:
 
     Dequantising the GGUF takes ~12 s; the cached checkpoint reloads in a fraction of a second.
     """
-    out = cache_dir() / "smollm2-135m-instruct"
-    if (out / "config.json").exists() and (out / "model.safetensors").exists():
-        return out
+    return build_once(cache_dir() / "smollm2-135m-instruct",
+                      lambda out: (out / "config.json").exists() and (out / "model.safetensors").exists(),
+                      _convert_smollm2)
+
+
+def _convert_smollm2(out: Path) -> None:
     gguf = smollm2_gguf()
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -335,12 +359,8 @@ def smollm2_path() -> Path:
         del model.config.quantization_config
     model.hf_quantizer = None
     model.is_quantized = False
-    tmp = out.with_suffix(".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(out)
-    return out
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
 
 
 def mtbench_data_dir() -> Path:

@@ -175,3 +175,42 @@ def test_check_falls_back_to_pip_index_versions(fake_pip, monkeypatch):
     assert not ok and says == "the index does not list pkg==1.0"
     versions = ["1.1", "1.0"]
     assert assets.check("w") == (True, "the index lists pkg==1.0 (its sha256 is checked when fetched)")
+
+
+def test_build_once_builds_once_for_processes_asking_at_once(tmp_path):
+    """Two processes ask for the same derived folder at once (two pytest-xdist workers on an empty cache): one
+    builds, the other waits and reads what it built."""
+    import textwrap
+
+    out, log = tmp_path / "derived", tmp_path / "builds.log"
+    script = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from kasa.assets import build_once
+        def build(d):
+            d.mkdir()
+            with open({str(log)!r}, "a") as f:
+                f.write("built\\n")
+            time.sleep(1.0)  # long enough for the other process to arrive while this one builds
+            (d / "done").write_text("ok")
+        got = build_once(Path({str(out)!r}), lambda d: (d / "done").exists(), build)
+        print((got / "done").read_text())
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    assert [p.communicate(timeout=120)[0].strip() for p in procs] == ["ok", "ok"]
+    assert log.read_text() == "built\n"
+
+
+def test_build_once_failure_leaves_nothing_that_passes_for_built(tmp_path):
+    from kasa.assets import build_once
+
+    def broken(d):
+        d.mkdir()
+        (d / "half").write_text("x")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        build_once(tmp_path / "derived", lambda d: (d / "done").exists(), broken)
+    assert not (tmp_path / "derived").exists()
+    got = build_once(tmp_path / "derived", lambda d: (d / "done").exists(), lambda d: (d.mkdir(), (d / "done").touch()))
+    assert (got / "done").exists() and not (tmp_path / "derived.partial").exists()

@@ -54,28 +54,26 @@ def tiny_overrides(model_dir: str | Path) -> list[str]:
 def tiny_model_dir(path: str | Path | None = None) -> Path:
     """A tiny BERT (hidden 32, 2 layers, 5 labels) and :func:`write_tiny_ratings`'s snippets, saved once under the
     kasa cache (or ``path``)."""
-    from kasa.assets import cache_dir, minilm_path
+    from kasa.assets import build_once, cache_dir
 
     out = Path(path) if path else Path(cache_dir()) / "tiny-bert"
-    if (out / "config.json").exists() and (out / RATINGS_FILE).exists():
-        return out
+    # a cache from before the ratings were saved with the model is not ready: it is rebuilt
+    return build_once(out, lambda d: (d / "config.json").exists() and (d / RATINGS_FILE).exists(), _save_tiny_bert)
+
+
+def _save_tiny_bert(out: Path) -> None:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from kasa.assets import minilm_path
 
     tok = AutoTokenizer.from_pretrained(minilm_path())
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                      intermediate_size=48, max_position_embeddings=128, num_labels=5)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    BertForSequenceClassification(cfg).save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    write_tiny_ratings(tmp / RATINGS_FILE)
-    if out.exists() and not (out / RATINGS_FILE).exists():  # a cache from before the ratings were saved with it
-        import shutil
-
-        shutil.rmtree(out)
-    tmp.replace(out) if not out.exists() else None
-    return out
+    BertForSequenceClassification(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    write_tiny_ratings(out / RATINGS_FILE)
 
 
 def tiny_config(*overrides: str, model_dir: str | Path | None = None):

@@ -54,7 +54,7 @@ def bigbench_task(task: str, path: str | os.PathLike | None = None) -> dict:
                                     "(bigbench-1.0.0.tar.gz)") from None
         json.loads(data)  # refuse to cache a corrupt file
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp")
+        tmp = cached.with_name(f"{cached.name}.tmp{os.getpid()}")  # one per process: parallel readers
         tmp.write_bytes(data)
         tmp.replace(cached)
     return json.loads(cached.read_text())
