@@ -126,6 +126,16 @@ def encode_prompt(tokenizer, prompt: str, max_prompt_length: int | None = None) 
     return ids
 
 
+def decode_generations(tokenizer, prompt_and_new: Sequence[Sequence[int]] | torch.Tensor,
+                       new: Sequence[Sequence[int]] | torch.Tensor, decode_prompt: bool) -> list[str]:
+    """The evaluator's strings from generated rows, special tokens (pads included) dropped: prompt + continuation
+    when the evaluator says ``decode_prompt`` (it then segments the response itself), else the new tokens only,
+    stripped. One rule for the HF and the vLLM paths."""
+    if decode_prompt:
+        return tokenizer.batch_decode(prompt_and_new, skip_special_tokens=True)
+    return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
 def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded ``input_ids`` and ``attention_mask``: every prompt ends at the last column."""
     n = max(len(s) for s in seqs)
@@ -291,9 +301,7 @@ class CausalLMModule(PeftModule):
         else:
             out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, pad_token_id=self._pad_id,
                                       **kw)
-        if self.evaluator.decode_prompt:
-            return self.tokenizer.batch_decode(out, skip_special_tokens=True)
-        return [t.strip() for t in self.tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)]
+        return decode_generations(self.tokenizer, out, out[:, input_ids.shape[1]:], self.evaluator.decode_prompt)
 
     def generate_texts(self, prompts: Sequence[str], batch_size: int | None = None, desc: str | None = None,
                        **overrides: Any) -> list[str]:

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 from omegaconf import DictConfig
 
 from kasa.errors import ConfigError, EvalError
-from kasa.training.causal_lm import EvalItem, GenerationSettings, encode_prompt, write_generations
+from kasa.training.causal_lm import EvalItem, GenerationSettings, decode_generations, encode_prompt, write_generations
 
 BACKENDS = ("hf", "vllm")
 EXPORT_FORMAT = "merged"
@@ -90,16 +90,10 @@ def prompt_token_ids(tokenizer: Any, items: Sequence[EvalItem], max_prompt_lengt
 def texts_from_outputs(tokenizer: Any, prompts: Sequence[Sequence[int]], outputs: Sequence[Any],
                        decode_prompt: bool) -> list[str]:
     """The evaluator's strings from vLLM's ``RequestOutput`` list (``outputs[i].outputs[0].token_ids``), decoded by
-    the run's tokenizer as :meth:`CausalLMModule.generate_ids` decodes: prompt + continuation together when
-    ``decode_prompt``, else the new tokens only, stripped; special tokens dropped."""
-    texts = []
-    for ids, out in zip(prompts, outputs, strict=True):
-        new = list(out.outputs[0].token_ids)
-        if decode_prompt:
-            texts.append(tokenizer.decode(list(ids) + new, skip_special_tokens=True))
-        else:
-            texts.append(tokenizer.decode(new, skip_special_tokens=True).strip())
-    return texts
+    the run's tokenizer by :func:`~kasa.training.causal_lm.decode_generations`, the HF path's rule."""
+    new = [list(out.outputs[0].token_ids) for out in outputs]
+    full = [list(ids) + n for ids, n in zip(prompts, new, strict=True)]
+    return decode_generations(tokenizer, full, new, decode_prompt)
 
 
 def vllm_dtype(cfg: DictConfig, model: Any) -> str:
