@@ -89,3 +89,21 @@ def test_every_config_group_default_exists():
                 assert option in REGISTRY
             else:
                 assert (CONF_DIR / group / f"{option}.yaml").exists()
+
+
+@pytest.mark.parametrize("task", ["vader_movie5", "vader_tweets3", "vader_sst2"])
+def test_adalora_minilm_schedule_fits_table1_runs(task):
+    """The Table 1 AdaLoRA preset keeps its scripts' shape at that table's run length: full budget for the first
+    ~15% of the steps, the target fixed for the last ~50%, a cubic decrease between."""
+    cfg = _compose("experiment=table1_minilm", "method=adalora_minilm", f"dataset={task}")
+    total = cfg.dataset.source_args.max_train // cfg.benchmark.batch_size * cfg.trainer.max_epochs
+    assert total == 300
+    method = method_from_config(OmegaConf.to_container(cfg.method, resolve=True))
+    method._check_schedule(total)
+    c = method.config
+    assert 0.12 <= c.tinit / total <= 0.18 and 0.44 <= c.tfinal / total <= 0.52
+    init_bgt, target_bgt = 144, 96  # 12 adapters (query, value in 6 blocks) at init_r 12 and target_r 8
+    budgets = [method.budget_schedule(s, total, init_bgt, target_bgt)[0] for s in range(1, total + 1)]
+    assert set(budgets[:c.tinit]) == {init_bgt} and budgets[c.tinit] < init_bgt
+    assert set(budgets[total - c.tfinal:]) == {target_bgt}
+    assert budgets == sorted(budgets, reverse=True)

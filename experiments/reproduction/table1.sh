@@ -14,7 +14,7 @@ KT=${KASA_TRAIN:-.venv/bin/kasa-train}
 REPORT=${KASA_REPORT:-.venv/bin/kasa-report}
 export OMP_NUM_THREADS=${MINI_THREADS:-1} MKL_NUM_THREADS=${MINI_THREADS:-1}
 TASKS=${TASKS:-vader_movie5 vader_tweets3 vader_sst2}
-BASELINES=fft,bitfit,adapter_h_minilm,adapter_p_minilm,adapter_l_minilm,adapter_d_minilm,adalora,dylora,pissa,milora
+BASELINES=fft,bitfit,adapter_h_minilm,adapter_p_minilm,adapter_l_minilm,adapter_d_minilm,adalora_minilm,dylora,pissa,milora
 mkdir -p "$SWEEP"
 
 queue="$SWEEP/.queue"
