@@ -34,3 +34,22 @@ def test_tables_and_paired_reading(tmp_path):
     assert "| 6/0, 0.0312 |" in line  # 2 examples x 3 seeds only KaSA gets right: exact binomial p = 2 / 2**6
     assert render.comparisons(recs[:1] + recs[3:4], ["lora", "kasa"], ["a"])[2].endswith(
         "one seed: no interval |")
+
+
+def test_every_row_against_lora_has_the_row_minus_lora_sign(tmp_path):
+    recs = [_rec(tmp_path, "kasa", s, 60.0 + s + 2 + 0.1 * s, [True] * 10) for s in range(3)]
+    recs += [_rec(tmp_path, "lora", s, 60.0 + s, [True] * 10) for s in range(3)]
+    recs += [_rec(tmp_path, "pissa", s, 59.0 + s - 0.2 * s, [True] * 10) for s in range(3)]
+    rows = render.against_baseline(recs, ["lora", "pissa", "kasa"], ["a"])
+    assert rows[0].startswith("| row − lora (Avg.) |") and not any(r.startswith("| lora |") for r in rows)
+    kasa = next(r for r in rows if r.startswith("| kasa |"))
+    pissa = next(r for r in rows if r.startswith("| pissa |"))
+    assert "| 3 | +2.10 |" in kasa and "row higher" in kasa
+    assert "| 3 | -1.20 |" in pissa and "row lower" in pissa
+
+
+def test_a_difference_without_spread_is_not_read_as_significant(tmp_path):
+    recs = [_rec(tmp_path, "kasa", s, 64.0, [True] * 10) for s in range(3)]  # +4 at every seed: SD 0
+    recs += [_rec(tmp_path, "lora", s, 60.0, [True] * 10) for s in range(3)]
+    line = next(r for r in render.comparisons(recs, ["lora", "kasa"], ["a"]) if r.startswith("| lora | a |"))
+    assert "| 3 | +4.00 |" in line and line.endswith("the same difference at every seed: no t-test |")

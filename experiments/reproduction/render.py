@@ -82,41 +82,65 @@ def _ci(ci: tuple[float, float]) -> str:
     return "—" if any(math.isnan(v) for v in ci) else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
 
 
+HEADER = ("| n | mean diff | 95% CI (t) | 95% CI (bootstrap) | p (t) | p (Wilcoxon) | MDE | McNemar b/c, p | "
+          "reading |", "|---:|---:|---|---|---:|---:|---:|---|---|")
+
+
+def _paired_cells(records, a_row: str, b_row: str, task: str, tasks: list[str], name: str) -> str | None:
+    """``a_row - b_row`` on ``task`` (or "Avg." over ``tasks``), paired over shared seeds: the statistics cells,
+    McNemar on the examples pooled over those seeds; None when no seed is shared."""
+    a = _avg(records, a_row, tasks) if task == "Avg." else _values(records, a_row, task)
+    b = _avg(records, b_row, tasks) if task == "Avg." else _values(records, b_row, task)
+    p = paired(a, b)
+    if p is None:
+        return None
+    mc = ""
+    if task != "Avg.":
+        ra = {r.seed: r for r in records if r.row == a_row and r.task == task}
+        rb = {r.seed: r for r in records if r.row == b_row and r.task == task}
+        xa, xb = [], []
+        for s in p.seeds:
+            ca, cb = correct(ra[s]), correct(rb[s])
+            if ca and cb and ca.keys() == cb.keys():
+                xa += [ca[k] for k in sorted(ca)]
+                xb += [cb[k] for k in sorted(cb)]
+        if xa:
+            res = mcnemar_from_correct(xa, xb)
+            mc = f"{res.b}/{res.c}, {res.p:.3g}"
+    lo, hi = p.t_ci
+    if p.n < 2 or math.isnan(lo):
+        reading = "one seed: no interval"
+    elif p.t_p is None or math.isnan(p.t_p):  # SD 0: a zero-width interval is no evidence of a difference
+        reading = "the same difference at every seed: no t-test"
+    else:
+        reading = f"{name} higher" if lo > 0 else f"{name} lower" if hi < 0 else "no difference shown"
+    return (f"{p.n} | {p.mean:+.2f} | {_ci(p.t_ci)} | {_ci(p.bootstrap_ci)} | {_g(p.t_p)} | {_g(p.wilcoxon_p)} | "
+            f"{_g(p.mde)} | {mc or '—'} | {reading} |")
+
+
 def comparisons(records, methods: list[str], tasks: list[str], against: str | None = None) -> list[str]:
     """``against`` (default: the KaSA row) - each other row, paired over shared seeds, per task and on the average."""
     methods = rows_of(records, methods)
     against = against or kasa_row(methods)
-    out = ["| kasa − | task | n | mean diff | 95% CI (t) | 95% CI (bootstrap) | p (t) | p (Wilcoxon) | MDE | "
-           "McNemar b/c, p | reading |", "|---|---|---:|---:|---|---|---:|---:|---:|---|---|"]
+    out = [f"| {against} − | task {HEADER[0]}", f"|---|---{HEADER[1]}"]
     for m in methods:
         if m == against:
             continue
         for t in [*tasks, "Avg."]:
-            a = _avg(records, against, tasks) if t == "Avg." else _values(records, against, t)
-            b = _avg(records, m, tasks) if t == "Avg." else _values(records, m, t)
-            p = paired(a, b)
-            if p is None:
-                continue
-            mc = ""
-            if t != "Avg.":
-                ra = {r.seed: r for r in records if r.row == against and r.task == t}
-                rb = {r.seed: r for r in records if r.row == m and r.task == t}
-                xa, xb = [], []
-                for s in p.seeds:
-                    ca, cb = correct(ra[s]), correct(rb[s])
-                    if ca and cb and ca.keys() == cb.keys():
-                        xa += [ca[k] for k in sorted(ca)]
-                        xb += [cb[k] for k in sorted(cb)]
-                if xa:
-                    res = mcnemar_from_correct(xa, xb)
-                    mc = f"{res.b}/{res.c}, {res.p:.3g}"
-            lo, hi = p.t_ci
-            if p.n < 2 or math.isnan(lo):
-                reading = "one seed: no interval"
-            else:
-                reading = "KaSA higher" if lo > 0 else "KaSA lower" if hi < 0 else "no difference shown"
-            out.append(f"| {m} | {t} | {p.n} | {p.mean:+.2f} | {_ci(p.t_ci)} | {_ci(p.bootstrap_ci)} | {_g(p.t_p)} | "
-                       f"{_g(p.wilcoxon_p)} | {_g(p.mde)} | {mc or '—'} | {reading} |")
+            cells = _paired_cells(records, against, m, t, tasks, "KaSA" if against.startswith("kasa") else against)
+            if cells is not None:
+                out.append(f"| {m} | {t} | {cells}")
+    return out
+
+
+def against_baseline(records, methods: list[str], tasks: list[str], baseline: str = "lora") -> list[str]:
+    """Each row - ``baseline`` on the average over ``tasks``, paired over shared seeds (the per-task pairs of the
+    KaSA rows are in :func:`comparisons`)."""
+    out = [f"| row − {baseline} (Avg.) {HEADER[0]}", f"|---{HEADER[1]}"]
+    for m in rows_of(records, methods):
+        cells = None if m == baseline else _paired_cells(records, m, baseline, "Avg.", tasks, "row")
+        if cells is not None:
+            out.append(f"| {m} | {cells}")
     return out
 
 
@@ -192,6 +216,13 @@ def main() -> None:
                   "seeds (b: only KaSA right, c: only the other method right; pooling repeats each example once per "
                   "seed, so its p is optimistic). Reading: \"KaSA higher/lower\" when the t interval excludes 0.\n",
                   *comparisons(last, methods, tasks), "",
+                  *sum(([f"### {row} against each method, paired by seed (last epoch)\n",
+                         *comparisons(last, methods, tasks, against=row), ""]
+                        for row in rows if row.startswith("kasa (") and row != kasa_row(rows)), []),
+                  "### Every row against LoRA on the average, paired by seed (last epoch)\n",
+                  "As above, each row minus LoRA on the per-seed average over the tasks; \"row higher/lower\" "
+                  "when the t interval excludes 0.\n",
+                  *against_baseline(last, methods, tasks), "",
                   "### Per-seed values (last epoch)\n", *per_seed(last, rows, tasks), "",
                   *figures(sweep, a.figures, a.out.parent, kinds)]
     reading = HERE / "reading.md"
