@@ -68,6 +68,17 @@ def test_wilcoxon_cannot_reach_005_below_six_pairs_and_degenerate_cases():
     assert math.isnan(stats.paired_t_p([1.0, 2.0], [0.0, 1.0]))  # identical differences: no SD
 
 
+def test_differences_equal_up_to_float32_round_off_have_no_spread():
+    # 23 more of 840 tweets right at two seeds, the accuracies stored as float32 fractions, read in percent
+    acc = lambda k: float(np.float32(k / 840)) * 100  # noqa: E731
+    a, b = {0: acc(660), 1: acc(641)}, {0: acc(637), 1: acc(618)}
+    assert a[0] - b[0] != a[1] - b[1]  # the round-off this is about
+    p = stats.paired(a, b)
+    assert p.sd == 0 and math.isnan(p.t_p) and p.t_ci[0] == p.t_ci[1] == pytest.approx(23 / 8.4)
+    assert p.mde == 0 and p.diffs == (p.mean, p.mean)
+    assert not math.isnan(stats.paired({0: acc(660), 1: acc(642)}, b).t_p)  # one example apart is a spread
+
+
 def test_mcnemar_on_a_fixed_contingency_table():
     # both right 50, only A 2, only B 8, both wrong 40
     a = [True] * 50 + [True] * 2 + [False] * 8 + [False] * 40

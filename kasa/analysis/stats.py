@@ -55,6 +55,10 @@ BOOTSTRAP_SEED = 0
 # Below this many discordant pairs McNemar uses the exact binomial test (the usual rule of thumb).
 MCNEMAR_EXACT_BELOW = 25
 NAN = float("nan")
+# Metrics are stored as float32 fractions: two runs that differ by the same examples on every seed give
+# differences that agree only to ~1e-7 of the values' size, and a t-test on that round-off reads as p ~ 1e-7.
+# Differences whose spread is within this fraction of the values' magnitude count as identical.
+SAME_DIFF_RTOL = 1e-6
 
 
 def in_table_units(metric: str, value: float) -> float:
@@ -202,9 +206,18 @@ def wilcoxon_p(diffs: Sequence[float]) -> float:
 def paired_t_p(a: Sequence[float], b: Sequence[float]) -> float:
     """Two-sided paired t-test p (``scipy.stats.ttest_rel``); NaN for n < 2 or identical differences."""
     x, y = _arr(a), _arr(b)
-    if x.size < 2 or np.ptp(x - y) == 0:
+    if x.size < 2 or same_differences(x, y):
         return NAN
     return float(stats.ttest_rel(x, y).pvalue)
+
+
+def same_differences(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Whether ``a - b`` is the same at every position up to float32 round-off (:data:`SAME_DIFF_RTOL`)."""
+    x, y = _arr(a), _arr(b)
+    if x.size == 0:
+        return True
+    scale = max(1.0, float(np.abs(x).max()), float(np.abs(y).max()))
+    return float(np.ptp(x - y)) <= SAME_DIFF_RTOL * scale
 
 
 def paired(a: Mapping[int, float], b: Mapping[int, float], n_resamples: int = N_BOOTSTRAP,
@@ -215,6 +228,8 @@ def paired(a: Mapping[int, float], b: Mapping[int, float], n_resamples: int = N_
         return None
     x, y = _arr([a[s] for s in seeds]), _arr([b[s] for s in seeds])
     d = x - y
+    if d.size > 1 and same_differences(x, y):
+        d = np.full_like(d, d.mean())  # round-off spread only: no spread (SD 0, a zero-width interval, no t-test)
     sd = float(d.std(ddof=1)) if d.size > 1 else NAN
     return Paired(seeds, tuple(float(v) for v in d), float(d.mean()), sd, t_interval(d),
                   bootstrap_ci(d, n_resamples=n_resamples, seed=seed), paired_t_p(x, y), wilcoxon_p(d),
