@@ -54,6 +54,8 @@ PINNED = [
     (['benchmark=commonsense', 'benchmark.lm_eval.tasks=[arc_easy]'], '53ba8eadc27e'),
     (['benchmark=e2e', 'benchmark.generation.num_beams=4'], '02b1e048767f'),
     (['benchmark.optim.lr=1e-3', 'benchmark.optim.scheduler=constant'], '28ce92f9476f'),
+    # a finished Table 1 run's folder (docs/reproduction.md, made at f0b39c2, before AdaLoRA's *_frac options)
+    (['experiment=table1_minilm', 'method=adalora_minilm', 'dataset=vader_movie5', 'seed=0'], 'be6538b15413'),
 ]
 
 

@@ -107,3 +107,7 @@ def test_adalora_minilm_schedule_fits_table1_runs(task):
     assert set(budgets[:c.tinit]) == {init_bgt} and budgets[c.tinit] < init_bgt
     assert set(budgets[total - c.tfinal:]) == {target_bgt}
     assert budgets == sorted(budgets, reverse=True)
+    # the general preset (fractions of the run's length) is this schedule at 300 steps, bar deltaT
+    scaled = method_from_config(OmegaConf.to_container(
+        _compose("experiment=table1_minilm", "method=adalora_scaled", f"dataset={task}").method, resolve=True))
+    assert scaled.schedule_steps(total) == (c.tinit, c.tfinal) and scaled.config.deltaT == 10

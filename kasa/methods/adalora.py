@@ -25,6 +25,10 @@ still there, i.e. before ``zero_grad``; ``step`` is the number of optimiser step
 
 The current mask of every layer is the buffer ``lora_mask`` (saved with the adapter: it is the rank
 pattern). ``T`` is ``total_steps`` from the training loop, or the config's ``total_steps``.
+
+``tinit`` and ``tfinal`` are step counts, as in HF PEFT and the reference code. ``tinit_frac`` / ``tfinal_frac``
+give them as fractions of ``T`` instead (rounded to steps once ``T`` is known), so one preset keeps a schedule's
+shape at every run length (``method=adalora_scaled``: the shape of AdaLoRA's own GLUE scripts).
 """
 
 from __future__ import annotations
@@ -108,6 +112,12 @@ class AdaLoraConfig(MethodConfig):
     beta2: float = 0.85  # uncertainty EMA
     orth_reg_weight: float = 0.1  # weight of the orthogonality regulariser
     total_steps: int | None = None  # T; None: taken from the training loop
+    tinit_frac: float | None = None  # tinit as a fraction of T (instead of tinit)
+    tfinal_frac: float | None = None  # tfinal as a fraction of T (instead of tfinal)
+
+# T for an exported PEFT config when the run's length is unknown and the schedule is in fractions: PEFT's
+# allocator reads the schedule only to train further, and needs some T to accept the config.
+NOMINAL_TOTAL_STEPS = 1000
 
 
 @register("adalora")
@@ -121,6 +131,7 @@ class AdaLora(PeftMethod):
         super().__init__(config)
         self.reset_importance()
         self.rank_pattern: dict[str, list[bool]] | None = None
+        self.run_total_steps: int | None = None
 
     def validate(self) -> None:
         c = self.config
@@ -133,14 +144,30 @@ class AdaLora(PeftMethod):
             raise MethodError(f"adalora orth_reg_weight={c.orth_reg_weight} must be >= 0")
         if c.deltaT < 1:
             raise MethodError(f"adalora deltaT={c.deltaT} must be >= 1")
+        for name in ("tinit", "tfinal"):
+            frac = getattr(c, f"{name}_frac")
+            if frac is None:
+                continue
+            if not 0 <= frac < 1:
+                raise MethodError(f"adalora {name}_frac={frac} must lie in [0, 1)")
+            if getattr(c, name):
+                raise MethodError(f"adalora: give {name} in steps or {name}_frac as a fraction, not both "
+                                  f"({name}={getattr(c, name)}, {name}_frac={frac})")
         if c.total_steps is not None:
             self._check_schedule(c.total_steps)
 
-    def _check_schedule(self, total: int) -> None:
+    def schedule_steps(self, total: int) -> tuple[int, int]:
+        """``(tinit, tfinal)`` in steps for a run of ``total`` steps (fractions rounded to the nearest step)."""
         c = self.config
-        if total <= 0 or c.tinit >= total - c.tfinal:
+        tinit = c.tinit if c.tinit_frac is None else round(c.tinit_frac * total)
+        tfinal = c.tfinal if c.tfinal_frac is None else round(c.tfinal_frac * total)
+        return int(tinit), int(tfinal)
+
+    def _check_schedule(self, total: int) -> None:
+        tinit, tfinal = self.schedule_steps(total)
+        if total <= 0 or tinit >= total - tfinal:
             raise MethodError(
-                f"adalora schedule leaves no budgeting phase: tinit={c.tinit}, tfinal={c.tfinal}, total_steps={total} "
+                f"adalora schedule leaves no budgeting phase: tinit={tinit}, tfinal={tfinal}, total_steps={total} "
                 "(need tinit < total_steps - tfinal)")
 
     def wrap(self, name: str, module: nn.Module) -> AdaLoraLayer:
@@ -171,13 +198,13 @@ class AdaLora(PeftMethod):
 
     def budget_schedule(self, step: int, total: int, init_bgt: int, target_bgt: int) -> tuple[int, bool]:
         """``(budget, mask_now)`` at ``step``: constant, cubic decrease, then the target."""
-        c = self.config
-        if step <= c.tinit:
+        tinit, tfinal = self.schedule_steps(total)
+        if step <= tinit:
             return init_bgt, False
-        if step > total - c.tfinal:
+        if step > total - tfinal:
             return target_bgt, True
-        frac = 1 - (step - c.tinit) / (total - c.tfinal - c.tinit)
-        return int((init_bgt - target_bgt) * frac ** 3 + target_bgt), step % c.deltaT == 0
+        frac = 1 - (step - tinit) / (total - tfinal - tinit)
+        return int((init_bgt - target_bgt) * frac ** 3 + target_bgt), step % self.config.deltaT == 0
 
     @torch.no_grad()
     def update_importance(self, model: nn.Module) -> None:
@@ -234,12 +261,13 @@ class AdaLora(PeftMethod):
             raise MethodError("adalora needs the total number of training steps: pass total_steps to on_train_step "
                               "or set method.total_steps")
         self._check_schedule(int(total))
+        self.run_total_steps = int(total)  # for an export after training
         return int(total)
 
     def on_train_step(self, model: nn.Module, step: int, total_steps: int | None = None) -> None:
         """Update importance and reallocate ranks; call after ``optimizer.step()``, before ``zero_grad()``."""
         total = self.total_steps(total_steps)
-        final = total - self.config.tfinal
+        final = total - self.schedule_steps(total)[1]
         init_bgt, target_bgt = self.budgets(model)
         if step < final:
             self.update_importance(model)
@@ -254,6 +282,17 @@ class AdaLora(PeftMethod):
             if self.rank_pattern is None:  # e.g. resumed after the final allocation: the masks are saved
                 self.rank_pattern = {n: m.lora_mask.tolist() for n, m in self.layers(model).items()}
             self.mask_with_pattern(model, self.rank_pattern)
+
+    def peft_schedule(self) -> tuple[int, int, int]:
+        """``(tinit, tfinal, total_step)`` for an exported PEFT ``AdaLoraConfig``: the run's own when its length is
+        known (config or training loop), else a nominal one that PEFT accepts (it reads them only to train further)."""
+        c = self.config
+        total = c.total_steps or self.run_total_steps
+        if total is None:
+            if c.tinit_frac is None and c.tfinal_frac is None:
+                return int(c.tinit), int(c.tfinal), int(c.tinit + c.tfinal + 1)
+            total = NOMINAL_TOTAL_STEPS
+        return (*self.schedule_steps(int(total)), int(total))
 
     def ranks(self, model: nn.Module) -> dict[str, int]:
         """Current rank of every adapted layer (for logging)."""

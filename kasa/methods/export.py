@@ -254,10 +254,10 @@ def peft_adapter(method: PeftMethod, model: nn.Module) -> Adapter:
             cfg["kasa_config"] = {"beta": float(c.beta), "gamma": float(c.gamma)}
         tensors = _per_module(model, PEFT_NAMES[name])
     elif name == "adalora":
-        total = c.total_steps or (c.tinit + c.tfinal + 1)  # only PEFT's allocator reads it (further training)
+        tinit, tfinal, total = method.peft_schedule()
         cfg = {**base_config(method, model, "ADALORA"), "r": int(c.init_r), "init_r": int(c.init_r),
                "target_r": int(c.target_r), "lora_alpha": c.alpha, "lora_dropout": float(c.dropout),
-               "tinit": int(c.tinit), "tfinal": int(c.tfinal), "deltaT": int(c.deltaT), "beta1": float(c.beta1),
+               "tinit": tinit, "tfinal": tfinal, "deltaT": int(c.deltaT), "beta1": float(c.beta1),
                "beta2": float(c.beta2), "orth_reg_weight": float(c.orth_reg_weight), "total_step": int(total),
                "rank_pattern": None, "init_lora_weights": True, "use_rslora": False, "use_dora": False}
         tensors = _per_module(model, PEFT_NAMES[name])  # masked triplets are zero in lora_E: no rank_pattern needed

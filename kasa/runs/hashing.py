@@ -22,7 +22,13 @@ def drop_neutral(c: dict) -> dict:
     ``benchmark.optim.loraplus_lr_ratio: null`` (LoRA+ off); ``benchmark.early_stopping`` with ``patience: null``
     (off: the whole section, ``min_delta`` included); ``model.attn_implementation: null`` (transformers' default);
     ``trainer.compile: false``; ``trainer.val_check_interval: null``; ``benchmark.generation.shared_prefix: true`` (the
-    batch's common prompt prefix computed once: the same math as before, so runs made before it keep their hash)."""
+    batch's common prompt prefix computed once: the same math as before, so runs made before it keep their hash);
+    AdaLoRA's ``method.tinit_frac`` / ``tfinal_frac: null`` (the schedule in steps, as before)."""
+    method = c.get("method")
+    if isinstance(method, dict):
+        for key in ("tinit_frac", "tfinal_frac"):
+            if key in method and method[key] is None:
+                method.pop(key)
     model = c.get("model")
     if isinstance(model, dict) and model.get("quantization", None) is None:
         model.pop("quantization", None)

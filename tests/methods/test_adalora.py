@@ -153,3 +153,31 @@ def test_final_parameter_count_is_the_final_budget():
     method.mask_with_pattern(model, {n: [True] * 4 + [False] * 2 if n.endswith("q_proj") else [False] * 6
                                      for n in layers})
     assert method.final_parameter_count(model) == 2 * 4 * 65
+
+
+def test_schedule_in_fractions_is_the_schedule_in_steps():
+    """tinit_frac / tfinal_frac round to the steps of the run's length and then give the same budgets; the export
+    writes the resolved steps with the run's T."""
+    steps = build_method("adalora", tinit=45, tfinal=150, deltaT=1)
+    fracs = build_method("adalora", tinit_frac=0.15, tfinal_frac=0.5, deltaT=1)
+    assert fracs.schedule_steps(300) == (45, 150) and fracs.schedule_steps(1000) == (150, 500)
+    assert fracs.schedule_steps(7) == (1, 4)  # 1.05 and 3.5 round to the nearest step
+    assert [fracs.budget_schedule(s, 300, 144, 96) for s in range(1, 301)] == \
+        [steps.budget_schedule(s, 300, 144, 96) for s in range(1, 301)]
+    assert fracs.peft_schedule() == (150, 500, 1000)  # length unknown: a nominal T PEFT accepts
+    model = fresh("bert")
+    fracs.apply(model)
+    fracs.on_train_step(model, 1, 40)
+    assert fracs.peft_schedule() == (6, 20, 40)  # the run's own T, once the loop has given it
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(tinit=10, tinit_frac=0.1), "not both"),
+    (dict(tfinal=10, tfinal_frac=0.5), "not both"),
+    (dict(tinit_frac=1.0), r"\[0, 1\)"),
+    (dict(tfinal_frac=-0.1), r"\[0, 1\)"),
+    (dict(tinit_frac=0.5, tfinal_frac=0.5, total_steps=100), "no budgeting phase"),
+])
+def test_schedule_fractions_checked(kw, match):
+    with pytest.raises(MethodError, match=match):
+        build_method("adalora", **kw)
