@@ -368,15 +368,15 @@ def render_forest(panels: list[ForestPanel], out_dir: Path) -> list[Path]:
     for p in panels:
         fig, ax = plt.subplots(figsize=(6.4, 0.8 + 0.45 * len(p.rows)))
         for i, r in enumerate(reversed(p.rows)):
-            if all(math.isfinite(v) for v in r.t_ci):
-                ax.plot(r.t_ci, [i, i], color="black", lw=1)
+            if all(math.isfinite(v) for v in r.t_ci):  # end ticks: an interval narrower than the dot still shows
+                ax.plot(r.t_ci, [i, i], color="black", lw=1, marker="|", ms=7)
             if all(math.isfinite(v) for v in r.bootstrap_ci):
                 ax.plot(r.bootstrap_ci, [i, i], color="tab:blue", lw=4, alpha=0.6)
             ax.plot([r.mean], [i], "o", color="black", ms=4)
         ax.axvline(0.0, color="grey", ls="--", lw=0.8)
         ax.set_yticks(range(len(p.rows)), [f"{r.label}, n={r.n}" for r in reversed(p.rows)], fontsize=7)
         ax.set_xlabel(f"difference vs {p.baseline} (mean over paired seeds, table units)")
-        ax.plot([], [], color="black", lw=1, label="95% paired t interval")
+        ax.plot([], [], color="black", lw=1, marker="|", ms=7, label="95% paired t interval")
         ax.plot([], [], color="tab:blue", lw=4, alpha=0.6, label="95% percentile bootstrap")
         ax.legend(fontsize=6, loc="best")
         ax.set_title(f"{p.table}: paired differences vs {p.baseline}", fontsize=9)
