@@ -41,6 +41,7 @@ from typing import Any, Sequence
 
 from kasa.config.presets import method_kwargs, na_footnote, presets, resolve  # noqa: F401  (kasa.cli.params.resolve stays public)
 from kasa.methods import REGISTRY, build_method, methods_in_paper_order
+from kasa.methods.sara import UNVERIFIED_NOTE as SARA_NOTE
 from kasa.models.architectures import arch_info, arch_names, backbone_parameter_count, meta_model
 
 # Every method DESIGN.md promises, in the paper's order; the table lists the registered ones.
@@ -64,8 +65,7 @@ PUBLISHED_TOLERANCE = 0.01
 METHOD_NOTES: dict[str, str] = {
     "adalora": "adalora: the count is at init_r (what trains at step 0); 'final' is the final budget (target_r per "
                "layer on average), the count papers report",
-    "sara": "sara: rank rule unverified (no primary text of arXiv 2408.03290 was reachable; kasa/methods/sara.py "
-            "writes out the rule implemented)",
+    "sara": SARA_NOTE,
 }
 
 

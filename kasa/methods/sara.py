@@ -1,9 +1,11 @@
 """SARA (Gu et al., 2024, arXiv 2408.03290): a per-layer rank read off the pretrained weight's spectrum.
 
-**Rank rule unverified**: no primary text of arXiv 2408.03290 (nor the authors' code) was reachable here,
-so the rule below and the ``threshold=0.5`` default come from secondary descriptions ("the number of
-singular values accounting for a certain proportion of the total sum") and are written out exactly as
-implemented; ``python -m kasa.params`` and ``kasa-report`` repeat this note wherever SARA's numbers appear.
+**Threshold unverified**: only the opening of arXiv 2408.03290 (its HTML version's abstract and Figure 1
+caption) was reachable here, not its method section nor the authors' code. That caption fixes the rule's form:
+``k`` is the number of leading singular values whose share of the plain sum of all singular values reaches a
+threshold (``energy="sum"`` below, the default). The ``threshold=0.5`` default, the adapter's initialisation and
+``energy="squared"`` come from secondary descriptions and are written out exactly as implemented;
+``python -m kasa.params`` and ``kasa-report`` repeat :data:`UNVERIFIED_NOTE` wherever SARA's numbers appear.
 
 Rank rule, for a frozen (out x in) weight ``W = U diag(s) V^T``, ``s`` descending,
 ``k_max = min(out, in)``:
@@ -38,6 +40,9 @@ from .svd import svd_dtype
 from .weights import get_weight
 
 ENERGIES = ("sum", "squared")
+# Said under every parameter table and report caption with a SARA row (see the module docstring).
+UNVERIFIED_NOTE = ("sara: threshold unverified (arXiv 2408.03290's Figure 1 fixes the rule's form, a share of the sum "
+                   "of singular values, not its threshold; kasa/methods/sara.py)")
 
 
 def sara_rank(s: torch.Tensor, threshold: float, energy: str = "sum", min_rank: int = 1,

@@ -113,16 +113,16 @@ def test_tiny_model_ranks_vary_with_threshold():
     assert all(ranks[0][n] <= ranks[1][n] for n in ranks[0]) and ranks[0] != ranks[1]
 
 
-def test_unverified_rank_rule_is_said_wherever_sara_numbers_appear(tmp_path, capsys):
+def test_unverified_threshold_is_said_wherever_sara_numbers_appear(tmp_path, capsys):
     import json
 
     import kasa.methods.sara as sara_mod
     from kasa.analysis.report import build_tables, collect
     from kasa.cli.params import main
 
-    assert "Rank rule unverified" in sara_mod.__doc__
+    assert "Threshold unverified" in sara_mod.__doc__
     main(["--methods", "sara", "--models", "roberta-base"])
-    assert "sara: rank rule unverified" in capsys.readouterr().out
+    assert sara_mod.UNVERIFIED_NOTE in capsys.readouterr().out
     res = {"method": "sara", "model": "roberta-base", "dataset": "glue_mrpc", "seed": 0,
            "config": {"method": {"name": "sara"}, "model": {"name": "roberta-base"},
                       "dataset": {"name": "glue_mrpc", "monitor": "accuracy"}, "benchmark": {"name": "glue"}},
@@ -131,7 +131,7 @@ def test_unverified_rank_rule_is_said_wherever_sara_numbers_appear(tmp_path, cap
     (tmp_path / "sara-run").mkdir()
     (tmp_path / "sara-run" / "results.json").write_text(json.dumps(res))
     tables = build_tables(collect([tmp_path])[0])
-    assert tables and all("sara: rank rule unverified" in t.caption() for t in tables)
+    assert tables and all(sara_mod.UNVERIFIED_NOTE in t.caption() for t in tables)
     (tmp_path / "sara-run" / "results.json").write_text(json.dumps({**res, "method": "lora", "config": {
         **res["config"], "method": {"name": "lora"}}}))
     assert not any("sara" in t.caption() for t in build_tables(collect([tmp_path])[0]))
