@@ -157,7 +157,8 @@ class AdaLora(PeftMethod):
             self._check_schedule(c.total_steps)
 
     def schedule_steps(self, total: int) -> tuple[int, int]:
-        """``(tinit, tfinal)`` in steps for a run of ``total`` steps (fractions rounded to the nearest step)."""
+        """``(tinit, tfinal)`` in steps for a run of ``total`` steps (fractions rounded to the nearest step, halves
+        to even as Python's ``round``)."""
         c = self.config
         tinit = c.tinit if c.tinit_frac is None else round(c.tinit_frac * total)
         tfinal = c.tfinal if c.tfinal_frac is None else round(c.tfinal_frac * total)

@@ -161,7 +161,8 @@ def test_schedule_in_fractions_is_the_schedule_in_steps():
     steps = build_method("adalora", tinit=45, tfinal=150, deltaT=1)
     fracs = build_method("adalora", tinit_frac=0.15, tfinal_frac=0.5, deltaT=1)
     assert fracs.schedule_steps(300) == (45, 150) and fracs.schedule_steps(1000) == (150, 500)
-    assert fracs.schedule_steps(7) == (1, 4)  # 1.05 and 3.5 round to the nearest step
+    odd = build_method("adalora", tinit_frac=0.1, tfinal_frac=0.33)
+    assert odd.schedule_steps(7) == (1, 2)  # 0.7 and 2.31 round to the nearest step
     assert [fracs.budget_schedule(s, 300, 144, 96) for s in range(1, 301)] == \
         [steps.budget_schedule(s, 300, 144, 96) for s in range(1, 301)]
     assert fracs.peft_schedule() == (150, 500, 1000)  # length unknown: a nominal T PEFT accepts
