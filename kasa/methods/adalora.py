@@ -153,6 +153,9 @@ class AdaLora(PeftMethod):
             if getattr(c, name):
                 raise MethodError(f"adalora: give {name} in steps or {name}_frac as a fraction, not both "
                                   f"({name}={getattr(c, name)}, {name}_frac={frac})")
+        if (c.tinit_frac or 0) + (c.tfinal_frac or 0) >= 1:
+            raise MethodError(f"adalora schedule leaves no budgeting phase: tinit_frac={c.tinit_frac} + "
+                              f"tfinal_frac={c.tfinal_frac} must stay below 1")
         if c.total_steps is not None:
             self._check_schedule(c.total_steps)
 

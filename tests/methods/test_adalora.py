@@ -177,7 +177,8 @@ def test_schedule_in_fractions_is_the_schedule_in_steps():
     (dict(tfinal=10, tfinal_frac=0.5), "not both"),
     (dict(tinit_frac=1.0), r"\[0, 1\)"),
     (dict(tfinal_frac=-0.1), r"\[0, 1\)"),
-    (dict(tinit_frac=0.5, tfinal_frac=0.5, total_steps=100), "no budgeting phase"),
+    (dict(tinit_frac=0.5, tfinal_frac=0.5), "no budgeting phase"),  # before the run's length is known
+    (dict(tinit_frac=0.5, tfinal=50, total_steps=100), "no budgeting phase"),
 ])
 def test_schedule_fractions_checked(kw, match):
     with pytest.raises(MethodError, match=match):
