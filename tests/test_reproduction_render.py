@@ -53,3 +53,22 @@ def test_a_difference_without_spread_is_not_read_as_significant(tmp_path):
     recs += [_rec(tmp_path, "lora", s, 60.0, [True] * 10) for s in range(3)]
     line = next(r for r in render.comparisons(recs, ["lora", "kasa"], ["a"]) if r.startswith("| lora | a |"))
     assert "| 3 | +4.00 |" in line and line.endswith("the same difference at every seed: no t-test |")
+
+
+def test_mcnemar_of_a_multi_task_run_is_each_tasks_own(tmp_path):
+    """A commonsense run is one folder with a record per task: each task's McNemar pools that task's generations
+    only (a cache keyed by the run alone gave every task the first task's counts)."""
+    def run(method: str, right: dict[str, int]) -> list[Record]:
+        d = tmp_path / method
+        (d / "generations").mkdir(parents=True)
+        rows = [{"task": task, "prompt": f"q{i}", "answer": "true",
+                 "generation": f"q{i}\n### Response:\nthe answer is {'true' if i < k else 'false'}"}
+                for task, k in right.items() for i in range(10)]
+        (d / "generations" / "epoch0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return [Record(table="t", method=method, variant="", task=task, seed=0, value=10.0 * k, metric="accuracy",
+                       selection="last", source=str(d / "results.json"), epoch=0) for task, k in right.items()]
+
+    recs = run("kasa", {"boolq": 10, "piqa": 2}) + run("lora", {"boolq": 4, "piqa": 2})
+    cmp = render.comparisons(recs, ["lora", "kasa"], ["boolq", "piqa"])
+    assert "| 6/0, 0.0312 |" in next(r for r in cmp if r.startswith("| lora | boolq |"))
+    assert "| 0/0, 1 |" in next(r for r in cmp if r.startswith("| lora | piqa |"))

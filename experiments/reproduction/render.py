@@ -16,8 +16,8 @@ import math
 from pathlib import Path
 
 from kasa.analysis.report import collect
-from kasa.analysis.report.collect import load_correctness
-from kasa.analysis.stats import mcnemar_from_correct, paired, summarise
+from kasa.analysis.report.tables import pooled_mcnemar
+from kasa.analysis.stats import paired, summarise
 
 HERE = Path(__file__).parent
 T1_METHODS = ["fft", "bitfit", "adapter_h", "adapter_p", "adapter_l", "adapter_d", "lora", "adalora", "dylora",
@@ -67,13 +67,6 @@ def per_seed(records, methods: list[str], tasks: list[str]) -> list[str]:
     return out
 
 
-def correct(rec) -> dict | None:
-    """``{example: right?}`` of a run at its reported epoch: kasa-report's reading of the saved dev-set predictions
-    (classification) or generations re-scored with the task's answer extraction (commonsense)."""
-    pairs = load_correctness(rec)
-    return None if pairs is None else {k: right for k, (right, _label) in pairs.items()}
-
-
 def _g(x: float | None) -> str:
     return "—" if x is None or math.isnan(x) else f"{x:.3g}"
 
@@ -82,6 +75,8 @@ def _ci(ci: tuple[float, float]) -> str:
     return "—" if any(math.isnan(v) for v in ci) else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
 
 
+# Each run's saved dev-set correctness, read once per render (a row is paired with many others).
+_CORRECTNESS: dict = {}
 HEADER = ("| n | mean diff | 95% CI (t) | 95% CI (bootstrap) | p (t) | p (Wilcoxon) | MDE | McNemar b/c, p | "
           "reading |", "|---:|---:|---|---|---:|---:|---:|---|---|")
 
@@ -95,17 +90,11 @@ def _paired_cells(records, a_row: str, b_row: str, task: str, tasks: list[str], 
     if p is None:
         return None
     mc = ""
-    if task != "Avg.":
+    if task != "Avg.":  # kasa-report's pooling: the seeds where both runs saved predictions on the same dev set
         ra = {r.seed: r for r in records if r.row == a_row and r.task == task}
         rb = {r.seed: r for r in records if r.row == b_row and r.task == task}
-        xa, xb = [], []
-        for s in p.seeds:
-            ca, cb = correct(ra[s]), correct(rb[s])
-            if ca and cb and ca.keys() == cb.keys():
-                xa += [ca[k] for k in sorted(ca)]
-                xb += [cb[k] for k in sorted(cb)]
-        if xa:
-            res = mcnemar_from_correct(xa, xb)
+        res, _used, _why = pooled_mcnemar(ra, rb, p.seeds, _CORRECTNESS)
+        if res is not None:
             mc = f"{res.b}/{res.c}, {res.p:.3g}"
     lo, hi = p.t_ci
     if p.n < 2 or math.isnan(lo):

@@ -155,13 +155,16 @@ def pick_baseline(rows: list[str], baseline: str | None) -> tuple[str | None, st
     return rows[0], f" (no row '{baseline}' in this table: its first row)"
 
 
-def _pooled_mcnemar(row_recs: dict[int, Record], base_recs: dict[int, Record], seeds: Iterable[int],
-                    cache: dict[str, Any]) -> tuple[McNemar | None, int, str]:
-    """McNemar over the pooled predictions of ``seeds``; (None, 0, why) when no seed has both runs' predictions."""
+def pooled_mcnemar(row_recs: dict[int, Record], base_recs: dict[int, Record], seeds: Iterable[int],
+                    cache: dict[tuple, Any]) -> tuple[McNemar | None, int, str]:
+    """McNemar over the pooled predictions of ``seeds``; (None, 0, why) when no seed has both runs' predictions.
+    ``cache`` keeps each record's correctness between calls."""
     def corr(r: Record):
-        if r.source not in cache:
-            cache[r.source] = load_correctness(r)
-        return cache[r.source]
+        # one run holds a record per task (commonsense) and its correctness is the task's: the key names both
+        key = (r.source, r.task, r.epoch, r.step)
+        if key not in cache:
+            cache[key] = load_correctness(r)
+        return cache[key]
 
     a_all: list[bool] = []
     b_all: list[bool] = []
@@ -192,7 +195,7 @@ def build_tables(recs: list[Record], paper: dict[str, Any] | None = None, baseli
     for r in one_per_seed(recs):
         by_table.setdefault(r.table, []).append(r)
     tables = []
-    cache: dict[str, Any] = {}
+    cache: dict[tuple, Any] = {}
     for key in sorted(by_table):
         rs = by_table[key]
         ref = paper.get(key, {})
@@ -253,7 +256,7 @@ def build_tables(recs: list[Record], paper: dict[str, Any] | None = None, baseli
                                 n_resamples=n_resamples, seed=bootstrap_seed)
                     if st is None:
                         continue
-                    mc, used, note = _pooled_mcnemar(mine, base, st.seeds, cache)
+                    mc, used, note = pooled_mcnemar(mine, base, st.seeds, cache)
                     tb.paired.append(PairedRow(row, tb.baseline, t, st, mc, used, note))
         tables.append(tb)
     return tables
