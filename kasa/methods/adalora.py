@@ -265,12 +265,11 @@ class AdaLora(PeftMethod):
             raise MethodError("adalora needs the total number of training steps: pass total_steps to on_train_step "
                               "or set method.total_steps")
         self._check_schedule(int(total))
-        self.run_total_steps = int(total)  # for an export after training
         return int(total)
 
     def on_train_step(self, model: nn.Module, step: int, total_steps: int | None = None) -> None:
         """Update importance and reallocate ranks; call after ``optimizer.step()``, before ``zero_grad()``."""
-        total = self.total_steps(total_steps)
+        total = self.run_total_steps = self.total_steps(total_steps)  # kept for an export after training
         final = total - self.schedule_steps(total)[1]
         init_bgt, target_bgt = self.budgets(model)
         if step < final:
